@@ -1,0 +1,164 @@
+"""Typed settings for the model, with validation and named shapes.
+
+Every field has a one-line comment; the same names appear in `config.json` inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or impossible. The message is one line."""
+
+
+@dataclass
+class YarnConfig:
+    """YaRN context extension of RoPE (Peng et al. 2023, arXiv 2309.00071)."""
+
+    factor: float = 2.0  # scale s: the window grows from L to s * L
+    original_max_position_embeddings: int = 1024  # L, the window the model was trained on
+    beta_fast: float = 32.0  # rotations above which a dimension is extrapolated (YaRN default 32)
+    beta_slow: float = 1.0  # rotations below which a dimension is interpolated (YaRN default 1)
+    extrapolation_factor: float = 1.0  # weight of the extrapolated frequencies in the ramp (reference: 1)
+    attn_factor: float = 1.0  # extra multiplier on the attention temperature (reference: 1)
+
+    @property
+    def mscale(self) -> float:
+        """sqrt(1/t) of the YaRN paper: 0.1 ln(s) + 1, times attn_factor (1 when s <= 1)."""
+        base = 1.0 if self.factor <= 1 else 0.1 * math.log(self.factor) + 1.0
+        return base * self.attn_factor
+
+    def validate(self) -> None:
+        if not self.factor >= 1.0:
+            raise ConfigError(f"yarn.factor must be >= 1, got {self.factor}")
+        if self.original_max_position_embeddings <= 0:
+            raise ConfigError("yarn.original_max_position_embeddings must be positive")
+        if not self.beta_fast > self.beta_slow > 0:
+            raise ConfigError(f"yarn needs beta_fast > beta_slow > 0, got {self.beta_fast}, {self.beta_slow}")
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 style decoder with optional meta-attention (arXiv 2509.16278, section 3)."""
+
+    vocab_size: int = 50304  # embedding rows; >= tokenizer size (GPT-2's 50257 + meta, padded to 64)
+    block_size: int = 1024  # training window L; the APE table has this many rows
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads (both attentions)
+    n_embd: int = 768  # residual width d
+    dropout: float = 0.0  # dropout on attention weights and residual branches (paper: 0)
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    tie_embeddings: bool = True  # share token embedding and LM head, as GPT-2
+    mlp_act: Literal["gelu", "relu"] = "gelu"  # MLP activation; gelu is GPT-2's tanh approximation
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon (GPT-2: 1e-5)
+    meta_attention: bool = True  # add the meta-attention sublayer to every block; False = plain GPT-2
+    meta_impl: Literal["sparse", "dense"] = "sparse"  # sparse: O(m^2) gather/scatter; dense: paper's T x T mask
+    meta_token_id: int | None = None  # id of <meta> in the vocabulary (None: no meta-tokens)
+    pos_encoding: Literal["ape", "rope", "none"] = "ape"  # learned absolute, rotary, or no positions
+    rope_theta: float = 10000.0  # RoPE base (paper: 10000)
+    yarn: YarnConfig | None = None  # YaRN scaling of RoPE; None = plain RoPE
+    meta_pos: Literal["keep", "zero"] = "keep"  # zero: no position (APE vector / rotation) at meta positions
+    meta_embed: Literal["keep", "zero"] = "keep"  # zero: no token embedding at meta positions (ablation)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model accepts: the APE table, or None (RoPE / NoPE are unbounded)."""
+        return self.block_size if self.pos_encoding == "ape" else None
+
+    def validate(self) -> "ModelConfig":
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head dimension, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
+        choices = {
+            "mlp_act": ("gelu", "relu"),
+            "meta_impl": ("sparse", "dense"),
+            "pos_encoding": ("ape", "rope", "none"),
+            "meta_pos": ("keep", "zero"),
+            "meta_embed": ("keep", "zero"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.meta_token_id is not None and not 0 <= self.meta_token_id < self.vocab_size:
+            raise ConfigError(f"meta_token_id {self.meta_token_id} is outside the vocabulary (size {self.vocab_size})")
+        if self.yarn is not None:
+            if self.pos_encoding != "rope":
+                raise ConfigError("yarn scaling needs pos_encoding='rope'")
+            self.yarn.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "ModelConfig":
+        """Build and validate; an unknown key or impossible value raises ConfigError naming `source`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: model settings must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        try:
+            yarn = data.pop("yarn", None)
+            if isinstance(yarn, dict):
+                unknown = set(yarn) - {f.name for f in dataclasses.fields(YarnConfig)}
+                if unknown:
+                    raise ConfigError(f"unknown yarn key(s): {', '.join(sorted(unknown))}")
+                yarn = YarnConfig(**yarn)
+            elif yarn is not None and not isinstance(yarn, YarnConfig):
+                raise ConfigError(f"yarn must be a mapping of YaRN settings, got {yarn!r}")
+            unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ConfigError(f"unknown model key(s): {', '.join(sorted(unknown))}")
+            return cls(yarn=yarn, **data).validate()
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+# Named model shapes. `gpt2-small` is the paper's (12 x 12 x 768, window 1024, GPT-2 BPE + meta).
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    "toy": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=8192),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304),
+}
+
+
+def model_shape(name: str, **overrides: Any) -> ModelConfig:
+    if name not in MODEL_SHAPES:
+        raise ConfigError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
+    return ModelConfig.from_dict({**MODEL_SHAPES[name], **overrides}, source=f"shape {name}")
+
+
+def field_help() -> dict[str, str]:
+    """The one-line comment of each ModelConfig field, for CLI help text."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for line in inspect.getsource(ModelConfig).splitlines():
+        m = re.match(r"\s+(\w+): .*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+

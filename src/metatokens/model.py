@@ -1,0 +1,297 @@
+"""GPT-2 with meta-attention (Shah et al., "Language Modeling with Learned Meta-Tokens", 2025).
+
+Each block is pre-LayerNorm GPT-2 with one extra sublayer between attention and MLP:
+
+    x = x + Attn(LN1 x)          causal self-attention over all tokens
+    x = x + MetaAttn(LNm x)      meta-tokens attend to earlier meta-tokens only
+    x = x + MLP(LN2 x)
+
+MetaAttn has no admissible key for a non-meta query, so its output there is exactly zero.
+The model knows nothing of training, files or parallelism; see train.py for those.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .positions import Rotary, apply_rotary
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of one block. Self-attention: every position. Meta-attention: meta only."""
+
+    k: torch.Tensor | None = None  # (B, nh, T_past, hs)
+    v: torch.Tensor | None = None
+    meta_k: torch.Tensor | None = None  # (B, nh, capacity, hs); row b holds meta_count[b] entries
+    meta_v: torch.Tensor | None = None
+    meta_count: torch.Tensor | None = None  # (B,) long
+
+
+@dataclass
+class KVCache:
+    layers: list[LayerCache]
+    length: int = 0  # positions already processed; new tokens start at this position
+
+    @classmethod
+    def empty(cls, n_layer: int) -> "KVCache":
+        return cls([LayerCache() for _ in range(n_layer)])
+
+
+@dataclass
+class PosInfo:
+    """What both attentions need to place tokens: absolute positions and the rotary tables."""
+
+    positions: torch.Tensor  # (T,) absolute positions of the current tokens
+    rotary: Rotary | None  # None for APE / NoPE
+    rotate_meta: bool  # False when meta_pos == "zero": meta q/k stay unrotated
+    logit_scale: float  # 1/sqrt(hs) times YaRN's temperature, applied once
+    cos: torch.Tensor | None = field(default=None)  # self-attention tables, (B|1, 1, T, hs/2)
+    sin: torch.Tensor | None = field(default=None)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+        if pos.cos is not None:  # (B, nh, T, hs)
+            q, k = apply_rotary(q, pos.cos, pos.sin), apply_rotary(k, pos.cos, pos.sin)
+        past = 0
+        if cache is not None:
+            if cache.k is not None:
+                past = cache.k.size(2)
+                k, v = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)
+            cache.k, cache.v = k, v
+        mask = None
+        if past and T > 1:  # new queries see the whole past and the causal part of the new chunk
+            mask = torch.arange(T, device=x.device)[:, None] + past >= torch.arange(past + T, device=x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=(past == 0 and T > 1),
+            dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale,
+        )
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MetaAttention(nn.Module):
+    """softmax(QK^T/sqrt(d) + M_causal + P) V with P = 0 only between two meta positions.
+
+    `sparse` gathers each row's m meta positions, attends among them (m x m) and scatters back:
+    O(m^2) work instead of O(T^2). `dense` is the paper's form with a materialised (B, T, T) mask
+    and serves as the reference. Both give exactly zero at non-meta positions.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.impl = cfg.n_head, cfg.n_embd, cfg.meta_impl
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def _rotate(self, t: torch.Tensor, positions: torch.Tensor, pos: PosInfo) -> torch.Tensor:
+        if pos.rotary is None or not pos.rotate_meta:
+            return t
+        cos, sin = pos.rotary(positions)  # (..., hs/2), broadcast over the head dimension
+        return apply_rotary(t, cos.unsqueeze(-2), sin.unsqueeze(-2))
+
+    def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
+        if self.impl == "dense" and cache is None:
+            return self._dense(x, is_meta, pos)
+        return self._sparse(x, is_meta, pos, cache)
+
+    def _dense(self, x, is_meta, pos: PosInfo) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = (t.view(B, T, nh, hs) for t in self.c_attn(x).split(C, 2))  # (B, T, nh, hs)
+        q, k = self._rotate(q, pos.positions, pos), self._rotate(k, pos.positions, pos)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        allowed = causal & is_meta[:, :, None] & is_meta[:, None, :]  # (B, T, T): the paper's P + M
+        scores = torch.einsum("bind,bjnd->bnij", q, k) * pos.logit_scale
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        # A query with no admissible key gets a finite dummy row (its output is zeroed below).
+        scores = scores.masked_fill(~allowed.any(-1)[:, None, :, None], 0.0)
+        att = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        y = torch.einsum("bnij,bjnd->bind", att, v).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y)) * is_meta[..., None].to(x.dtype)
+
+    def _sparse(self, x, is_meta, pos: PosInfo, cache: LayerCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        out = x.new_zeros(B, T, C)
+        b_idx, t_idx = is_meta.nonzero(as_tuple=True)  # row-major, so ranks ascend within a row
+        if b_idx.numel() == 0:
+            return out
+        counts = is_meta.sum(1)  # (B,)
+        rank = is_meta.cumsum(1)[b_idx, t_idx] - 1  # index of each meta-token among its row's
+        M = int(counts.max())
+        q, k, v = (t.view(-1, nh, hs) for t in self.c_attn(x[b_idx, t_idx]).split(C, 1))  # (N, nh, hs)
+        q, k = self._rotate(q, pos.positions[t_idx], pos), self._rotate(k, pos.positions[t_idx], pos)
+
+        def padded(t):  # (N, nh, hs) -> (B, nh, M, hs), zeros after each row's last meta-token
+            return t.new_zeros(B, M, nh, hs).index_put((b_idx, rank), t).transpose(1, 2)
+
+        qp = padded(q)
+        if cache is None:
+            # Valid entries form a prefix of each row, so plain causality never lets a real query
+            # see padding; padded queries see at least key 0 (no NaN) and are dropped below.
+            y = F.scaled_dot_product_attention(
+                qp, padded(k), padded(v), is_causal=True,
+                dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale,
+            )
+        else:
+            keys, values, before = self._append(cache, k, v, b_idx, rank, counts)
+            slot = torch.arange(keys.size(2), device=x.device)
+            limit = before[:, None] + torch.arange(M, device=x.device)  # (B, M): last visible slot
+            mask = slot[None, None, :] <= limit[:, :, None]  # (B, M, capacity)
+            y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask[:, None], scale=pos.logit_scale)
+        y = y.transpose(1, 2)[b_idx, rank].reshape(-1, C)  # back to (N, C)
+        return out.index_put((b_idx, t_idx), self.resid_dropout(self.c_proj(y)))
+
+    @staticmethod
+    def _append(cache: LayerCache, k, v, b_idx, rank, counts):
+        """Write the new meta keys/values after each row's cached ones; return all and old counts."""
+        B, nh, hs = counts.size(0), k.size(1), k.size(2)
+        if cache.meta_count is None:
+            cache.meta_count = counts.new_zeros(B)
+            cache.meta_k = k.new_zeros(B, nh, 0, hs)
+            cache.meta_v = v.new_zeros(B, nh, 0, hs)
+        before = cache.meta_count.clone()
+        need = int((before + counts).max())
+        if need > cache.meta_k.size(2):  # grow geometrically so decoding stays amortised O(1)
+            extra = max(need, 2 * cache.meta_k.size(2)) - cache.meta_k.size(2)
+            cache.meta_k = torch.cat((cache.meta_k, k.new_zeros(B, nh, extra, hs)), 2)
+            cache.meta_v = torch.cat((cache.meta_v, v.new_zeros(B, nh, extra, hs)), 2)
+        slot = before[b_idx] + rank
+        cache.meta_k[b_idx, :, slot] = k
+        cache.meta_v[b_idx, :, slot] = v
+        cache.meta_count = before + counts
+        return cache.meta_k, cache.meta_v, before
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.act = nn.GELU(approximate="tanh") if cfg.mlp_act == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        if cfg.meta_attention:
+            self.ln_meta = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+            self.meta_attn = MetaAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None):
+        x = x + self.attn(self.ln_1(x), pos, cache)
+        if hasattr(self, "meta_attn"):
+            x = x + self.meta_attn(self.ln_meta(x), is_meta, pos, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg.validate()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "ape" else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.yarn) if cfg.pos_encoding == "rope" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(number of residual branches).
+        branches = cfg.n_layer * (3 if cfg.meta_attention else 2)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        return n - self.wpe.weight.numel() if exclude_positions and self.wpe is not None else n
+
+    def meta_mask(self, idx: torch.Tensor, meta_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if meta_mask is not None:
+            if meta_mask.shape != idx.shape or meta_mask.dtype != torch.bool:
+                raise ValueError(f"meta_mask must be a bool tensor of shape {tuple(idx.shape)}")
+            return meta_mask
+        if self.config.meta_token_id is None:
+            return torch.zeros_like(idx, dtype=torch.bool)
+        return idx == self.config.meta_token_id
+
+    def hidden_states(self, idx, meta_mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm hidden states (B, T, C) of token ids idx (B, T)."""
+        cfg, (B, T) = self.config, idx.shape
+        start = cache.length if cache is not None else 0
+        if cfg.max_positions is not None and start + T > cfg.max_positions:
+            raise ValueError(
+                f"sequence reaches position {start + T} but the learned absolute position table has "
+                f"{cfg.max_positions} rows; use a RoPE/NoPE model (with YaRN) for longer inputs"
+            )
+        is_meta = self.meta_mask(idx, meta_mask)
+        positions = torch.arange(start, start + T, device=idx.device)
+        zero_meta_pos = cfg.meta_pos == "zero"
+        x = self.wte(idx)
+        if cfg.meta_embed == "zero":
+            x = x.masked_fill(is_meta[..., None], 0.0)
+        if self.wpe is not None:
+            pe = self.wpe(positions)[None]  # (1, T, C)
+            x = x + (pe.masked_fill(is_meta[..., None], 0.0) if zero_meta_pos else pe)
+        pos = PosInfo(positions, self.rotary, not zero_meta_pos, 1.0 / math.sqrt(cfg.head_dim))
+        if self.rotary is not None:
+            pos.logit_scale *= self.rotary.logit_scale
+            cos, sin = self.rotary(positions, is_meta if zero_meta_pos else None)
+            pos.cos, pos.sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # add the head dimension
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, is_meta, pos, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None, *, meta_mask=None, cache: KVCache | None = None):
+        """Returns (logits (B, T, V), loss or None).
+
+        Targets equal to -100 or to the meta-token id carry no loss: the model learns to use
+        meta-tokens, never to emit them.
+        """
+        logits = self.lm_head(self.hidden_states(idx, meta_mask, cache))
+        loss = None
+        if targets is not None:
+            if self.config.meta_token_id is not None:
+                targets = targets.masked_fill(targets == self.config.meta_token_id, -100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss

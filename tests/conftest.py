@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from metatokens.config import model_shape
+from metatokens.model import GPT
+
+META = 7  # meta-token id used by the toy models in these tests
+
+
+def toy_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    cfg = model_shape("toy", **{"meta_token_id": META, "vocab_size": 97, **overrides})
+    return GPT(cfg).eval()
+
+
+def mixed_batch(T: int = 24, seed: int = 0) -> torch.Tensor:
+    """Rows with no meta-token, one, many, and only meta-tokens (the cases that break masks)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(8, 97, (5, T), generator=g)
+    idx[1, T // 2] = META  # one
+    idx[2, torch.randperm(T, generator=g)[: T // 3]] = META  # many
+    idx[3, :] = META  # only meta
+    idx[4, 0] = META  # the first position only
+    return idx
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

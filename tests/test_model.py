@@ -1,0 +1,263 @@
+"""Model behaviour against independent references: a dense mask, hand-made cases, formulas."""
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import META, mixed_batch, toy_model
+from metatokens.config import ConfigError, ModelConfig, model_shape
+from metatokens.model import GPT, KVCache
+
+POS_VARIANTS = list(itertools.product(["ape", "rope", "none"], ["keep", "zero"]))
+
+
+def set_impl(model: GPT, impl: str) -> GPT:
+    for block in model.h:
+        block.meta_attn.impl = impl
+    return model
+
+
+@pytest.mark.parametrize("pos_encoding,meta_pos", POS_VARIANTS)
+def test_sparse_equals_dense_outputs_and_gradients(pos_encoding, meta_pos):
+    sparse = toy_model(pos_encoding=pos_encoding, meta_pos=meta_pos)
+    dense = set_impl(copy.deepcopy(sparse), "dense")
+    idx = mixed_batch()
+    targets = torch.roll(idx, -1, 1)
+    out_s, loss_s = sparse(idx, targets)
+    out_d, loss_d = dense(idx, targets)
+    assert torch.isfinite(out_s).all() and torch.isfinite(out_d).all()
+    assert (out_s - out_d).abs().max() <= 1e-5
+    loss_s.backward()
+    loss_d.backward()
+    for (name, p_s), p_d in zip(sparse.named_parameters(), dense.parameters()):
+        assert torch.isfinite(p_s.grad).all(), name
+        assert (p_s.grad - p_d.grad).abs().max() <= 1e-5, name
+    # the meta sublayers really were exercised: their weights received gradient
+    assert sparse.h[0].meta_attn.c_attn.weight.grad.abs().sum() > 0
+
+
+def dense_meta_reference(layer, x, is_meta, scale):
+    """The paper's formula written out for one head group: softmax(QK^T*scale + M + P) V, no RoPE."""
+    B, T, C = x.shape
+    nh = layer.n_head
+    q, k, v = layer.c_attn(x).split(C, 2)
+    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+    out = torch.zeros(B, T, C)
+    for b in range(B):
+        for i in range(T):
+            keys = [j for j in range(i + 1) if is_meta[b, i] and is_meta[b, j]]
+            if not keys:
+                continue  # no admissible key: the sublayer contributes nothing here
+            s = (q[b, :, i : i + 1] @ k[b, :, keys].transpose(-1, -2)) * scale
+            y = (s.softmax(-1) @ v[b, :, keys]).transpose(0, 1).reshape(1, C)
+            out[b, i] = layer.c_proj(y)[0]
+    return out
+
+
+@pytest.mark.parametrize("impl", ["sparse", "dense"])
+def test_meta_attention_matches_loop_reference_and_is_zero_off_meta(impl):
+    model = set_impl(toy_model(pos_encoding="none"), impl)
+    layer = model.h[0].meta_attn
+    idx = mixed_batch()
+    is_meta = idx == META
+    x = torch.randn(*idx.shape, model.config.n_embd)
+    from metatokens.model import PosInfo
+
+    pos = PosInfo(torch.arange(idx.size(1)), None, True, 1 / math.sqrt(model.config.head_dim))
+    with torch.no_grad():
+        got = layer(x, is_meta, pos)
+        ref = dense_meta_reference(layer, x, is_meta, pos.logit_scale)
+    assert (got - ref).abs().max() <= 1e-5
+    assert torch.equal(got[~is_meta], torch.zeros_like(got[~is_meta]))  # exactly zero, bias included
+
+
+def test_no_nan_in_gradients_for_rows_without_meta():
+    for impl in ("sparse", "dense"):
+        model = set_impl(toy_model(pos_encoding="rope"), impl).train()
+        idx = torch.randint(8, 97, (3, 16))  # no meta-token anywhere in the batch
+        _, loss = model(idx, torch.roll(idx, -1, 1))
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("pos_encoding,impl", list(itertools.product(["ape", "rope", "none"], ["sparse", "dense"])))
+def test_causality_for_both_attentions(pos_encoding, impl):
+    model = set_impl(toy_model(pos_encoding=pos_encoding), impl)
+    idx = mixed_batch(T=20)
+    t = 9
+    changed = idx.clone()
+    g = torch.Generator().manual_seed(1)
+    changed[:, t + 1 :] = torch.randint(8, 97, changed[:, t + 1 :].shape, generator=g)
+    changed[:, t + 1 :: 2] = META  # also move meta-tokens around after t
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :], atol=1e-3)  # the change did reach later positions
+
+
+def test_meta_attention_sublayer_is_causal_on_its_own():
+    model = toy_model(pos_encoding="none")
+    layer = model.h[0].meta_attn
+    from metatokens.model import PosInfo
+
+    T = 12
+    is_meta = torch.ones(1, T, dtype=torch.bool)
+    x = torch.randn(1, T, model.config.n_embd)
+    x2 = x.clone()
+    x2[:, 6:] += torch.randn(1, T - 6, model.config.n_embd)
+    pos = PosInfo(torch.arange(T), None, True, 0.25)
+    with torch.no_grad():
+        assert torch.allclose(layer(x, is_meta, pos)[:, :6], layer(x2, is_meta, pos)[:, :6], atol=1e-6)
+
+
+def test_meta_attention_off_adds_no_parameters_and_changes_nothing_without_meta():
+    on = toy_model(meta_attention=True)
+    off = GPT(on.config.replace(meta_attention=False)).eval()
+    plain = GPT(ModelConfig(**{**on.config.to_dict(), "meta_attention": False, "yarn": None})).eval()
+    assert off.num_params() == plain.num_params()
+    extra = on.num_params() - off.num_params()
+    C = on.config.n_embd
+    assert extra == on.config.n_layer * (3 * C * C + 3 * C + C * C + C + 2 * C)  # qkv, proj, LayerNorm
+    missing = off.load_state_dict(on.state_dict(), strict=False)
+    assert not missing.missing_keys
+    assert all(".meta_attn." in k or ".ln_meta." in k for k in missing.unexpected_keys)
+    idx = torch.randint(8, 97, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(on(idx)[0], off(idx)[0])
+
+
+def test_loss_ignores_meta_targets():
+    model = toy_model()
+    idx = mixed_batch()
+    targets = torch.roll(idx, -1, 1)
+    targets[0, :3] = -100
+    logits, loss = model(idx, targets)
+    keep = (targets != META) & (targets != -100)
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_meta_pos_zero_ape_meta_input_ignores_position():
+    model = toy_model(pos_encoding="ape", meta_pos="zero")
+    seen = []
+    handle = model.drop.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    a = torch.tensor([[10, 11, META, 12, 13, 14]])
+    b = torch.tensor([[10, 11, 12, 13, META, 14]])
+    model(a), model(b)
+    handle.remove()
+    assert torch.equal(seen[0][0, 2], model.wte.weight[META].detach())  # no position vector added
+    assert torch.equal(seen[0][0, 2], seen[1][0, 4])
+    assert torch.equal(seen[0][0, 1], model.wte.weight[11].detach() + model.wpe.weight[1].detach())
+    keep = toy_model(pos_encoding="ape", meta_pos="keep")
+    x = keep.wte(a) + keep.wpe(torch.arange(6))
+    assert not torch.equal(x[0, 2], keep.wte.weight[META])
+
+
+def reference_rotate(x, positions, theta):
+    """RoPE as complex multiplication of (x_i, x_{i+d/2}) by exp(i * pos * theta^(-2i/d))."""
+    d = x.size(-1)
+    freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2 :].double())
+    z = z * torch.polar(torch.ones_like(freqs), positions.double()[:, None] * freqs)
+    return torch.cat((z.real, z.imag), -1).float()
+
+
+def test_meta_pos_zero_rope_leaves_meta_q_k_unrotated(monkeypatch):
+    model = toy_model(pos_encoding="rope", meta_pos="zero")
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append((q.detach(), k.detach()))
+        return real_sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    idx = torch.tensor([[10, META, 11, 12, META, 13]])
+    is_meta = (idx == META)[0]
+    with torch.no_grad():
+        model(idx)
+        x = model.h[0].ln_1(model.wte(idx))
+        C, nh = model.config.n_embd, model.config.n_head
+        q_raw = model.h[0].attn.c_attn(x).split(C, 2)[0].view(1, 6, nh, C // nh).transpose(1, 2)[0]
+    q_self, _ = calls[0]  # first call: layer 0 self-attention, (1, nh, T, hs)
+    expected = torch.stack([reference_rotate(q_raw[h], torch.arange(6), 10000.0) for h in range(nh)])
+    expected[:, is_meta] = q_raw[:, is_meta]
+    assert torch.allclose(q_self[0], expected, atol=1e-5)
+    assert not torch.allclose(q_raw[:, ~is_meta], q_self[0][:, ~is_meta], atol=1e-3)  # text is rotated
+    # layer 0 meta-attention: gathered q of the two meta-tokens, unrotated
+    q_meta, _ = calls[1]
+    with torch.no_grad():
+        xm = model.h[0].ln_meta(model.h[0].attn(x, *_pos_args(model, idx)) + model.wte(idx))
+        qm = model.h[0].meta_attn.c_attn(xm).split(C, 2)[0].view(1, 6, nh, C // nh).transpose(1, 2)[0]
+    assert torch.allclose(q_meta[0], qm[:, is_meta], atol=1e-5)
+
+
+def _pos_args(model, idx):
+    """Rebuild the PosInfo the model uses, to call a sublayer directly."""
+    from metatokens.model import PosInfo
+
+    T = idx.size(1)
+    is_meta = idx == META
+    pos = PosInfo(torch.arange(T), model.rotary, model.config.meta_pos == "keep", 1 / math.sqrt(model.config.head_dim))
+    cos, sin = model.rotary(pos.positions, is_meta if model.config.meta_pos == "zero" else None)
+    pos.cos, pos.sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
+    return (pos,)
+
+
+def test_meta_embed_zero_removes_token_embedding_at_meta_positions():
+    model = toy_model(pos_encoding="none", meta_embed="zero")
+    seen = []
+    model.drop.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    model(torch.tensor([[10, META, 11]]))
+    assert torch.equal(seen[0][0, 1], torch.zeros(model.config.n_embd))
+    assert torch.equal(seen[0][0, 0], model.wte.weight[10].detach())
+
+
+def test_ape_refuses_positions_beyond_table_and_rope_runs_beyond():
+    ape = toy_model(pos_encoding="ape")
+    with pytest.raises(ValueError, match="learned absolute position table has 64 rows"):
+        ape(torch.randint(8, 97, (1, 65)))
+    rope = toy_model(pos_encoding="rope")
+    logits, _ = rope(torch.randint(8, 97, (1, 150)))
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("pos_encoding,meta_pos", POS_VARIANTS)
+def test_kv_cache_chunks_equal_full_forward(pos_encoding, meta_pos):
+    model = toy_model(pos_encoding=pos_encoding, meta_pos=meta_pos)
+    idx = mixed_batch(T=30)
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache.empty(model.config.n_layer)
+        pieces = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 11), (11, 12), (12, 20), (20, 21), (21, 30)]]
+    assert (torch.cat(pieces, 1) - full).abs().max() <= 1e-5
+    assert cache.length == 30
+    # the meta cache holds exactly the meta positions of each row
+    assert cache.layers[0].meta_count.tolist() == (idx == META).sum(1).tolist()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(n_head=3), dict(dropout=1.5), dict(pos_encoding="alibi"), dict(meta_token_id=10_000), dict(n_layer=0), dict(mlp_act="swish")],
+)
+def test_bad_config_values_are_refused(bad):
+    with pytest.raises(ConfigError):
+        model_shape("toy", **bad)
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ConfigError, match="unknown model key.*n_layers"):
+        ModelConfig.from_dict({"n_layers": 2})
+
+
+def test_gpt2_small_parameter_counts():
+    with torch.device("meta"):
+        meta = GPT(model_shape("gpt2-small", vocab_size=50258, meta_token_id=50257))
+        base = GPT(model_shape("gpt2-small", vocab_size=50257, meta_attention=False))
+    assert base.num_params() == 124_439_808  # GPT-2 small as published by OpenAI / Hugging Face
+    assert 152e6 <= meta.num_params() <= 153e6  # the paper: "about 152M"
