@@ -1,0 +1,175 @@
+"""Model folders: config.json + model.safetensors + tokenizer.json, written atomically.
+
+Nothing here unpickles: weights are safetensors, settings are JSON. A folder is written under a
+temporary name, synced, and renamed into place, so a crash never leaves a half-written model
+where a good one was. The SHA-256 of the weights is kept in config.json so that a corrupted (not
+only truncated) file is caught on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from . import __version__
+from .config import ConfigError, ModelConfig
+from .model import GPT
+
+FORMAT = "metatokens"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+class CheckpointError(ValueError):
+    """A model folder is missing, truncated, corrupted or inconsistent. The message is one line."""
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; an existing folder is swapped out, then removed."""
+    fsync_path(tmp)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_pretrained(out_dir: str | Path, model: GPT, tokenizer=None, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write a model folder. `extra` adds JSON-serialisable fields (for example training settings)."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = tmp / WEIGHTS_FILE
+        save_model(model, str(weights), metadata={"format": "pt"})
+        fsync_path(weights)
+        config: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "metatokens_version": __version__,
+            "model": model.config.to_dict(),
+            "weights_sha256": sha256_file(weights),
+        }
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+            config["tokenizer"] = {
+                "file": TOKENIZER_FILE,
+                "vocab_size": tokenizer.vocab_size,
+                "meta_token_id": tokenizer.meta_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            }
+        config.update(extra or {})
+        atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Parse and check config.json of a model folder; returns the dict with `model` as ModelConfig."""
+    folder = Path(path)
+    file = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a model folder (expected a directory with {CONFIG_FILE})")
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; is {folder} a metatokens model folder?")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err}); the file is truncated or corrupted") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: not a metatokens config (missing \"format\": \"{FORMAT}\")")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    if "model" not in data:
+        raise CheckpointError(f"{file}: no \"model\" settings")
+    try:
+        data["model"] = ModelConfig.from_dict(data["model"], source=str(file))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    return data
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True):
+    """Load (model, tokenizer or None, config dict) from a model folder; never unpickles.
+
+    verify=True checks the weights' SHA-256 against config.json before reading them.
+    """
+    folder = Path(path)
+    data = read_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    if verify and data.get("weights_sha256") and sha256_file(weights) != data["weights_sha256"]:
+        raise CheckpointError(f"{weights}: checksum differs from {CONFIG_FILE}; the file is truncated or corrupted")
+    model = GPT(data["model"])
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except (SafetensorError, RuntimeError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{weights}: cannot load weights ({reason})") from None
+    model.to(device)
+    tokenizer = None
+    if "tokenizer" in data:
+        tokenizer = load_tokenizer(folder / data["tokenizer"].get("file", TOKENIZER_FILE))
+        check_tokenizer(model.config, tokenizer, str(folder / CONFIG_FILE))
+    return model, tokenizer, data
+
+
+def load_tokenizer(file: Path):
+    from .tokenizer import MetaTokenizer, TokenizerError
+
+    try:
+        return MetaTokenizer.from_file(file)
+    except TokenizerError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def check_tokenizer(cfg: ModelConfig, tokenizer, where: str) -> None:
+    """A model and tokenizer belong together: same meta id, and every token id has an embedding row."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"{where}: tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size} embeddings")
+    if cfg.meta_token_id is not None and cfg.meta_token_id != tokenizer.meta_token_id:
+        raise CheckpointError(f"{where}: model meta_token_id {cfg.meta_token_id} != tokenizer's {tokenizer.meta_token_id}")
