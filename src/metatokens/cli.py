@@ -1,0 +1,56 @@
+"""The `metatokens` command line: one subcommand per workflow.
+
+Each workflow module exposes `add_command(subparsers)`, which adds its parser and sets
+`func(args) -> int`. Bad input raises a ValueError subclass (ConfigError, CheckpointError,
+TokenizerError, DataError, ...) or OSError, printed here as one line with exit status 2.
+Set METATOKENS_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+
+# Modules that contribute subcommands, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "metatokens.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metatokens",
+        description="Language models with learned meta-tokens and meta-attention (arXiv 2509.16278).",
+    )
+    parser.add_argument("--version", action="version", version=f"metatokens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("metatokens: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        if os.environ.get("METATOKENS_DEBUG"):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"metatokens {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `metatokens` CLI; each module has `add_command(subparsers)`."""
