@@ -1,0 +1,22 @@
+"""Data pipeline: corpora -> cached token streams -> batches with injected meta-tokens."""
+
+from .corpora import DataError, builtin_documents, corpus_fingerprint, iter_documents
+from .inject import MetaBlockLoader, inject_meta, meta_positions, num_meta, val_batches
+from .packing import PackedData, prepare_data, token_dtype, tokenizer_hash, train_tokenizer_on
+
+__all__ = [
+    "DataError",
+    "MetaBlockLoader",
+    "PackedData",
+    "builtin_documents",
+    "corpus_fingerprint",
+    "inject_meta",
+    "iter_documents",
+    "meta_positions",
+    "num_meta",
+    "prepare_data",
+    "token_dtype",
+    "tokenizer_hash",
+    "train_tokenizer_on",
+    "val_batches",
+]
