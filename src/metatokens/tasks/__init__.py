@@ -1,0 +1,41 @@
+"""The paper's four synthetic long-context tasks (arXiv 2509.16278, section 5 of SPEC.md).
+
+>>> examples = make_examples("list_recall", tokenizer, length=512, difficulty="hard", n=100, seed=0)
+
+Each task module writes prompts as text; :mod:`.registry` tokenizes them, fits them to the
+requested length, inserts the meta-token ids and keeps train and test apart. See docs/tasks.md.
+"""
+
+from .base import (
+    DIFFICULTIES,
+    PAPER_MAX_LENGTH,
+    Example,
+    Task,
+    TaskError,
+    TokenizerLike,
+    bin_for,
+    length_bins,
+    length_window,
+)
+from .registry import ALIASES, SPLITS, TASKS, Phase, curriculum, get_task, iter_examples, make_examples, split_of
+
+__all__ = [
+    "ALIASES",
+    "DIFFICULTIES",
+    "PAPER_MAX_LENGTH",
+    "SPLITS",
+    "TASKS",
+    "Example",
+    "Phase",
+    "Task",
+    "TaskError",
+    "TokenizerLike",
+    "bin_for",
+    "curriculum",
+    "get_task",
+    "iter_examples",
+    "length_bins",
+    "length_window",
+    "make_examples",
+    "split_of",
+]

@@ -1,0 +1,339 @@
+"""Tests for metatokens.tasks: the four synthetic tasks of arXiv 2509.16278.
+
+Every answer is re-derived here from the *decoded prompt text* by small parsers written for this
+file; the generator's own ``info`` is never trusted. Meta placement is checked twice: where the
+``<|meta|>`` markers sit in the decoded text, and that ``meta_positions`` index exactly those ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from metatokens.tasks import (
+    DIFFICULTIES,
+    TASKS,
+    Example,
+    TaskError,
+    bin_for,
+    curriculum,
+    length_bins,
+    length_window,
+    iter_examples,
+    make_examples,
+)
+from metatokens.tasks import __main__ as tasks_main
+from metatokens.tasks.words import ITEMS, TEMPLATE_WORDS
+from metatokens.tokenizer import META_TOKEN, MetaTokenizer
+
+# Long enough for every difficulty with the small test tokenizer, which spends 2-3 tokens a word.
+LENGTH = {"medium": 160, "hard": 320, "extra-hard": 640, "long": 1280}
+N_EXAMPLES = 6
+META_COUNT = {"list_recall": 1, "segment_counting": 2, "parity": 1, "copying": 2}
+
+_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "She bought bread, apples and a bottle of milk at the market this morning.",
+    "How many times did the old sailor count the stars before he fell asleep?",
+    "Read the letter twice, then write your answer in the space below.",
+    "A small garden with roses and a wooden gate stood behind the house.",
+    "Question and answer sessions were held in the library every evening.",
+    "The children listed their favourite animals: horse, tiger, rabbit and owl.",
+    "Copy the first word of each line into the notebook on the table.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> MetaTokenizer:
+    """A 512-token byte-level BPE trained on English sentences made up here."""
+    rng = random.Random(0)
+    texts = []
+    for _ in range(600):
+        words = " ".join(rng.choice(_SENTENCES).split()[: rng.randint(4, 14)])
+        texts.append(words + f" {rng.randint(0, 99)} {rng.choice('01')} {rng.choice('01')}\n")
+    return MetaTokenizer.train(texts, 512)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent checkers: decoded text in, expected answer out (assertions on the layout inside)
+# ---------------------------------------------------------------------------------------------
+
+LIST_LINE = re.compile(
+    r"^(?P<open><\|meta\|>)?List (?P<number>\d+): (?P<items>[a-z]+(?:, [a-z]+)*)(?P<close><\|meta\|>)?$"
+)
+
+
+def _parse_lists(lines: list[str]) -> tuple[list[list[str]], list[tuple[int, str]]]:
+    """Lists in order, and (list index, 'open'|'close') for each meta marker on a list line."""
+    lists, markers = [], []
+    for line in lines:
+        m = LIST_LINE.match(line)
+        assert m, f"not a list line: {line!r}"
+        assert int(m["number"]) == len(lists) + 1, "lists are numbered 1, 2, 3 ..."
+        for side in ("open", "close"):
+            if m[side]:
+                markers.append((len(lists), side))
+        lists.append(m["items"].split(", "))
+    return lists, markers
+
+
+def check_list_recall(text: str) -> str:
+    lines = text.split("\n")
+    assert lines[0] == "Read the lists below." and lines[-1] == "Answer:"
+    q = re.fullmatch(r"Question: In the list that contains ([a-z]+), which word is number (\d+)\?", lines[-2])
+    assert q, lines[-2]
+    query, j = q[1], int(q[2])
+    lists, markers = _parse_lists(lines[1:-2])
+    assert len(lists) >= 2
+    holders = [i for i, items in enumerate(lists) if query in items]
+    assert len(holders) == 1 and sum(items.count(query) for items in lists) == 1, "queried word occurs once"
+    h = holders[0]
+    assert all(len(set(items)) == len(items) for items in lists), "items of a list are distinct"
+    assert 1 <= j <= len(lists[h]) and lists[h][j - 1] != query
+    assert markers == [(h, "close")], "one meta-token, right after the list holding the queried word"
+    return " " + lists[h][j - 1]
+
+
+def check_segment_counting(text: str) -> str:
+    lines = text.split("\n")
+    assert lines[0] == "Read the lists below." and lines[-1] == "Answer:"
+    where = r"(?:list (\d+)|lists (\d+) to (\d+))"
+    q = re.fullmatch(rf"Question: How many times does ([a-z]+) appear in {where}\?", lines[-2])
+    assert q, lines[-2]
+    word = q[1]
+    start, end = (int(q[2]), int(q[2])) if q[2] else (int(q[3]), int(q[4]))
+    assert start < end or q[2], "a range names two different lists"
+    lists, markers = _parse_lists(lines[1:-2])
+    assert markers == [(start - 1, "open"), (end - 1, "close")], "meta-tokens wrap exactly the asked lists"
+    assert len(lists) > end - start + 1, "some lists lie outside the segment"
+    between = text.split(META_TOKEN)[1]
+    count = len(re.findall(rf"\b{word}\b", between))
+    assert count == sum(items.count(word) for items in lists[start - 1 : end])
+    assert count >= 1, "the counted word is in the segment"
+    return f" {count}"
+
+
+def check_parity(text: str) -> str:
+    lines = text.split("\n")
+    assert lines[0] == "Read the bits below." and lines[-1] == "Answer:" and len(lines) == 4
+    q = re.fullmatch(r"Question: What is the XOR of the first (\d+) bits\?", lines[2])
+    assert q, lines[2]
+    p = int(q[1])
+    assert lines[1].startswith("Bits: ") and lines[1].count(META_TOKEN) == 1
+    before, after = lines[1][len("Bits:") :].split(META_TOKEN)
+    assert re.fullmatch(r"( [01])+", before) and re.fullmatch(r"( [01])+", after)
+    bits_before = [int(b) for b in before.split()]
+    assert len(bits_before) == p, "the meta-token follows bit p"
+    return f" {sum(bits_before) % 2}"
+
+
+def check_copying(text: str) -> str:
+    lines = text.split("\n")
+    assert lines[0] == "Read the text below." and lines[-1] == "Answer:" and len(lines) == 4
+    q = re.fullmatch(r"Question: Copy the words inside bracket (\d+)\.", lines[2])
+    assert q, lines[2]
+    i = int(q[1])
+    paragraph = lines[1]
+    plain = paragraph.replace(META_TOKEN, "")
+    spans = re.findall(r"\[([^\]]*)\]", plain)
+    assert plain.count("[") == plain.count("]") == len(spans) >= 2
+    assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", s) for s in spans)
+    assert len(set(spans)) == len(spans), "spans are unique"
+    assert 1 <= i <= len(spans)
+    marked = re.fullmatch(r"(?P<pre>[^<]*)<\|meta\|>(?P<span> ?\[[a-z ]+\])<\|meta\|>(?P<post>[^<]*)", paragraph)
+    assert marked, "two meta-tokens wrap exactly one bracketed span"
+    assert marked["pre"].count("[") == i - 1, "the wrapped span is the one asked for"
+    assert marked["span"].strip() == f"[{spans[i - 1]}]"
+    return " " + spans[i - 1]
+
+
+CHECKERS = {
+    "list_recall": check_list_recall,
+    "segment_counting": check_segment_counting,
+    "parity": check_parity,
+    "copying": check_copying,
+}
+
+
+def assert_meta_ids(tok: MetaTokenizer, ex: Example) -> None:
+    """meta_positions index the meta ids, all of them, and the text before each marker."""
+    assert ex.meta_positions == [i for i, t in enumerate(ex.prompt_ids) if t == tok.meta_token_id]
+    parts = tok.decode(ex.prompt_ids, skip_meta=False).split(META_TOKEN)
+    assert len(parts) == len(ex.meta_positions) + 1
+    for k, p in enumerate(ex.meta_positions):
+        assert tok.decode(ex.prompt_ids[:p]) == "".join(parts[: k + 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+def test_word_lists_cannot_be_confused_with_the_templates():
+    assert len(set(ITEMS)) == len(ITEMS) >= 100
+    assert all(w.isascii() and w.isalpha() and w.islower() for w in ITEMS)
+    assert not set(ITEMS) & TEMPLATE_WORDS
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+@pytest.mark.parametrize("task", list(TASKS))
+def test_examples_are_correct_and_fit_their_window(tok, task, difficulty):
+    length = LENGTH[difficulty]
+    low, high = length_window(length)
+    for split in ("train", "test"):
+        for ex in make_examples(task, tok, length=length, difficulty=difficulty, n=N_EXAMPLES, seed=1, split=split):
+            assert low <= len(ex.prompt_ids) - len(ex.meta_positions) and len(ex.prompt_ids) <= high
+            assert len(ex.meta_positions) == META_COUNT[task]
+            assert_meta_ids(tok, ex)
+            text = tok.decode(ex.prompt_ids, skip_meta=False)
+            expected = CHECKERS[task](text)
+            assert ex.answer_ids[-1] == tok.eos_token_id
+            assert tok.decode(ex.answer_ids[:-1]) == expected == ex.answer_text
+            assert ex.prompt_text == text.replace(META_TOKEN, "")
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_no_meta_variant_is_the_meta_variant_without_meta_ids(tok, task):
+    kw = dict(length=LENGTH["hard"], difficulty="hard", n=N_EXAMPLES, seed=3, split="test")
+    with_meta = make_examples(task, tok, meta=True, **kw)
+    without = make_examples(task, tok, meta=False, **kw)
+    for a, b in zip(with_meta, without, strict=True):
+        assert b.prompt_ids == [t for t in a.prompt_ids if t != tok.meta_token_id]
+        assert b.meta_positions == [] and tok.meta_token_id not in b.prompt_ids
+        for name in ("answer_ids", "prompt_text", "answer_text", "info"):
+            assert getattr(a, name) == getattr(b, name)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_ids_are_the_plain_tokenization_of_the_text(tok, task):
+    # Cutting the text at the meta places must not change how it tokenizes, or a model would see
+    # token sequences at fine-tuning time that plain text never produces.
+    for ex in make_examples(task, tok, length=LENGTH["hard"], difficulty="hard", n=N_EXAMPLES, seed=4, meta=False):
+        assert tok.encode(ex.prompt_text) == ex.prompt_ids
+        assert tok.encode(ex.prompt_text + ex.answer_text) == ex.prompt_ids + ex.answer_ids[:-1]
+
+
+def test_deterministic_and_prefix_stable(tok):
+    for task in TASKS:
+        kw = dict(length=200, difficulty="medium", seed=11)
+        first = [e.to_dict() for e in make_examples(task, tok, n=6, **kw)]
+        again = [e.to_dict() for e in make_examples(task, tok, n=6, **kw)]
+        assert first == again
+        assert [e.to_dict() for e in make_examples(task, tok, n=3, **kw)] == first[:3]
+        other = {e.prompt_text for e in make_examples(task, tok, length=200, difficulty="medium", seed=12, n=6)}
+        assert not other & {e["prompt_text"] for e in first}
+
+
+def test_same_examples_in_a_fresh_process_with_another_hash_seed(tok, tmp_path):
+    # Guards against anything that depends on set/dict iteration order of strings.
+    tok.save(tmp_path / "tok.json")
+    script = (
+        "import hashlib, sys\n"
+        "from metatokens.tokenizer import MetaTokenizer\n"
+        "from metatokens.tasks import TASKS, make_examples\n"
+        "tok = MetaTokenizer.from_file(sys.argv[1])\n"
+        "h = hashlib.sha256()\n"
+        "for t in TASKS:\n"
+        "    for e in make_examples(t, tok, length=200, n=5, seed=5):\n"
+        "        h.update(repr((e.prompt_ids, e.answer_ids, e.meta_positions)).encode())\n"
+        "print(h.hexdigest())\n"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        command = [sys.executable, "-c", script, str(tmp_path / "tok.json")]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+
+
+def test_train_and_test_never_share_a_prompt(tok):
+    # Parity with a handful of bits has few distinct prompts, so independent draws do collide:
+    # the two train sets below share prompts, the train and test sets must not.
+    kw = dict(length=56, difficulty="medium", n=150)
+    train = {e.prompt_text for e in make_examples("parity", tok, seed=0, split="train", **kw)}
+    train_again = {e.prompt_text for e in make_examples("parity", tok, seed=1, split="train", **kw)}
+    test = {e.prompt_text for e in make_examples("parity", tok, seed=0, split="test", **kw)}
+    assert len(train) == len(test) == 150, "examples within a split are distinct"
+    assert train & train_again, "control: this setting is small enough for draws to collide"
+    assert not train & test
+    for task in TASKS:
+        kw = dict(length=160, difficulty="medium", n=20, seed=2)
+        train = {e.prompt_text for e in make_examples(task, tok, split="train", **kw)}
+        test = {e.prompt_text for e in make_examples(task, tok, split="test", **kw)}
+        assert len(train) == len(test) == 20 and not train & test
+
+
+def test_answers_are_spread_out(tok):
+    parity = [e.answer_text for e in make_examples("parity", tok, length=160, n=40, seed=0)]
+    assert set(parity) == {" 0", " 1"}
+    recall = make_examples("list_recall", tok, length=320, difficulty="hard", n=40, seed=0)
+    assert len({e.info["position"] for e in recall}) >= 4
+    assert len({len(e.prompt_ids) for e in recall}) >= 10, "lengths spread over the window"
+
+
+def test_length_helpers():
+    assert length_window(512) == (384, 512)
+    assert length_window(100) == (75, 100)
+    assert length_bins([512, 256, 1024]) == [(0, 256), (256, 512), (512, 1024)]
+    assert [bin_for(n, [256, 512]) for n in (1, 256, 257, 512, 513)] == [256, 256, 512, 512, None]
+
+
+def test_curriculum_grows_and_each_phase_can_be_generated(tok):
+    phases = curriculum("list_recall", 1024)
+    assert [p.length for p in phases] == [205, 410, 614, 819, 1024]
+    assert [p.difficulty for p in phases] == ["medium", "medium", "hard", "hard", "extra-hard"]
+    assert curriculum("parity", 2048)[-1] == (2048, "long")
+    assert curriculum("copying", 256, phases=1) == [(256, "extra-hard")]
+    assert [p.length for p in curriculum("parity", 100)] == [64, 64, 64, 80, 100]
+    for length, difficulty in phases:
+        assert make_examples("list_recall", tok, length=length, difficulty=difficulty, n=2, seed=0)
+
+
+def test_example_round_trips_through_json(tok):
+    ex = make_examples("copying", tok, length=160, n=1, seed=0)[0]
+    assert Example.from_dict(json.loads(json.dumps(ex.to_dict()))) == ex
+
+
+def test_list_pointer_is_an_alias(tok):
+    a = make_examples("list_pointer", tok, length=160, n=2, seed=0)
+    b = make_examples("list_recall", tok, length=160, n=2, seed=0)
+    assert [e.prompt_ids for e in a] == [e.prompt_ids for e in b]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(task="sorting"), "unknown task 'sorting'"),
+        (dict(difficulty="easy"), "unknown difficulty 'easy'"),
+        (dict(split="val"), "unknown split 'val'"),
+        (dict(length=24), "too short for list_recall/medium"),
+        (dict(length=4), "length must be an integer >= 8"),
+        (dict(n=-1), "n must be a non-negative integer"),
+    ],
+)
+def test_bad_requests_raise_one_line_task_errors(tok, kwargs, message):
+    args = dict(task="list_recall", length=160, difficulty="medium", n=1, seed=0, split="train") | kwargs
+    task = args.pop("task")
+    with pytest.raises(TaskError, match=re.escape(message)) as info:
+        make_examples(task, tok, **args)
+    assert "\n" not in str(info.value)
+    if "too short" not in message:  # argument errors surface at the call, not at the first next()
+        with pytest.raises(TaskError, match=re.escape(message)):
+            iter_examples(task, tok, **args)
+
+
+def test_show_prints_examples_and_errors_exit_2(tok, tmp_path, capsys):
+    tok.save(tmp_path / "tok.json")
+    assert tasks_main.main(["--show", "--tokenizer", str(tmp_path / "tok.json"), "--length", "160"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("===") == len(TASKS) and META_TOKEN in out
+    assert tasks_main.main(["--show", "--tokenizer", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
