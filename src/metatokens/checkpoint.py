@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,16 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def save_pretrained(out_dir: str | Path, model: GPT, tokenizer=None, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write a model folder. `extra` adds JSON-serialisable fields (for example training settings)."""
+def save_pretrained(
+    out_dir: str | Path,
+    model: GPT,
+    tokenizer=None,
+    *,
+    extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a model folder. `extra` adds JSON-serialisable fields to config.json; `write_extra(tmp)`
+    may add files (optimizer state, ...) to the folder before it is moved into place."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -99,6 +108,8 @@ def save_pretrained(out_dir: str | Path, model: GPT, tokenizer=None, *, extra: d
                 "eos_token_id": tokenizer.eos_token_id,
             }
         config.update(extra or {})
+        if write_extra is not None:
+            write_extra(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)
     except BaseException:

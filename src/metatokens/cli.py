@@ -17,6 +17,8 @@ from . import __version__
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
+    "metatokens.commands.pretrain",
+    "metatokens.commands.plot",
     "metatokens.commands.info",
 ]
 

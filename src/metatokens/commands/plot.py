@@ -1,0 +1,64 @@
+"""`metatokens plot RUN [RUN ...]`: loss curves of several runs on one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("plot", help="draw the training and validation loss of runs on one PNG")
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
+    p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
+    p.add_argument("--metric", default="loss", help="plot train_/val_ METRIC (default: loss)")
+    p.set_defaults(func=run)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    file = run / "metrics.jsonl"
+    if not file.is_file():
+        raise ValueError(f"{file}: not found; is {run} a run folder?")
+    rows = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{file}:{n}: not a JSON row") from None
+    return rows
+
+
+def plot_runs(runs: list[Path], out: Path, metric: str = "loss") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for run in runs:
+        rows = read_metrics(run)
+        for split, style in (("train", "-"), ("val", "o--")):
+            pts = [(r["step"], r[f"{split}_{metric}"]) for r in rows if f"{split}_{metric}" in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{run.name} {split}", alpha=0.85 if split == "val" else 0.6)
+                drawn += 1
+    if not drawn:
+        raise ValueError(f"no train_{metric} or val_{metric} values in {', '.join(map(str, runs))}")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(f"{metric} (nats per text token)" if metric == "loss" else metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def run(args) -> int:
+    out = plot_runs([Path(r) for r in args.runs], Path(args.out), args.metric)
+    print(f"wrote {out}")
+    return 0

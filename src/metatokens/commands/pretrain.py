@@ -1,0 +1,59 @@
+"""`metatokens pretrain`: pre-train a model with meta-tokens (or a baseline) from a preset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..runconfig import list_presets, load_run_config
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train with meta-token injection (runs under torchrun for DDP/FSDP)",
+        description="Pre-train from a preset; any setting can be changed with --set section.key=value.",
+    )
+    p.add_argument("--config", default=None, help=f"preset name ({', '.join(list_presets())}) or YAML path; "
+                   "default: tiny, or the run's own settings with --resume")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, tokenizer)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting, e.g. --set train.lr=3e-4 --set model.n_layer=6 (repeatable)")
+    p.add_argument("--max-steps", type=int, help="shortcut for --set train.max_steps=N")
+    p.add_argument("--device", help="shortcut for --set train.device=DEVICE")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init", help="start from the weights of a model or run folder (continued pre-training)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..pretrain import run_pretrain
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    preset = args.config
+    if preset is None and args.resume and (Path(args.out) / "run.json").is_file():
+        preset = _saved_preset(Path(args.out))
+    cfg = load_run_config(preset or "tiny", overrides)
+    summary = run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress)
+    keys = [k for k in ("train_loss", "val_loss", "val_bpb") if k in summary]
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{args.out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in keys))
+    return 0
+
+
+def _saved_preset(run_dir: Path) -> str:
+    """Write the run's saved settings as a YAML file beside it and return its path."""
+    import yaml
+
+    from ..checkpoint import atomic_write_text
+
+    saved = json.loads((run_dir / "run.json").read_text())["config"]
+    path = run_dir / "resolved-config.yaml"
+    atomic_write_text(path, yaml.safe_dump({k: saved[k] for k in ("model", "data", "train")}, sort_keys=False))
+    return str(path)

@@ -1,0 +1,454 @@
+"""One training loop for pre-training and fine-tuning.
+
+Parallelism (DDP / FSDP), mixed precision and torch.compile are applied here, from outside the
+model. The loop is driven by a batch source with `next_batch() -> (x, y)`, `state_dict()` and
+`load_state_dict()`, so pre-training and fine-tuning share everything else: the AdamW set-up,
+the warm-up + cosine schedule, gradient accumulation and clipping, evaluation, progress, metric
+logs, atomic checkpoints with exact resume, and clean stops on SIGINT/SIGTERM.
+
+Losses are normalised by the number of target tokens in the whole optimiser step (all
+micro-batches, all processes), so accumulation and data parallelism give the same gradient as
+one big batch, even when micro-batches hold different numbers of meta (unscored) targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import CheckpointError, atomic_write_text, load_pretrained, save_pretrained, sha256_file
+from .model import GPT
+from .runconfig import TrainConfig
+
+IGNORE = -100
+KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, mismatched resume); the message is one line."""
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device_spec: str = "auto") -> Dist:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    if device_spec == "auto":
+        device_spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("train.device is cuda but no CUDA device is available; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=torch.device(device_spec))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_spec.startswith("cuda"):
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device(device_spec), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Dist(rank, world, local_rank, device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (dim >= 2) only: no decay on biases, LayerNorms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def parallelize(model: GPT, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
+    """Wrap for data parallelism (DDP or FSDP2) and compile; the model itself stays untouched."""
+    model.to(d.device)
+    wrapped: torch.nn.Module = model
+    if d.world > 1 and cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.h:
+            fully_shard(block)
+        fully_shard(model)
+    elif d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in KNOWN_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def flops_per_token(model: GPT) -> float:
+    """Training FLOPs per token: 6 N for the weights plus the attention scores (PaLM appendix B)."""
+    c = model.config
+    n = model.num_params(exclude_positions=True)
+    return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state(d: Dist) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if d.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(d.device)
+    gathered: list[Any] = [state]
+    if d.world > 1:
+        gathered = [None] * d.world
+        dist.all_gather_object(gathered, state)
+    return {f"rank{r}.{k}": v.cpu() for r, s in enumerate(gathered) for k, v in s.items()}
+
+
+def _full_state(model: GPT, optimizer, d: Dist, fsdp: bool):
+    """Full (unsharded) model and optimizer state dicts, on CPU; only rank 0's copy is used."""
+    if not fsdp or d.world == 1:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, state: dict, d: Dist, cfg: TrainConfig) -> Path:
+    """checkpoints/step-NNNNNNNN: a loadable model folder plus optimizer, RNG and trainer state."""
+    model_state, optim_state = _full_state(model, optimizer, d, cfg.fsdp)
+    rng = _rng_state(d)
+    folder = run_dir / "checkpoints" / f"step-{step:08d}"
+    if d.main:
+        snapshot = model
+        if cfg.fsdp and d.world > 1:
+            snapshot = GPT(model.config)
+            snapshot.load_state_dict(model_state)
+
+        def write_extra(tmp: Path) -> None:
+            torch.save(optim_state, tmp / "optimizer.pt")
+            save_file(rng, str(tmp / "rng.safetensors"))
+            files = {name: sha256_file(tmp / name) for name in ("optimizer.pt", "rng.safetensors")}
+            atomic_write_text(tmp / "trainer_state.json", json.dumps({**state, "step": step, "sha256": files}, indent=1))
+
+        save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
+        atomic_write_text(run_dir / "checkpoints" / "LATEST", folder.name + "\n")
+        _prune(run_dir / "checkpoints", cfg.keep_last)
+    d.barrier()
+    return folder
+
+
+def _prune(folder: Path, keep: int) -> None:
+    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "LATEST"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoints" / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer}: names {folder.name}, which does not exist")
+    return folder
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model folder, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is None:
+        raise CheckpointError(f"{path}: neither a model folder nor a run folder with checkpoints")
+    return latest
+
+
+def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) -> dict:
+    """Restore model, optimizer and this rank's RNG from a checkpoint folder; return trainer state."""
+    state_file = folder / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{state_file}: unreadable ({' '.join(str(err).split())}); the checkpoint is incomplete") from None
+    for name, digest in state.get("sha256", {}).items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+            raise CheckpointError(f"{folder / name}: missing, truncated or corrupted (checksum differs)")
+    saved, _, _ = load_pretrained(folder)  # verifies the weights' checksum and the config
+    if saved.config != model.config:
+        raise TrainingError(f"{folder}: the checkpoint's model settings differ from this run's; refusing to resume")
+    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    if fsdp and d.world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=saved.state_dict(), optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(saved.state_dict())
+        optimizer.load_state_dict(optim_state)
+    rng = load_file(str(folder / "rng.safetensors"))
+    if f"rank{d.rank}.cpu" in rng:
+        torch.set_rng_state(rng[f"rank{d.rank}.cpu"])
+        if d.device.type == "cuda" and f"rank{d.rank}.cuda" in rng:
+            torch.cuda.set_rng_state(rng[f"rank{d.rank}.cuda"], d.device)
+    return state
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class MetricLog:
+    """metrics.jsonl in the run folder, plus TensorBoard / W&B when installed and wanted."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, run_info: dict, enabled: bool):
+        self.enabled = enabled
+        self.file = run_dir / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError("train.wandb is on but wandb is not installed (pip install wandb)") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config=run_info, resume="allow")
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                if self.tb is not None:
+                    self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _valid_targets(y: torch.Tensor) -> int:
+    return int((y != IGNORE).sum())
+
+
+def train_loop(
+    model: GPT,
+    batches: BatchSource,
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    tokenizer=None,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    resume: bool = False,
+    d: Dist | None = None,
+    progress: bool = True,
+    run_info: dict | None = None,
+) -> dict[str, Any]:
+    """Train `model` for cfg.max_steps optimiser steps; returns a summary of the run."""
+    d = d or Dist()
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed + d.rank)
+    wrapped = parallelize(model, cfg, d)
+    optimizer = build_optimizer(model, cfg, d.device)
+    start = 0
+    if resume and (folder := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(folder, model, optimizer, d, cfg.fsdp)
+        batches.load_state_dict(state["data"])
+        start = state["step"]
+    if d.world > 1 and cfg.grad_accum % d.world:
+        raise ValueError(f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({d.world})")
+    accum = max(1, cfg.grad_accum // d.world)
+    autocast = autocast_for(cfg, d.device)
+    log = MetricLog(run_dir, cfg, run_info or {}, enabled=d.main)
+    peak = peak_flops(cfg, d.device)
+    fpt = flops_per_token(model)
+    summary: dict[str, Any] = {"start_step": start, "losses": {}}
+    bar = None
+    if progress and d.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True)
+
+    def checkpoint(step: int) -> None:
+        state = {"data": batches.state_dict(), "train_loss": summary.get("train_loss")}
+        save_checkpoint(run_dir, step, model, optimizer, tokenizer, state, d, cfg)
+
+    def run_eval(step: int) -> None:
+        if evaluate is None:
+            return
+        model.eval()
+        with torch.no_grad(), autocast():
+            metrics = evaluate(wrapped)
+        model.train()
+        summary.update(metrics)
+        log.write({"step": step, **metrics})
+        if bar is not None:
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    model.train()
+    step = start
+    with _StopFlag() as flag:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = [batches.next_batch() for _ in range(accum)]
+            counts = [_valid_targets(y) for _, y in micro]
+            (total,) = d.all_sum(sum(counts))
+            loss_sum = torch.zeros((), device=d.device)
+            for i, ((x, y), n) in enumerate(zip(micro, counts)):
+                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                sync = i == accum - 1 or not hasattr(wrapped, "no_sync")
+                with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
+                    _, loss = wrapped(x, y)
+                    loss = torch.nan_to_num(loss, nan=0.0) if n == 0 else loss
+                    # sum of token losses / tokens in the whole step; DDP averages over ranks
+                    (loss * (n * d.world / max(total, 1))).backward()
+                loss_sum += loss.detach().float() * n
+            (step_loss,) = d.all_sum(loss_sum.item())
+            step_loss /= max(total, 1)
+            if not math.isfinite(step_loss):
+                last = latest_checkpoint(run_dir)
+                raise TrainingError(
+                    f"loss became {step_loss} at step {step + 1}; stopped without saving "
+                    f"(last good checkpoint: {last if last else 'none'}); try a lower train.lr"
+                )
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if d.device.type == "cuda":
+                torch.cuda.synchronize(d.device)
+            step += 1
+            dt = time.perf_counter() - t0
+            tokens = sum(x.numel() for x, _ in micro) * d.world
+            summary["losses"][step] = step_loss
+            summary["train_loss"] = step_loss
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                row = {"step": step, "train_loss": step_loss, "lr": lr, "tokens_per_s": tokens / dt, "step_s": dt}
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                if peak:
+                    row["mfu"] = fpt * tokens / dt / (peak * d.world)
+                log.write(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens / dt:,.0f}")
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and step != cfg.max_steps:
+                run_eval(step)
+            (stop,) = d.all_sum(float(flag.stop))
+            if stop or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps:
+                if step == cfg.max_steps:
+                    run_eval(step)
+                checkpoint(step)
+            if stop:
+                summary["interrupted"] = True
+                if d.main:
+                    (bar.write if bar is not None else print)(
+                        f"stopped at step {step}; checkpoint saved in {run_dir}; continue with --resume"
+                    )
+                break
+    if bar is not None:
+        bar.close()
+    log.close()
+    summary["step"] = step
+    return summary

@@ -1,0 +1,244 @@
+"""The training loop: schedule, optimiser groups, exact resume, clean stops, DDP equivalence, CLI errors."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metatokens import cli
+from metatokens.checkpoint import CheckpointError
+from metatokens.pretrain import run_pretrain
+from metatokens.runconfig import TrainConfig, load_run_config
+from metatokens.train import TrainingError, build_optimizer, lr_at
+
+WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
+         "and to in is that for it as with was on be by this are from or at an which").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for i in range(30):
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "." for _ in range(60)]
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(sentences), encoding="utf-8")
+    return folder
+
+
+def toy_cfg(corpus: Path, cache: Path, *extra: str):
+    overrides = [f"data.source={corpus}", f"data.cache_dir={cache}", "data.vocab_size=300", "data.max_documents=null",
+                 "data.val_fraction=0.1", "train.log_interval=1", "train.eval_interval=0", "train.eval_batches=2",
+                 "train.batch_size=4", *extra]
+    return load_run_config("toy", overrides)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+
+
+def test_lr_schedule_matches_formula():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.1 + 0.5 * 0.9)  # half-way down the cosine
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    xs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(xs, xs[1:]))
+
+
+def test_weight_decay_only_on_matrices():
+    from conftest import toy_model
+
+    model = toy_model()
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
+
+
+def test_loss_falls_and_run_folder_is_complete(corpus, tmp_path):
+    cfg = toy_cfg(corpus, tmp_path / "cache", "train.max_steps=25", "train.eval_interval=25")
+    summary = run_pretrain(cfg, tmp_path / "run", progress=False)
+    curve = losses(tmp_path / "run")
+    assert sorted(curve) == list(range(1, 26))
+    assert sum(list(curve.values())[-5:]) / 5 < sum(list(curve.values())[:5]) / 5 - 0.5
+    assert math.isfinite(summary["val_loss"]) and summary["val_bpb"] > 0
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"run.json", "tokenizer.json", "metrics.jsonl", "checkpoints"}
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step-00000025"
+    assert len(list((run / "checkpoints").glob("step-*"))) == cfg.train.keep_last
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
+    extra = ["model.dropout=0.1", "train.ckpt_interval=4", "train.grad_accum=2"]  # dropout: RNG must be restored
+    full = run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=12", *extra), tmp_path / "full", progress=False)
+    run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=12", "train.ckpt_interval=0", *extra[:1],
+                         "train.grad_accum=2"), tmp_path / "dummy", progress=False)  # same cache, unrelated run
+    part = tmp_path / "part"
+    # stop after 6 steps (the cosine schedule still spans 12), then resume to 12
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=12", *extra)
+    cfg.train.max_steps = 6
+    run_pretrain(cfg, part, progress=False)
+    cfg.train.max_steps = 12
+    with pytest.raises(ValueError, match="--resume"):
+        run_pretrain(cfg, part, progress=False)
+    resumed = run_pretrain(cfg, part, resume=True, progress=False)
+    assert resumed["start_step"] == 6
+    for step in range(7, 13):
+        assert abs(resumed["losses"][step] - full["losses"][step]) <= 1e-6, step
+
+
+def test_truncated_checkpoint_is_never_loaded(corpus, tmp_path):
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=4", "train.ckpt_interval=2")
+    run_pretrain(cfg, tmp_path / "run", progress=False)
+    latest = tmp_path / "run" / "checkpoints" / "step-00000004"
+    opt = latest / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:100])
+    cfg.train.max_steps = 6
+    with pytest.raises(CheckpointError, match="optimizer.pt"):
+        run_pretrain(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_resume_with_other_model_shape_or_tokenizer_is_refused(corpus, tmp_path):
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=2")
+    run_pretrain(cfg, tmp_path / "run", progress=False)
+    wider = toy_cfg(corpus, tmp_path / "c", "train.max_steps=4", "model.n_embd=48")
+    with pytest.raises(TrainingError, match="n_embd"):
+        run_pretrain(wider, tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "run" / "tokenizer.json").write_bytes(b"")  # a tokenizer file that is not the run's
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=4"), tmp_path / "run", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    import metatokens.model as model_mod
+
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=8", "train.ckpt_interval=3")
+    real_forward = model_mod.GPT.forward
+    calls = {"n": 0}
+
+    def flaky(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(model_mod.GPT, "forward", flaky)
+    with pytest.raises(TrainingError, match="step 5.*step-00000003"):
+        run_pretrain(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    args = [sys.executable, "-m", "metatokens", "pretrain", "--config", "toy", "--out", str(tmp_path / "run"),
+            "--no-progress", "--set", f"data.source={corpus}", "--set", f"data.cache_dir={tmp_path / 'c'}",
+            "--set", "data.vocab_size=300", "--set", "data.max_documents=null", "--set", "data.val_fraction=0.1",
+            "--set", "train.max_steps=100000", "--set", "train.log_interval=1", "--set", "train.ckpt_interval=0",
+            "--set", "train.eval_interval=0"]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    latest = (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip()
+    step = int(latest.split("-")[1])
+    assert 3 <= step < 100000
+    assert "continue with --resume" in err + out
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_ddp_two_processes_equal_one_process(corpus, tmp_path, fsdp):
+    common = ["--config", "toy", "--no-progress", "--set", f"data.source={corpus}",
+              "--set", f"data.cache_dir={tmp_path / 'c'}", "--set", "data.vocab_size=300",
+              "--set", "data.max_documents=null", "--set", "data.val_fraction=0.1", "--set", "train.max_steps=4",
+              "--set", "train.log_interval=1", "--set", "train.eval_interval=0", "--set", "train.grad_accum=2",
+              "--set", "train.batch_size=4", "--set", f"train.fsdp={str(fsdp).lower()}"]
+    one = subprocess.run([sys.executable, "-m", "metatokens", "pretrain", "--out", str(tmp_path / "one"), *common],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "metatokens", "pretrain", "--out", str(tmp_path / "two"), *common],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+
+def run_cli(*args) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "data.source=/no/such/corpus"], "/no/such/corpus"),
+        (["--set", "train.batch_size=0"], "batch_size must be a positive integer"),
+        (["--set", "train.max_steps=-3"], "max_steps must be a positive integer"),
+        (["--set", "train.bogus=1"], "unknown key 'bogus'"),
+        (["--set", "model.n_layers=2"], "unknown model key(s): n_layers"),
+        (["--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
+        (["--set", "data.k=1.5"], "data.k must be in [0, 1)"),
+    ],
+)
+def test_cli_bad_input_one_line_and_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "run"
+    base = ["pretrain", "--out", str(out), "--no-progress"]
+    if "--config" not in args:
+        base += ["--config", "toy"]
+    code, err = run_cli(*base, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+    assert not out.exists()
+
+
+def test_cli_empty_corpus_fails_cleanly(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("   \n")
+    code, err = run_cli("pretrain", "--config", "toy", "--out", str(tmp_path / "run"), "--no-progress",
+                        "--set", f"data.source={empty}", "--set", f"data.cache_dir={tmp_path / 'c'}")
+    assert code == 2 and err.count("\n") == 1 and str(empty) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_presets_load_and_paper_presets_match_the_paper():
+    for name in ("tiny", "tiny-ape", "tiny-baseline", "gpt2-small-meta", "gpt2-small-meta-ape", "gpt2-small"):
+        load_run_config(name)
+    paper = load_run_config("gpt2-small-meta")
+    m, t = paper.model, paper.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.pos_encoding) == (12, 12, 768, 1024, "rope")
+    assert (t.lr, t.min_lr, t.warmup_steps, t.weight_decay, t.grad_clip, t.beta1, t.beta2) == (6e-4, 6e-5, 2000, 0.1, 1.0, 0.9, 0.95)
+    assert t.batch_size * t.grad_accum * m.block_size == 491520  # about 0.49M tokens per step
+    assert paper.data.k == 0.1 and load_run_config("gpt2-small").data.k == 0.0
+    assert not load_run_config("gpt2-small").model.meta_attention
