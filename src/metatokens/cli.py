@@ -19,6 +19,8 @@ from . import __version__
 COMMAND_MODULES = [
     "metatokens.commands.pretrain",
     "metatokens.commands.plot",
+    "metatokens.commands.export",
+    "metatokens.commands.import_gpt2",
     "metatokens.commands.info",
 ]
 

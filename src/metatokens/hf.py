@@ -1,7 +1,15 @@
-"""Weight conversion between Hugging Face GPT-2 and our model (transformers is optional)."""
+"""Hugging Face interoperability: GPT-2 weight conversion, export to transformers, GPT-2 import.
+
+transformers is optional: it is imported only by the functions that need it. The transformers
+classes themselves live in hf_model.py, which exported folders carry as their model code.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,3 +53,321 @@ def state_dict_from_hf_gpt2(hf_state: dict[str, torch.Tensor]) -> dict[str, torc
         out[key] = tensor.contiguous()
     out.setdefault("lm_head.weight", out["wte.weight"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Export to a transformers folder, import of a Hugging Face GPT-2 checkpoint.
+# transformers is imported inside the functions, so `import metatokens.hf` stays light.
+
+
+class HFInteropError(ValueError):
+    """An export or import cannot proceed (missing folder, wrong model type, ...). One line."""
+
+
+class GPT2ImportWarning(UserWarning):
+    """Something an import did that the user should know about (e.g. learned positions dropped)."""
+
+
+def _require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise HFInteropError("this needs Hugging Face transformers: pip install 'metatokens[hf]'") from None
+
+
+# Files an exported folder may hold; anything else (a pickle above all) is a bug.
+EXPORT_SUFFIXES = (".json", ".safetensors", ".py", ".md")
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a transformers folder for a metatokens model folder (or run folder: its latest checkpoint).
+
+    The folder loads with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` (the
+    model code travels in it), or without remote code once `metatokens.hf_model` is imported; and
+    with `AutoTokenizer.from_pretrained(out)` when the checkpoint has a tokenizer. Weights are
+    safetensors. The folder is written under a temporary name and renamed into place.
+    """
+    _require_transformers()
+    from transformers import GenerationConfig
+
+    from . import __version__
+    from .checkpoint import load_pretrained, replace_dir
+    from .hf_model import MetaTokensForCausalLM
+    from .train import resolve_model_dir
+
+    model, tokenizer, _ = load_pretrained(resolve_model_dir(checkpoint), "cpu")
+    model.eval()
+    vocab_limit = tokenizer.vocab_size if tokenizer is not None else None
+    hf = MetaTokensForCausalLM.from_gpt(model, vocab_limit=vocab_limit)
+    hf.config.metatokens_version = __version__
+    if tokenizer is not None:
+        eos = tokenizer.eos_token_id
+        # pad = eos so that finished rows of a batch are filled, as for GPT-2.
+        hf.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        hf.save_pretrained(tmp)
+        if tokenizer is not None:
+            save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_positions)
+        _write_model_card(tmp, model.config, has_tokenizer=tokenizer is not None)
+        stray = sorted(p.name for p in tmp.iterdir() if not p.name.endswith(EXPORT_SUFFIXES))
+        if stray:
+            raise HFInteropError(f"export produced unexpected files {stray}; refusing to write non-safetensors weights")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json that `AutoTokenizer.from_pretrained(folder)` loads.
+
+    The tokenizer is our byte-level BPE unchanged, so ordinary text gets the ids MetaTokenizer
+    gives. `<|meta|>` is an additional special token: unlike MetaTokenizer, which never maps text
+    to the meta id, a transformers tokenizer turns the literal `<|meta|>` in a prompt into it
+    (that is how users place meta-tokens), and `skip_special_tokens=True` drops it when decoding.
+    """
+    from .tokenizer import EOS_TOKEN, META_TOKEN
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder / "tokenizer.json")
+    settings: dict[str, Any] = {
+        # PreTrainedTokenizerFast reads tokenizer.json as it is (no GPT-2-specific rebuilding);
+        # transformers 5 maps the name to its TokenizersBackend.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "additional_special_tokens": [META_TOKEN],
+        "clean_up_tokenization_spaces": False,
+    }
+    if model_max_length is not None:
+        settings["model_max_length"] = model_max_length
+    text = json.dumps(settings, indent=2) + "\n"
+    (folder / "tokenizer_config.json").write_text(text, encoding="utf-8")
+
+
+def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) -> None:
+    meta = f"meta-token id {cfg.meta_token_id}" if cfg.meta_token_id is not None else "no meta-token"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [metatokens, meta-attention]",
+        "---",
+        "",
+        "# metatokens model",
+        "",
+        "GPT-2 style language model with learned meta-tokens and meta-attention",
+        "(Shah et al., \"Language Modeling with Learned Meta-Tokens\", arXiv 2509.16278), exported by `metatokens export`.",
+        "",
+        f"{cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd}, positions: {cfg.pos_encoding}, "
+        f"meta-attention: {'yes' if cfg.meta_attention else 'no'}, {meta}.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM" + (", AutoTokenizer" if has_tokenizer else ""),
+        'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER", trust_remote_code=True)',
+    ]
+    if has_tokenizer:
+        lines += [
+            'tok = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+            'ids = tok("Some text <|meta|> more text", return_tensors="pt").input_ids',
+            "print(tok.decode(model.generate(ids, max_new_tokens=20)[0]))",
+        ]
+    lines += ["```", "", "Without remote code: `pip install metatokens`, `import metatokens.hf_model`, then the same calls.", ""]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+# Hub files worth fetching for an import: settings, safetensors weights, tokenizer.
+_GPT2_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt"]
+
+
+def resolve_gpt2_source(name_or_path: str | Path) -> Path:
+    """A local folder as is; otherwise a Hub model name, fetched (only the files an import needs)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise HFInteropError(f"{path}: is a file; expected a Hugging Face GPT-2 model folder")
+    text = str(name_or_path)
+    looks_like_path = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_like_path or not text:
+        raise HFInteropError(f"{text}: folder not found; pass a Hugging Face GPT-2 model folder or a Hub name such as gpt2")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=text, allow_patterns=_GPT2_PATTERNS))
+    except Exception as err:  # network, offline mode, unknown repo: all end the same way for the user
+        reason = " ".join(str(err).split())[:200]
+        raise HFInteropError(
+            f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed ({reason})"
+        ) from None
+
+
+def _read_gpt2_config(folder: Path):
+    from transformers import GPT2Config
+
+    file = folder / "config.json"
+    if not file.is_file():
+        raise HFInteropError(f"{folder}: no config.json; not a Hugging Face model folder")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HFInteropError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("model_type") != "gpt2":
+        kind = data.get("model_type") if isinstance(data, dict) else None
+        raise HFInteropError(f"{file}: model_type is {kind!r}, not 'gpt2'; only GPT-2 checkpoints can be imported")
+    try:
+        return GPT2Config.from_dict(data)
+    except Exception as err:
+        raise HFInteropError(f"{file}: not a valid GPT-2 config ({' '.join(str(err).split())[:200]})") from None
+
+
+def _read_safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise HFInteropError(f"{index}: not a safetensors index ({err})") from None
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    else:
+        raise HFInteropError(
+            f"{folder}: no model.safetensors; only safetensors weights are read (never pickles). "
+            "Convert with transformers: GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder)"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:
+            raise HFInteropError(f"{file}: cannot read weights ({' '.join(str(err).split())[:200]})") from None
+    return state
+
+
+def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """Append rows equal to the mean of the existing ones.
+
+    A new token starts as an "average" token. Zero rows would be worse: with a tied head a zero
+    row scores logit 0, far above GPT-2's typical (large negative) logits, and would soak up
+    probability before any training.
+    """
+    extra = rows - weight.size(0)
+    if extra <= 0:
+        return weight
+    return torch.cat((weight, weight.mean(0, keepdim=True).expand(extra, -1)), 0)
+
+
+def gpt2_to_meta_model(
+    hf_config: Any,
+    hf_state: dict[str, torch.Tensor],
+    meta_token_id: int,
+    vocab_rows: int,
+    *,
+    pos_encoding: str = "ape",
+    meta_attention: bool = True,
+    seed: int = 0,
+):
+    """Our GPT holding every GPT-2 weight, plus meta-attention sublayers and embedding rows.
+
+    New embedding rows (the meta-token, padding) are the mean of GPT-2's rows. Meta-attention
+    gets GPT's usual initialisation except its output projection (c_proj weight and bias), which
+    is zero: the new sublayers add nothing until trained, so on text without meta-tokens the
+    logits are GPT-2's. pos_encoding "rope"/"none" drops GPT-2's learned position table.
+    """
+    from .model import GPT
+
+    tied = bool(getattr(hf_config, "tie_word_embeddings", True))
+    cfg = config_from_hf_gpt2(
+        hf_config, vocab_size=vocab_rows, meta_token_id=meta_token_id, meta_attention=meta_attention,
+        pos_encoding=pos_encoding, tie_embeddings=tied,
+    )
+    state = state_dict_from_hf_gpt2(hf_state)
+    if tied:
+        state.pop("lm_head.weight", None)  # the same tensor as wte.weight in GPT
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in state:
+            state[name] = _pad_rows(state[name], vocab_rows)
+    if pos_encoding != "ape":
+        state.pop("wpe.weight", None)
+    with torch.random.fork_rng(devices=[]):  # seeded meta-attention init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = GPT(cfg)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise HFInteropError(f"GPT-2 weights do not fit its config ({' '.join(str(err).split())[:300]})") from None
+    new = (".ln_meta.", ".meta_attn.")
+    missing = [k for k in missing if not any(s in k for s in new) and not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise HFInteropError(
+            f"GPT-2 weights do not match: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    with torch.no_grad():
+        for block in model.h if meta_attention else ():
+            block.meta_attn.c_proj.weight.zero_()
+            if block.meta_attn.c_proj.bias is not None:
+                block.meta_attn.c_proj.bias.zero_()
+    return model.eval()
+
+
+def import_gpt2(
+    source: str | Path,
+    out: str | Path,
+    *,
+    pos_encoding: str = "ape",
+    meta_attention: bool = True,
+    vocab_multiple: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Build a metatokens model folder from a Hugging Face GPT-2 checkpoint (folder or Hub name).
+
+    Tokenizer: GPT-2's BPE plus `<|meta|>` appended (id 50257 for GPT-2 itself). The embedding is
+    padded to a multiple of `vocab_multiple` rows (50304 for GPT-2); generation must not sample
+    ids at or above the tokenizer size (metatokens.generate's vocab_limit). With pos_encoding
+    other than "ape" a GPT2ImportWarning says that the learned positions are discarded.
+    """
+    import warnings
+
+    from .checkpoint import save_pretrained
+    from .tokenizer import MetaTokenizer
+
+    _require_transformers()
+    if pos_encoding not in ("ape", "rope", "none"):
+        raise HFInteropError(f"pos_encoding must be ape, rope or none; got {pos_encoding!r}")
+    if not isinstance(vocab_multiple, int) or vocab_multiple < 1:
+        raise HFInteropError(f"vocab_multiple must be a positive integer, got {vocab_multiple!r}")
+    folder = resolve_gpt2_source(source)
+    hf_config = _read_gpt2_config(folder)
+    tokenizer = MetaTokenizer.from_gpt2(folder)
+    # Every id but the meta-token's must have a GPT-2 embedding row.
+    top = tokenizer.vocab_size - 1
+    last_text_id = top - 1 if tokenizer.meta_token_id == top else top
+    if last_text_id >= hf_config.vocab_size:
+        raise HFInteropError(
+            f"{folder}: the tokenizer has ids up to {last_text_id} but the model only {hf_config.vocab_size} embeddings; "
+            "are the tokenizer files from this checkpoint?"
+        )
+    hf_state = _read_safetensors_weights(folder)
+    if pos_encoding != "ape":
+        warnings.warn(
+            f"pos_encoding={pos_encoding} discards GPT-2's learned position embeddings; "
+            "the model needs continued pre-training before it is useful",
+            GPT2ImportWarning, stacklevel=2,
+        )
+    rows = max(hf_config.vocab_size, tokenizer.vocab_size)
+    rows = -(-rows // vocab_multiple) * vocab_multiple
+    model = gpt2_to_meta_model(
+        hf_config, hf_state, tokenizer.meta_token_id, rows,
+        pos_encoding=pos_encoding, meta_attention=meta_attention, seed=seed,
+    )
+    info = {"source": str(source), "pos_encoding": pos_encoding, "meta_attention": meta_attention, "seed": seed}
+    return save_pretrained(out, model, tokenizer, extra={"imported_from_gpt2": info})

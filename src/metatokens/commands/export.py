@@ -1,0 +1,25 @@
+"""`metatokens export`: a model folder -> a Hugging Face transformers folder (model + tokenizer)."""
+
+from __future__ import annotations
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a Hugging Face transformers folder (AutoModelForCausalLM, AutoTokenizer)",
+        description="Load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True), or without "
+        "remote code after `import metatokens.hf_model`. Weights are safetensors. See docs/huggingface.md.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="metatokens model folder (or run folder: its latest checkpoint)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..hf import export_hf
+
+    out = export_hf(args.checkpoint, args.out)
+    has_tokenizer = (out / "tokenizer.json").is_file()
+    print(f"{out}: transformers model" + (" and tokenizer" if has_tokenizer else " (no tokenizer in the checkpoint)"))
+    return 0

@@ -1,0 +1,354 @@
+"""Hugging Face interoperability: `metatokens export` and `metatokens import-gpt2`.
+
+References are independent of the code under test where possible: Hugging Face's own GPT-2
+(logits, greedy generation), transformers' generate without a cache, a fresh Python process that
+never imports metatokens (remote code), and hand-rigged weights whose argmax is known.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from tokenizers import ByteLevelBPETokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+import metatokens.hf_model  # noqa: E402,F401  (registers the Auto classes)
+from metatokens import cli  # noqa: E402
+from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from metatokens.config import YarnConfig, model_shape  # noqa: E402
+from metatokens.generate import generate  # noqa: E402
+from metatokens.hf import export_hf  # noqa: E402
+from metatokens.model import GPT  # noqa: E402
+from metatokens.tokenizer import META_TOKEN, MetaTokenizer  # noqa: E402
+
+COMMANDS = ["metatokens.commands.export", "metatokens.commands.import_gpt2"]
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog. " * 3,
+    "hello world, hello meta tokens! numbers 12 345 and symbols #$%",
+    "a b c d e f g h i j k\nnew lines\ttabs  double  spaces",
+] * 10
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + COMMANDS)
+
+    def call(*argv):
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A tiny random Hugging Face GPT-2 with its own GPT-2-format tokenizer (vocab.json + merges.txt)."""
+    folder = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(TEXTS, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.save_model(str(folder))
+    cfg = GPT2Config(
+        vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=48, n_layer=2, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(3)
+    hf = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # non-trivial biases and LayerNorms; larger projections give varied greedy outputs
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif p.dim() == 2 and ".h." in name:
+                p.mul_(5)
+    hf.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(gpt2_dir):
+    return GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def meta_run(tmp_path_factory):
+    """A random meta-token model (vocab padded beyond the tokenizer) saved as a metatokens folder."""
+    tok = MetaTokenizer.train(TEXTS, 300)
+    torch.manual_seed(0)
+    cfg = model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # larger projections, so that greedy decoding does not repeat one token
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and not name.startswith(("wte", "lm_head")):
+                p.mul_(5)
+    folder = tmp_path_factory.mktemp("meta") / "run"
+    save_pretrained(folder, model, tok)
+    return folder, model, tok
+
+
+@pytest.fixture(scope="module")
+def exported(meta_run, tmp_path_factory):
+    folder, _, _ = meta_run
+    return export_hf(folder, tmp_path_factory.mktemp("export") / "hf")
+
+
+def load_hf(folder, **kw):
+    model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
+    model.generation_config.eos_token_id = None  # ours never stops at EOS; compare fixed lengths
+    return model
+
+
+def prompts(tok, with_meta):
+    ids = tok.encode("the quick brown fox jumps over")[:8]
+    rows = torch.tensor([ids, list(reversed(ids))])
+    if with_meta:
+        rows[0, 2] = rows[0, 5] = rows[1, 0] = tok.meta_token_id
+    return rows
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_export_folder_is_safetensors_json_and_code_only(exported):
+    names = sorted(p.name for p in exported.iterdir())
+    assert "model.safetensors" in names and "tokenizer.json" in names and "hf_model.py" in names
+    assert all(n.endswith((".json", ".safetensors", ".py", ".md")) for n in names), names
+    config = json.loads((exported / "config.json").read_text())
+    assert config["model_type"] == "metatokens"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "hf_model.MetaTokensForCausalLM"
+    assert config["vocab_limit"] == 300 and config["vocab_size"] == 320
+
+
+@pytest.mark.parametrize("with_meta", [False, True])
+def test_export_greedy_generate_equals_ours_with_cache(exported, meta_run, with_meta):
+    _, model, tok = meta_run
+    hf = load_hf(exported)
+    assert type(hf).__module__ == "metatokens.hf_model"  # the registered class, no remote code
+    idx = prompts(tok, with_meta)
+    ours = generate(model, idx, 16, temperature=0, vocab_limit=tok.vocab_size)
+    cached = hf.generate(idx, max_new_tokens=16, do_sample=False, use_cache=True)
+    recomputed = hf.generate(idx, max_new_tokens=16, do_sample=False, use_cache=False)
+    assert cached.tolist() == ours.tolist()
+    assert recomputed.tolist() == ours.tolist()
+    assert len(set(ours[:, idx.size(1):].flatten().tolist())) > 3  # the comparison is not trivial
+
+
+def test_export_logits_and_loss_equal_ours(exported, meta_run):
+    _, model, tok = meta_run
+    hf = load_hf(exported)
+    idx = torch.randint(2, tok.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
+    idx[1, [3, 9, 10]] = tok.meta_token_id
+    with torch.no_grad():
+        out = hf(idx, labels=idx)
+        logits, _ = model(idx)
+    assert (out.logits - logits).abs().max() <= 1e-6
+    # transformers' convention: labels are shifted inside; meta targets carry no loss
+    targets = idx[:, 1:].masked_fill(idx[:, 1:] == tok.meta_token_id, -100)
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_returned_cache_continues_a_sequence(exported, meta_run):
+    """Two forward calls through the returned cache give the logits of one pass over everything."""
+    _, _, tok = meta_run
+    hf = load_hf(exported)
+    idx = torch.randint(2, tok.vocab_size, (2, 24), generator=torch.Generator().manual_seed(4))
+    idx[:, [2, 7, 15, 20]] = tok.meta_token_id  # meta-tokens on both sides of the split
+    with torch.no_grad():
+        full = hf(idx).logits
+        first = hf(idx[:, :10], use_cache=True)
+        assert first.cache.get_seq_length() == 10
+        rest = hf(idx[:, 10:], cache=first.cache).logits
+    assert (torch.cat((first.logits, rest), 1) - full).abs().max() <= 1e-5
+
+
+def test_export_rope_yarn_model_recomputes_its_frequencies(tmp_path):
+    """RoPE tables are not stored in the weights; the loaded model must rebuild the same ones."""
+    tok = MetaTokenizer.train(TEXTS, 300)
+    torch.manual_seed(1)
+    cfg = model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id, pos_encoding="rope",
+                      meta_pos="zero", yarn=YarnConfig(factor=2.0, original_max_position_embeddings=32))
+    model = GPT(cfg).eval()
+    save_pretrained(tmp_path / "run", model, tok)
+    hf = load_hf(export_hf(tmp_path / "run", tmp_path / "hf"))
+    assert torch.equal(hf.model.rotary.inv_freq, model.rotary.inv_freq)
+    idx = torch.randint(2, 300, (2, 80), generator=torch.Generator().manual_seed(0))  # beyond the original window
+    idx[0, [5, 40, 41]] = tok.meta_token_id
+    with torch.no_grad():
+        assert (hf(idx).logits - model(idx)[0]).abs().max() <= 1e-5
+
+
+def test_remote_code_route_in_a_fresh_process(exported, meta_run, tmp_path):
+    """trust_remote_code=True loads from the folder's own code; metatokens is never imported."""
+    _, model, tok = meta_run
+    idx = prompts(tok, with_meta=True)
+    script = f"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(exported)!r}, trust_remote_code=True).eval()
+m.generation_config.eos_token_id = None
+out = m.generate(torch.tensor({idx.tolist()}), max_new_tokens=12, do_sample=False)
+print(json.dumps({{"ids": out.tolist(), "module": type(m).__module__,
+                  "imported": sorted(k for k in sys.modules if k.split(".")[0] == "metatokens")}}))
+"""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    # Run outside the source tree so an editable install is the only way to find metatokens.
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules.")
+    assert result["imported"] == []
+    assert result["ids"] == generate(model, idx, 12, temperature=0, vocab_limit=tok.vocab_size).tolist()
+
+
+def test_autotokenizer_matches_meta_tokenizer(exported, meta_run):
+    _, _, tok = meta_run
+    hft = AutoTokenizer.from_pretrained(exported)
+    for text in ["the quick brown fox", "hello  world,\n\ttabs 12345 #$%", "unicode: héllo wörld ✓ 日本", " leading space"]:
+        ids = hft(text)["input_ids"]
+        assert ids == tok.encode(text)
+        assert hft.decode(ids) == tok.decode(ids) == text
+    assert hft.convert_tokens_to_ids(META_TOKEN) == tok.meta_token_id
+    assert META_TOKEN in hft.all_special_tokens
+    assert hft.eos_token_id == tok.eos_token_id
+    # In transformers the literal <|meta|> places a meta-token (MetaTokenizer never does that)
+    ids = hft("the fox" + META_TOKEN + " jumps")["input_ids"]
+    assert ids == tok.encode("the fox") + [tok.meta_token_id] + tok.encode(" jumps")
+    assert hft.decode(ids, skip_special_tokens=True) == tok.decode(ids) == "the fox jumps"
+
+
+def test_meta_and_padding_ids_are_never_generated(meta_run, tmp_path):
+    """Rig the head so that the meta-token, then the padding rows, have the largest logits."""
+    _, model, tok = meta_run
+    rigged = GPT(model.config).eval()
+    rigged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        direction = torch.randn(model.config.n_embd)
+        rigged.ln_f.weight.zero_()
+        rigged.ln_f.bias.copy_(direction)  # every position's final hidden state is `direction`
+        rigged.wte.weight[tok.meta_token_id] = 10 * direction
+        rigged.wte.weight[tok.vocab_size:] = 5 * direction
+    save_pretrained(tmp_path / "run", rigged, tok)
+    hf = load_hf(export_hf(tmp_path / "run", tmp_path / "hf"))
+    idx = prompts(tok, with_meta=True)
+    with torch.no_grad():
+        assert hf(idx).logits[:, -1].argmax(-1).eq(tok.meta_token_id).all()  # the rig works
+    runs = {
+        "greedy": hf.generate(idx, max_new_tokens=6, do_sample=False),
+        "sample": hf.generate(idx, max_new_tokens=6, do_sample=True, top_k=3, temperature=1.0),
+        "beam": hf.generate(idx, max_new_tokens=6, do_sample=False, num_beams=3),
+    }
+    for name, out in runs.items():
+        new = out[:, idx.size(1):]
+        assert not ((new == tok.meta_token_id) | (new >= tok.vocab_size)).any(), name
+
+
+def test_beam_search_with_cache_equals_without(exported, meta_run):
+    _, _, tok = meta_run
+    hf = load_hf(exported)
+    idx = prompts(tok, with_meta=True)
+    kw = dict(max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert hf.generate(idx, use_cache=True, **kw).tolist() == hf.generate(idx, use_cache=False, **kw).tolist()
+
+
+def test_loaded_model_saves_a_loadable_folder(exported, meta_run, tmp_path):
+    """save_pretrained of a loaded model (what push_to_hub uploads) carries code, weights and config."""
+    _, model, tok = meta_run
+    hf = load_hf(exported)
+    hf.save_pretrained(tmp_path / "again")
+    names = {p.name for p in (tmp_path / "again").iterdir()}
+    assert {"hf_model.py", "model.py", "config.py", "positions.py", "model.safetensors"} <= names
+    again = load_hf(tmp_path / "again")
+    idx = prompts(tok, with_meta=True)
+    assert again.generate(idx, max_new_tokens=8, do_sample=False).tolist() == \
+        generate(model, idx, 8, temperature=0, vocab_limit=tok.vocab_size).tolist()
+
+
+# ------------------------------------------------------------------------------------ import
+
+
+def test_import_logits_equal_hf_gpt2(run_cli, gpt2_dir, gpt2_model, tmp_path):
+    code, out, err = run_cli("import-gpt2", "--from", gpt2_dir, "--out", tmp_path / "run")
+    assert code == 0, err
+    model, tok, _ = load_pretrained(tmp_path / "run")
+    V = gpt2_model.config.vocab_size
+    assert tok.meta_token_id == V and tok.vocab_size == V + 1  # <|meta|> appended after GPT-2's ids
+    assert model.config.meta_token_id == V and model.config.vocab_size == 320  # padded to a multiple of 64
+    assert model.config.pos_encoding == "ape" and model.config.meta_attention
+    idx = torch.randint(0, V, (3, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = gpt2_model(idx).logits
+        got, _ = model(idx)
+    assert (got[..., :V] - ref).abs().max() <= 1e-5
+    for block in model.h:  # fresh meta-attention whose output projection starts at zero
+        assert block.meta_attn.c_attn.weight.abs().sum() > 0
+        assert torch.count_nonzero(block.meta_attn.c_proj.weight) == 0
+        assert torch.count_nonzero(block.meta_attn.c_proj.bias) == 0
+    mean = gpt2_model.transformer.wte.weight.mean(0)
+    assert torch.allclose(model.wte.weight[V:], mean.expand(320 - V, -1), atol=1e-6)
+
+
+def test_imported_then_exported_generates_like_hf_gpt2(run_cli, gpt2_dir, gpt2_model, tmp_path):
+    """GPT-2 -> import -> export -> transformers generate: the same greedy tokens as GPT-2 itself."""
+    assert run_cli("import-gpt2", "--from", gpt2_dir, "--out", tmp_path / "run")[0] == 0
+    assert run_cli("export", "--checkpoint", tmp_path / "run", "--out", tmp_path / "hf")[0] == 0
+    hf = load_hf(tmp_path / "hf")
+    idx = torch.randint(1, gpt2_model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2))
+    gpt2_model.generation_config.eos_token_id = None
+    ref = gpt2_model.generate(idx, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert hf.generate(idx, max_new_tokens=20, do_sample=False).tolist() == ref.tolist()
+    assert len(set(ref[:, 10:].flatten().tolist())) > 3
+
+
+def test_import_no_meta_is_plain_gpt2(run_cli, gpt2_dir, gpt2_model, tmp_path):
+    code, _, err = run_cli("import-gpt2", "--from", gpt2_dir, "--out", tmp_path / "run", "--no-meta", "--vocab-multiple", "1")
+    assert code == 0, err
+    model, _, _ = load_pretrained(tmp_path / "run")
+    assert not model.config.meta_attention and model.config.vocab_size == gpt2_model.config.vocab_size + 1
+    assert not any("meta" in name for name, _ in model.named_parameters())
+    idx = torch.randint(0, gpt2_model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(idx)[0][..., :-1] - gpt2_model(idx).logits).abs().max() <= 1e-5
+
+
+def test_import_rope_warns_and_drops_learned_positions(run_cli, gpt2_dir, tmp_path):
+    code, out, err = run_cli("import-gpt2", "--from", gpt2_dir, "--out", tmp_path / "run", "--pos-encoding", "rope")
+    assert code == 0
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "position" in warning[0]
+    model, _, _ = load_pretrained(tmp_path / "run")
+    assert model.config.pos_encoding == "rope" and model.wpe is None
+    # APE keeps quiet
+    assert "warning" not in run_cli("import-gpt2", "--from", gpt2_dir, "--out", tmp_path / "ape")[2]
+
+
+def test_bad_inputs_give_one_line_errors(run_cli, gpt2_dir, tmp_path):
+    not_gpt2 = tmp_path / "llama"
+    not_gpt2.mkdir()
+    (not_gpt2 / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    no_config = tmp_path / "empty"
+    no_config.mkdir()
+    no_weights = tmp_path / "noweights"
+    no_weights.mkdir()
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (no_weights / name).write_bytes((gpt2_dir / name).read_bytes())
+    cases = [
+        (("import-gpt2", "--from", tmp_path / "missing", "--out", tmp_path / "o1"), "not found"),
+        (("import-gpt2", "--from", not_gpt2, "--out", tmp_path / "o2"), "gpt2"),
+        (("import-gpt2", "--from", no_config, "--out", tmp_path / "o3"), "config.json"),
+        (("import-gpt2", "--from", no_weights, "--out", tmp_path / "o4"), "safetensors"),
+        (("export", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "o5"), "missing"),
+        (("export", "--checkpoint", not_gpt2, "--out", tmp_path / "o6"), "config"),
+    ]
+    for argv, needle in cases:
+        code, out, err = run_cli(*argv)
+        assert code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+        assert not (tmp_path / argv[-1]).exists()
