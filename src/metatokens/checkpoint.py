@@ -22,6 +22,7 @@ from safetensors.torch import load_model, save_model
 
 from . import __version__
 from .config import ConfigError, ModelConfig
+from .fileio import atomic_write_text, fsync_dir
 from .model import GPT
 
 FORMAT = "metatokens"
@@ -41,17 +42,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written folder into place; an existing folder is swapped out, then removed."""
     fsync_path(tmp)
@@ -60,7 +50,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
-    fsync_path(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

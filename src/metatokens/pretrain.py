@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_text, load_pretrained
+from .checkpoint import CheckpointError, load_pretrained
+from .fileio import atomic_write_text
 from .data.inject import MetaBlockLoader, val_batches
 from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
 from .model import GPT

@@ -23,6 +23,8 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .fileio import fsync_dir
+
 __all__ = ["EOS_TOKEN", "META_TOKEN", "SPECIAL_TOKENS", "MetaTokenizer", "TokenizerError"]
 
 META_TOKEN = "<|meta|>"
@@ -196,7 +198,7 @@ class MetaTokenizer:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     # Tokenizer pickling goes through JSON, which drops encode_special_tokens;
     # rebuilding through __init__ restores it (DataLoader workers pickle us).
@@ -474,15 +476,3 @@ def _as_id_list(ids: Any) -> list[int]:
         raise TypeError("decode expects a 1-D sequence of integer token ids") from None
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Persists the rename itself; not possible on every platform, hence best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -6,6 +6,10 @@ model. The loop is driven by a batch source with `next_batch() -> (x, y)`, `stat
 the warm-up + cosine schedule, gradient accumulation and clipping, evaluation, progress, metric
 logs, atomic checkpoints with exact resume, and clean stops on SIGINT/SIGTERM.
 
+The model is a `GPT`, or any module with the same `forward(idx, targets) -> (logits, loss)` that
+also has `save_folder(folder, tokenizer, *, extra, write_extra)` and `load_folder_state(folder)`
+for its checkpoints (the Hugging Face baseline adapter in evaluate.py).
+
 Losses are normalised by the number of target tokens in the whole optimiser step (all
 micro-batches, all processes), so accumulation and data parallelism give the same gradient as
 one big batch, even when micro-batches hold different numbers of meta (unscored) targets.
@@ -29,7 +33,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, atomic_write_text, load_pretrained, save_pretrained, sha256_file
+from .checkpoint import CheckpointError, load_pretrained, save_pretrained, sha256_file
+from .fileio import atomic_write_text
 from .model import GPT
 from .runconfig import TrainConfig
 
@@ -150,6 +155,8 @@ def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
 
 def flops_per_token(model: GPT) -> float:
     """Training FLOPs per token: 6 N for the weights plus the attention scores (PaLM appendix B)."""
+    if not isinstance(model, GPT):  # e.g. a wrapped Hugging Face baseline: count the weights only
+        return 6.0 * sum(p.numel() for p in model.parameters())
     c = model.config
     n = model.num_params(exclude_positions=True)
     return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
@@ -196,7 +203,10 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, 
             files = {name: sha256_file(tmp / name) for name in ("optimizer.pt", "rng.safetensors")}
             atomic_write_text(tmp / "trainer_state.json", json.dumps({**state, "step": step, "sha256": files}, indent=1))
 
-        save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
+        if hasattr(snapshot, "save_folder"):  # models that are not GPT bring their own folder format
+            snapshot.save_folder(folder, tokenizer, extra={"step": step}, write_extra=write_extra)
+        else:
+            save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
         atomic_write_text(run_dir / "checkpoints" / "LATEST", folder.name + "\n")
         _prune(run_dir / "checkpoints", cfg.keep_last)
     d.barrier()
@@ -240,17 +250,21 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
     for name, digest in state.get("sha256", {}).items():
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             raise CheckpointError(f"{folder / name}: missing, truncated or corrupted (checksum differs)")
-    saved, _, _ = load_pretrained(folder)  # verifies the weights' checksum and the config
-    if saved.config != model.config:
-        raise TrainingError(f"{folder}: the checkpoint's model settings differ from this run's; refusing to resume")
+    if hasattr(model, "load_folder_state"):  # models that are not GPT read their own folder format
+        model_state = model.load_folder_state(folder)
+    else:
+        saved, _, _ = load_pretrained(folder)  # verifies the weights' checksum and the config
+        if saved.config != model.config:
+            raise TrainingError(f"{folder}: the checkpoint's model settings differ from this run's; refusing to resume")
+        model_state = saved.state_dict()
     optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     if fsdp and d.world > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_state_dict(model, optimizer, model_state_dict=saved.state_dict(), optim_state_dict=optim_state,
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True))
     else:
-        model.load_state_dict(saved.state_dict())
+        model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
     rng = load_file(str(folder / "rng.safetensors"))
     if f"rank{d.rank}.cpu" in rng:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..fileio import fsync_dir
 from .corpora import DataError, corpus_fingerprint, iter_documents
 
 if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
@@ -89,20 +90,6 @@ def _check_val_fraction(val_fraction: float) -> int:
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the renames themselves durable; not every platform can open a folder, hence best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _finish(handle, final: Path) -> None:
@@ -352,9 +339,9 @@ def prepare_data(
                 meta[f"{name}_documents"] = writer.documents
                 meta[f"{name}_bytes"] = writer.bytes
                 _finish(writer.handle, folder / f"{name}.bin")
-            _fsync_dir(folder)
+            fsync_dir(folder)
             _write_json_atomic(folder / "meta.json", meta)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         finally:
             train.discard()  # no-op for files already moved into place
             val.discard()
