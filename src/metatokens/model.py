@@ -23,15 +23,51 @@ from .config import ModelConfig
 from .positions import Rotary, apply_rotary
 
 
-@dataclass
 class LayerCache:
-    """Keys and values of one block. Self-attention: every position. Meta-attention: meta only."""
+    """Keys and values of one block. Self-attention: every position. Meta-attention: meta only.
 
-    k: torch.Tensor | None = None  # (B, nh, T_past, hs)
-    v: torch.Tensor | None = None
-    meta_k: torch.Tensor | None = None  # (B, nh, capacity, hs); row b holds meta_count[b] entries
-    meta_v: torch.Tensor | None = None
-    meta_count: torch.Tensor | None = None  # (B,) long
+    Both live in buffers with spare capacity that grow geometrically, so a decode step writes one
+    slot instead of copying the whole cache (torch.cat) every step.
+    """
+
+    def __init__(self):
+        self._k = self._v = None  # (B, nh, capacity, hs); the first `size` slots are valid
+        self.size = 0
+        self.meta_k: torch.Tensor | None = None  # (B, nh, capacity, hs); row b holds meta_count[b] entries
+        self.meta_v: torch.Tensor | None = None
+        self.meta_count: torch.Tensor | None = None  # (B,) long
+
+    @property
+    def k(self) -> torch.Tensor | None:  # (B, nh, T_past, hs)
+        return None if self._k is None else self._k.narrow(2, 0, self.size)
+
+    @k.setter
+    def k(self, t: torch.Tensor | None) -> None:  # replaces the cache (e.g. rows reordered by beam search)
+        self._k, self.size = t, 0 if t is None else t.size(2)
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v.narrow(2, 0, self.size)
+
+    @v.setter
+    def v(self, t: torch.Tensor | None) -> None:
+        self._v = t
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (B, nh, T, hs) after the cached ones; return all of them."""
+        need = self.size + k.size(2)
+        if self._k is None or need > self._k.size(2):
+            capacity = max(need, 2 * self.size, 64)
+            B, nh, _, hs = k.shape
+            grown = [k.new_empty(B, nh, capacity, hs) for _ in range(2)]
+            if self.size:
+                grown[0].narrow(2, 0, self.size).copy_(self.k)
+                grown[1].narrow(2, 0, self.size).copy_(self.v)
+            self._k, self._v = grown
+        self._k.narrow(2, self.size, k.size(2)).copy_(k)
+        self._v.narrow(2, self.size, v.size(2)).copy_(v)
+        first, self.size = self.size == 0, need
+        return (k, v) if first else (self.k, self.v)  # a fresh k is contiguous; prefill reads it
 
 
 @dataclass
@@ -45,6 +81,33 @@ class KVCache:
 
 
 @dataclass
+class MetaIndex:
+    """Where the meta-tokens of a (B, T) batch are; found once per forward, shared by all blocks."""
+
+    flat: torch.Tensor  # (N,) b * T + t of each meta-token, in row-major order
+    batch: torch.Tensor  # (N,) its row b
+    rank: torch.Tensor  # (N,) its index among the meta-tokens of its row
+    counts: torch.Tensor  # (B,) meta-tokens per row
+    width: int  # M = max(counts): meta-tokens are padded to (B, M) for attention
+    positions: torch.Tensor  # (N,) absolute positions
+
+    @classmethod
+    def of(cls, is_meta: torch.Tensor, positions: torch.Tensor) -> "MetaIndex":
+        T = is_meta.size(1)
+        flat = is_meta.flatten().nonzero().squeeze(1)  # the one host sync of the sparse path
+        if not flat.numel():  # most decode steps: nothing else to compute
+            return cls(flat, flat, flat, flat, 0, flat)
+        counts = is_meta.sum(1)
+        rank = is_meta.cumsum(1).flatten().index_select(0, flat) - 1
+        width = int(counts.max())
+        return cls(flat, flat // T, rank, counts, width, positions.index_select(0, flat % T))
+
+    @property
+    def slot(self) -> torch.Tensor:  # (N,) row of each meta-token in the padded (B * M) layout
+        return self.batch * self.width + self.rank
+
+
+@dataclass
 class PosInfo:
     """What both attentions need to place tokens: absolute positions and the rotary tables."""
 
@@ -54,6 +117,7 @@ class PosInfo:
     logit_scale: float  # 1/sqrt(hs) times YaRN's temperature, applied once
     cos: torch.Tensor | None = field(default=None)  # self-attention tables, (B|1, 1, T, hs/2)
     sin: torch.Tensor | None = field(default=None)
+    meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; blocks find it otherwise
 
 
 class CausalSelfAttention(nn.Module):
@@ -72,10 +136,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, pos.cos, pos.sin), apply_rotary(k, pos.cos, pos.sin)
         past = 0
         if cache is not None:
-            if cache.k is not None:
-                past = cache.k.size(2)
-                k, v = torch.cat((cache.k, k), 2), torch.cat((cache.v, v), 2)
-            cache.k, cache.v = k, v
+            past = cache.size
+            k, v = cache.append(k, v)
         mask = None
         if past and T > 1:  # new queries see the whole past and the causal part of the new chunk
             mask = torch.arange(T, device=x.device)[:, None] + past >= torch.arange(past + T, device=x.device)
@@ -89,9 +151,10 @@ class CausalSelfAttention(nn.Module):
 class MetaAttention(nn.Module):
     """softmax(QK^T/sqrt(d) + M_causal + P) V with P = 0 only between two meta positions.
 
-    `sparse` gathers each row's m meta positions, attends among them (m x m) and scatters back:
-    O(m^2) work instead of O(T^2). `dense` is the paper's form with a materialised (B, T, T) mask
-    and serves as the reference. Both give exactly zero at non-meta positions.
+    `sparse` works on the m gathered meta positions of each row: it projects only those, attends
+    among them (m x m) and scatters back, so it costs O(m) projections and O(m^2) attention instead
+    of O(T) and O(T^2). `dense` is the paper's form with a materialised (B, T, T) mask and serves as
+    the reference. Both give exactly zero at non-meta positions.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -109,9 +172,15 @@ class MetaAttention(nn.Module):
         return apply_rotary(t, cos.unsqueeze(-2), sin.unsqueeze(-2))
 
     def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
+        """The sublayer on its own: (B, T, C) -> (B, T, C), zero at non-meta positions."""
         if self.impl == "dense" and cache is None:
             return self._dense(x, is_meta, pos)
-        return self._sparse(x, is_meta, pos, cache)
+        index = pos.meta if pos.meta is not None else MetaIndex.of(is_meta, pos.positions)
+        out = x.new_zeros(x.shape).flatten(0, 1)  # (B*T, C)
+        if index.width:
+            y = self.attend(x.flatten(0, 1).index_select(0, index.flat), index, pos, cache)
+            out = out.index_copy(0, index.flat, y.to(out.dtype))
+        return out.view_as(x)
 
     def _dense(self, x, is_meta, pos: PosInfo) -> torch.Tensor:
         B, T, C = x.shape
@@ -128,57 +197,55 @@ class MetaAttention(nn.Module):
         y = torch.einsum("bnij,bjnd->bind", att, v).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y)) * is_meta[..., None].to(x.dtype)
 
-    def _sparse(self, x, is_meta, pos: PosInfo, cache: LayerCache | None) -> torch.Tensor:
-        B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
-        out = x.new_zeros(B, T, C)
-        b_idx, t_idx = is_meta.nonzero(as_tuple=True)  # row-major, so ranks ascend within a row
-        if b_idx.numel() == 0:
-            return out
-        counts = is_meta.sum(1)  # (B,)
-        rank = is_meta.cumsum(1)[b_idx, t_idx] - 1  # index of each meta-token among its row's
-        M = int(counts.max())
-        q, k, v = (t.view(-1, nh, hs) for t in self.c_attn(x[b_idx, t_idx]).split(C, 1))  # (N, nh, hs)
-        q, k = self._rotate(q, pos.positions[t_idx], pos), self._rotate(k, pos.positions[t_idx], pos)
-
-        def padded(t):  # (N, nh, hs) -> (B, nh, M, hs), zeros after each row's last meta-token
-            return t.new_zeros(B, M, nh, hs).index_put((b_idx, rank), t).transpose(1, 2)
-
-        qp = padded(q)
+    def attend(self, xm: torch.Tensor, index: MetaIndex, pos: PosInfo, cache: LayerCache | None = None):
+        """Sparse path: the (N, C) inputs at the meta positions of `index` -> their (N, C) outputs."""
+        C, nh, B, M = self.n_embd, self.n_head, index.counts.size(0), index.width
+        hs = C // nh
+        qkv = self.c_attn(xm)  # (N, 3C): only meta positions are projected
+        if pos.rotary is not None and pos.rotate_meta:
+            q, k, v = qkv.split(C, 1)
+            q, k = (self._rotate(t.view(-1, nh, hs), index.positions, pos).flatten(1) for t in (q, k))
+            qkv = torch.cat((q, k, v), 1)
+        # Pad to (B, M): each row's meta-tokens first, zeros after. One scatter for q, k and v;
+        # none when every row has M of them (training rows from inject_meta, batch-1 decoding).
+        packed = index.flat.numel() == B * M
+        padded = qkv if packed else qkv.new_zeros(B * M, 3 * C).index_copy(0, index.slot, qkv)
+        q, k, v = (t.transpose(1, 2) for t in padded.view(B, M, 3, nh, hs).unbind(2))  # (B, nh, M, hs)
         if cache is None:
             # Valid entries form a prefix of each row, so plain causality never lets a real query
             # see padding; padded queries see at least key 0 (no NaN) and are dropped below.
             y = F.scaled_dot_product_attention(
-                qp, padded(k), padded(v), is_causal=True,
-                dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale,
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale
             )
         else:
-            keys, values, before = self._append(cache, k, v, b_idx, rank, counts)
-            slot = torch.arange(keys.size(2), device=x.device)
-            limit = before[:, None] + torch.arange(M, device=x.device)  # (B, M): last visible slot
+            new_k, new_v = (t.view(-1, nh, hs) for t in qkv[:, C:].split(C, 1))
+            keys, values, before = self._append(cache, new_k, new_v, index)
+            slot = torch.arange(keys.size(2), device=xm.device)
+            limit = before[:, None] + torch.arange(M, device=xm.device)  # (B, M): last visible slot
             mask = slot[None, None, :] <= limit[:, :, None]  # (B, M, capacity)
-            y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask[:, None], scale=pos.logit_scale)
-        y = y.transpose(1, 2)[b_idx, rank].reshape(-1, C)  # back to (N, C)
-        return out.index_put((b_idx, t_idx), self.resid_dropout(self.c_proj(y)))
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=pos.logit_scale)
+        y = y.transpose(1, 2).reshape(B * M, C)
+        y = y if packed else y.index_select(0, index.slot)  # back to (N, C)
+        return self.resid_dropout(self.c_proj(y))
 
     @staticmethod
-    def _append(cache: LayerCache, k, v, b_idx, rank, counts):
+    def _append(cache: LayerCache, k, v, index: MetaIndex):
         """Write the new meta keys/values after each row's cached ones; return all and old counts."""
-        B, nh, hs = counts.size(0), k.size(1), k.size(2)
+        B, nh, hs = index.counts.size(0), k.size(1), k.size(2)
         if cache.meta_count is None:
-            cache.meta_count = counts.new_zeros(B)
+            cache.meta_count = index.counts.new_zeros(B)
             cache.meta_k = k.new_zeros(B, nh, 0, hs)
             cache.meta_v = v.new_zeros(B, nh, 0, hs)
         before = cache.meta_count.clone()
-        need = int((before + counts).max())
+        need = int((before + index.counts).max())
         if need > cache.meta_k.size(2):  # grow geometrically so decoding stays amortised O(1)
             extra = max(need, 2 * cache.meta_k.size(2)) - cache.meta_k.size(2)
             cache.meta_k = torch.cat((cache.meta_k, k.new_zeros(B, nh, extra, hs)), 2)
             cache.meta_v = torch.cat((cache.meta_v, v.new_zeros(B, nh, extra, hs)), 2)
-        slot = before[b_idx] + rank
-        cache.meta_k[b_idx, :, slot] = k
-        cache.meta_v[b_idx, :, slot] = v
-        cache.meta_count = before + counts
+        slot = before[index.batch] + index.rank
+        cache.meta_k[index.batch, :, slot] = k
+        cache.meta_v[index.batch, :, slot] = v
+        cache.meta_count = before + index.counts
         return cache.meta_k, cache.meta_v, before
 
 
@@ -208,8 +275,20 @@ class Block(nn.Module):
     def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None):
         x = x + self.attn(self.ln_1(x), pos, cache)
         if hasattr(self, "meta_attn"):
-            x = x + self.meta_attn(self.ln_meta(x), is_meta, pos, cache)
+            x = self._meta_residual(x, is_meta, pos, cache)
         return x + self.mlp(self.ln_2(x))
+
+    def _meta_residual(self, x, is_meta, pos: PosInfo, cache: LayerCache | None):
+        """x + MetaAttn(LNm x). The sublayer is zero off meta positions, so the sparse path
+        normalises, projects and adds only at the meta rows, and skips a batch without any."""
+        if self.meta_attn.impl == "dense" and cache is None:
+            return x + self.meta_attn(self.ln_meta(x), is_meta, pos)
+        index = pos.meta if pos.meta is not None else MetaIndex.of(is_meta, pos.positions)
+        if not index.width:
+            return x
+        flat = x.flatten(0, 1)  # (B*T, C)
+        y = self.meta_attn.attend(self.ln_meta(flat.index_select(0, index.flat)), index, pos, cache)
+        return flat.index_add(0, index.flat, y.to(x.dtype)).view_as(x)  # autocast may give bf16 y
 
 
 class GPT(nn.Module):
@@ -271,6 +350,8 @@ class GPT(nn.Module):
             pe = self.wpe(positions)[None]  # (1, T, C)
             x = x + (pe.masked_fill(is_meta[..., None], 0.0) if zero_meta_pos else pe)
         pos = PosInfo(positions, self.rotary, not zero_meta_pos, 1.0 / math.sqrt(cfg.head_dim))
+        if cfg.meta_attention and (cfg.meta_impl == "sparse" or cache is not None):
+            pos.meta = MetaIndex.of(is_meta, positions)
         if self.rotary is not None:
             pos.logit_scale *= self.rotary.logit_scale
             cos, sin = self.rotary(positions, is_meta if zero_meta_pos else None)

@@ -1,0 +1,57 @@
+"""`metatokens generate`: sample a continuation from a model folder, streamed to stdout."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..checkpoint import CheckpointError, load_pretrained
+from ..inference import MetaPolicy, stream_text
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a model folder, streamed as it is generated",
+        description="Sample a continuation of --prompt and print it as tokens arrive (the prompt itself is not echoed).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="model folder written by save_pretrained / pretrain")
+    p.add_argument("--prompt", default="", help='prompt text; with --meta marked, "<|meta|>" marks meta-tokens (default: empty)')
+    p.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="tokens to sample (default: 100)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy (default: 0.8, as nanoGPT's sample.py)")
+    p.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens; 0 = all (default: 200)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="seed for sampling (default: fresh randomness)")
+    p.add_argument("--meta", default="none", metavar="POLICY", help="meta-token policy: none, every:N or marked (default: none)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; a reference)")
+    p.add_argument("--show-meta", action="store_true", help='print inserted meta-tokens as "<|meta|>"')
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    model, tokenizer, _ = load_pretrained(args.checkpoint, args.device)
+    if tokenizer is None:
+        raise CheckpointError(f"{args.checkpoint}: no tokenizer.json in the model folder; generate needs one")
+    model.eval()
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    pieces = stream_text(
+        model, tokenizer, args.prompt, args.max_new_tokens, policy=policy, show_meta=args.show_meta,
+        device=args.device, temperature=args.temperature, top_k=args.top_k or None,
+        use_cache=not args.no_cache, generator=generator,
+    )
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
