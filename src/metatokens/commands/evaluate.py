@@ -1,0 +1,88 @@
+"""`metatokens evaluate`: task accuracy by length, or perplexity by position, for several models."""
+
+from __future__ import annotations
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--lengths must be comma-separated integers such as 64,128,256, got {text!r}") from None
+    if not values:
+        raise ValueError("--lengths is empty")
+    return values
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy by prompt length on a synthetic task, or perplexity by position on documents",
+        description="Evaluate run or model folders side by side. With --task: exact match and token accuracy per "
+                    "length bin (teacher-forced argmax, which equals greedy decoding), 95%% Wilson intervals. With "
+                    "--perplexity DATA: loss and perplexity per text token by position within the context. "
+                    "Writes JSON, markdown and PNG to --out.",
+    )
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="RUN",
+                   help="run folders (their latest checkpoint) or model folders, metatokens or Hugging Face")
+    p.add_argument("--names", help="comma-separated display names, one per --checkpoint")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="list_recall, segment_counting, parity or copying")
+    what.add_argument("--perplexity", metavar="DATA", help="documents: builtin, a local .txt/.jsonl/.parquet file or "
+                      "folder, or hf:NAME (e.g. hf:pg19; only touched when named)")
+    p.add_argument("--out", default="eval", help="output folder (default: eval)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the test examples / meta-token positions (default 0)")
+    p.add_argument("--yarn-scale", type=float, help="evaluate RoPE models with YaRN: window L -> s*L (L = the "
+                   "pre-training window); other models as they are")
+    p.add_argument("--batch-size", type=int, default=16, help="examples or rows per forward pass (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = p.add_argument_group("task accuracy")
+    t.add_argument("--lengths", default="64,128,256", help="prompt-length bins, comma-separated (default 64,128,256)")
+    t.add_argument("--n", type=int, default=100, help="test examples per length bin (default 100)")
+    t.add_argument("--difficulty", default="medium", help="medium (default), hard, extra-hard or long")
+    t.add_argument("--meta", choices=("auto", "on", "off"), default="auto",
+                   help="tasks' meta-token variant (auto: what the model was fine-tuned / pre-trained with)")
+    t.add_argument("--skip-unfit", action="store_true", help="mark lengths beyond an APE model's table as not "
+                   "applicable instead of refusing")
+    q = p.add_argument_group("perplexity")
+    q.add_argument("--context", type=int, help="tokens per row (default: each model's window)")
+    q.add_argument("--buckets", type=int, default=8, help="position buckets within the context (default 8)")
+    q.add_argument("--meta-every", default="auto", metavar="K|auto|none",
+                   help="meta-tokens per token, placed at random positions as in pre-training (e.g. 0.1); auto: the "
+                   "run's pre-training rate; none: no meta-tokens")
+    q.add_argument("--rows", type=int, default=64, help="context rows scored per model (default 64)")
+    q.add_argument("--every", type=int, default=1, help="use every R-th document (200 = the pre-training validation "
+                   "documents of a run with val_fraction 0.005)")
+    q.add_argument("--max-documents", type=int, help="read at most this many documents")
+    q.add_argument("--text-field", default="text", help="text field of JSONL / Parquet / HF rows (default text)")
+    q.add_argument("--hf-config", help="Hugging Face dataset configuration")
+    q.add_argument("--split", default="test", help="Hugging Face split (default test)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..evaluate import (evaluate_perplexity, evaluate_task, load_model, perplexity_markdown, task_markdown,
+                            unique_names, write_report)
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if names is not None and len(names) != len(args.checkpoint):
+        raise ValueError(f"--names has {len(names)} names for {len(args.checkpoint)} checkpoints")
+    models = [load_model(path, args.device, names[i] if names else None) for i, path in enumerate(args.checkpoint)]
+    unique_names(models)
+    progress = not args.no_progress
+    if args.task:
+        result = evaluate_task(models, args.task, _lengths(args.lengths), n=args.n, seed=args.seed,
+                               difficulty=args.difficulty, yarn_scale=args.yarn_scale, meta=args.meta,
+                               skip_unfit=args.skip_unfit, batch_size=args.batch_size, device=args.device,
+                               progress=progress)
+        print(task_markdown(result))
+    else:
+        result = evaluate_perplexity(models, args.perplexity, context=args.context, buckets=args.buckets,
+                                     meta=args.meta_every, rows=args.rows, batch_size=args.batch_size, seed=args.seed,
+                                     every=args.every, max_documents=args.max_documents, text_field=args.text_field,
+                                     hf_config=args.hf_config, split=args.split, yarn_scale=args.yarn_scale,
+                                     device=args.device, progress=progress)
+        print(perplexity_markdown(result))
+    paths = write_report(result, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,384 @@
+"""Fine-tuning on a synthetic task (arXiv 2509.16278, section 5): loss on the answer tokens only.
+
+A row is one task example, ``prompt + answer`` (answer = answer text + EOS), fed with teacher
+forcing: ``x = row[:-1]``, ``y = row[1:]`` with every target before the first answer token set to
+-100, and right-padded with EOS (padding targets -100). So the loss is the mean over answer
+tokens; a prompt's meta-tokens are read but never predicted.
+
+Examples come from `metatokens.tasks` (split "train"): an endless stream, deterministic in the
+seed, cut into micro-batches. Micro-batch ``b`` of process ``r`` holds examples
+``(b * world + r) * B ... + B - 1`` of its phase, so its whole position is one integer (the
+micro-batch counter, saved in every checkpoint) and a resumed run sees exactly the batches it
+would have seen. Examples are generated in chunks of `CHUNK` with their own seeds, so resuming
+regenerates at most one chunk.
+
+With a curriculum (`metatokens.tasks.curriculum`, the paper's 5 phases of growing length and
+difficulty) the micro-batches are split evenly between phases. A phase whose difficulty cannot
+fit its length with this tokenizer (the structure needs a minimum number of tokens) has its
+length raised to the shortest that works; the plan is printed and kept in run.json.
+
+Models: a pre-trained metatokens run or model folder (``init``), a fresh model from a preset
+(``from_scratch``, with the preset's tokenizer), or any Hugging Face causal LM (``hf_model``,
+the paper's GPT-Neo baseline; no meta-tokens). ``yarn_scale`` puts YaRN on a RoPE model first,
+extending its window from L to s * L, so that it can be fine-tuned at lengths up to s * L.
+
+The run folder is laid out like a pre-training run (run.json, tokenizer.json, metrics.jsonl,
+checkpoints/step-N with LATEST), and `train.train_loop` does the optimisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .checkpoint import atomic_write_text
+from .config import ConfigError
+from .evaluate import (
+    HFCausalLM,
+    LoadedModel,
+    apply_yarn,
+    collate,
+    load_hf_model,
+    load_hf_tokenizer,
+    load_model,
+    pretrain_rate,
+    score_examples,
+    uses_meta,
+)
+from .model import GPT
+from .runconfig import RunConfig, TrainConfig
+from .tasks import Example, Phase, TaskError, curriculum, get_task, iter_examples, make_examples
+from .tokenizer import MetaTokenizer
+
+CHUNK = 256  # examples generated at a time; a resume regenerates at most this many
+_STATE_VERSION = 1
+
+# Optimisation defaults for fine-tuning (TrainConfig's are pre-training's); all overridable.
+FINETUNE_TRAIN = dict(batch_size=16, max_steps=500, lr=5e-4, min_lr=5e-5, warmup_steps=50, weight_decay=0.1,
+                      eval_interval=100, log_interval=10, ckpt_interval=250, keep_last=2)
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning run cannot start or continue as asked. The message is one line."""
+
+
+@dataclass
+class TaskSpec:
+    """What to fine-tune on."""
+
+    task: str = "list_recall"  # a task of metatokens.tasks
+    max_len: int = 128  # longest prompt in tokens (prompts of 0.75 L to L); rows add the answer
+    difficulty: str | None = None  # medium, hard, extra-hard, long; None: medium (or the curriculum's ladder)
+    curriculum: bool = False  # phases of growing length (and difficulty unless one is given)
+    phases: int = 5  # curriculum phases (paper: 5)
+    meta: str = "auto"  # auto (the model's pre-training decides), on, off: the tasks' meta-token variant
+    seed: int = 0  # seeds the example stream and the held-out examples
+    eval_n: int = 64  # test-split examples scored at every evaluation
+    yarn_scale: float | None = None  # extend a RoPE model's window L -> s * L with YaRN before fine-tuning
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
+    # Distinct per (seed, phase, chunk); tasks key every candidate on this integer.
+    return (seed << 32) | (phase << 24) | chunk
+
+
+class TaskBatches:
+    """Endless, deterministic, resumable micro-batches of right-padded task examples.
+
+    `next_batch()` returns ``(x, y)`` int64 tensors of shape (B, width), width = the longest
+    ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        tokenizer: MetaTokenizer,
+        plan: list[Phase],
+        *,
+        batch_size: int,
+        seed: int,
+        meta: bool,
+        total_batches: int,
+        max_positions: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if not plan:
+            raise FinetuneError("the phase plan is empty")
+        self.task, self.tokenizer, self.plan = get_task(task).name, tokenizer, [Phase(*p) for p in plan]
+        self.batch_size, self.seed, self.meta = batch_size, seed, meta
+        self.per_phase = max(1, math.ceil(total_batches / len(self.plan)))
+        self.max_positions, self.rank, self.world = max_positions, rank, world
+        self.batch = 0
+        self._chunks: dict[tuple[int, int], list[Example]] = {}
+
+    def phase_of(self, batch: int) -> int:
+        return min(len(self.plan) - 1, batch // self.per_phase)
+
+    def _chunk(self, phase: int, chunk: int) -> list[Example]:
+        key = (phase, chunk)
+        if key not in self._chunks:
+            if len(self._chunks) >= 4:  # keep memory flat over a long run
+                self._chunks.pop(next(iter(self._chunks)))
+            length, difficulty = self.plan[phase]
+            self._chunks[key] = list(iter_examples(
+                self.task, self.tokenizer, length=length, difficulty=difficulty, n=CHUNK,
+                seed=_chunk_seed(self.seed, phase, chunk), split="train", meta=self.meta,
+            ))
+        return self._chunks[key]
+
+    def examples(self, batch: int) -> list[Example]:
+        """The examples of this process's micro-batch number `batch`."""
+        phase = self.phase_of(batch)
+        within = batch - phase * self.per_phase
+        first = (within * self.world + self.rank) * self.batch_size
+        return [self._chunk(phase, i // CHUNK)[i % CHUNK] for i in range(first, first + self.batch_size)]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = collate(self.examples(self.batch), self.tokenizer.eos_token_id)
+        if self.max_positions is not None and x.size(1) > self.max_positions:
+            raise FinetuneError(f"a {self.task} row of {x.size(1)} tokens exceeds the model's {self.max_positions} learned "
+                                "positions; use a smaller --max-len")
+        self.batch += 1
+        return x, y
+
+    def _identity(self) -> dict[str, Any]:
+        # The phase split matters only with several phases; one phase may be run for longer.
+        per_phase = self.per_phase if len(self.plan) > 1 else None
+        return {"task": self.task, "plan": [list(p) for p in self.plan], "batch_size": self.batch_size, "seed": self.seed,
+                "meta": self.meta, "per_phase": per_phase, "world": self.world}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "batch": self.batch, **self._identity()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise FinetuneError(f"unknown task-batch state version {state.get('version')!r}")
+        mine = self._identity()
+        changed = [k for k in mine if state.get(k) != mine[k]]
+        if changed:
+            raise FinetuneError(f"the saved example stream differs from this run's ({', '.join(changed)}); refusing to resume")
+        self.batch = int(state["batch"])
+
+
+# ----------------------------------------------------------------------------- plan and settings
+
+
+def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool) -> list[Phase]:
+    """The (length, difficulty) phases; lengths raised where a difficulty needs more tokens."""
+    get_task(spec.task)
+    if not spec.curriculum:
+        plan = [Phase(spec.max_len, spec.difficulty or "medium")]
+    else:
+        try:
+            plan = curriculum(spec.task, spec.max_len, spec.phases)
+        except TaskError as err:
+            raise FinetuneError(str(err)) from None
+        if spec.difficulty:
+            plan = [Phase(p.length, spec.difficulty) for p in plan]
+    fitted = []
+    for length, difficulty in plan:
+        while True:
+            try:
+                make_examples(spec.task, tokenizer, length=length, difficulty=difficulty, n=1, seed=spec.seed, meta=meta)
+                break
+            except TaskError as err:
+                if length >= spec.max_len:
+                    raise FinetuneError(f"{spec.task}/{difficulty} does not fit --max-len {spec.max_len} with this "
+                                        f"tokenizer ({err})") from None
+                length = min(spec.max_len, length + 8)
+        fitted.append(Phase(length, difficulty))
+    return fitted
+
+
+def parse_overrides(items: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``train.KEY=VALUE`` items -> TrainConfig changes; ``model.KEY=VALUE`` items are passed on."""
+    train: dict[str, Any] = {}
+    model: list[str] = []
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in ("train", "model"):
+            raise ConfigError(f"override {item!r} must look like train.KEY=VALUE or model.KEY=VALUE")
+        if section == "model":
+            model.append(item)
+            continue
+        if name not in names:
+            raise ConfigError(f"unknown train setting {name!r} (known: {', '.join(sorted(names))})")
+        try:
+            train[name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            train[name] = text
+    return train, model
+
+
+def make_train_config(**changes: Any) -> TrainConfig:
+    """Fine-tuning defaults (FINETUNE_TRAIN) with `changes`, validated like pre-training's."""
+    cfg = TrainConfig(**{**FINETUNE_TRAIN, **changes})
+    RunConfig(train=cfg).validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _source_model(spec: TaskSpec, *, init, from_scratch, hf_model, tokenizer_path, model_overrides, seed, d, progress):
+    """(LoadedModel, pretrain k or None, description) for a new run."""
+    chosen = [name for name, value in (("--init", init), ("--from-scratch", from_scratch), ("--hf-model", hf_model)) if value]
+    if len(chosen) != 1:
+        raise FinetuneError("give exactly one of --init RUN, --from-scratch PRESET or --hf-model NAME_OR_PATH"
+                            + (f" (got {', '.join(chosen)})" if chosen else ""))
+    if model_overrides and not from_scratch:
+        raise FinetuneError("model.* overrides only apply with --from-scratch (a loaded model keeps its shape)")
+    if init:
+        loaded = load_model(init)
+        return loaded, pretrain_rate(loaded.run_info), {"init": str(init)}
+    if hf_model:
+        model = HFCausalLM(load_hf_model(hf_model))
+        loaded = LoadedModel(Path(str(hf_model)).name, str(hf_model), model, load_hf_tokenizer(hf_model), "hf")
+        return loaded, None, {"hf_model": str(hf_model)}
+    from .pretrain import get_tokenizer, padded_vocab
+    from .runconfig import load_run_config
+
+    cfg = load_run_config(from_scratch, model_overrides)
+    tokenizer = MetaTokenizer.from_file(tokenizer_path) if tokenizer_path else get_tokenizer(cfg, d, progress)
+    model_cfg = cfg.model.replace(vocab_size=padded_vocab(tokenizer.vocab_size), meta_token_id=tokenizer.meta_token_id)
+    torch.manual_seed(seed)
+    loaded = LoadedModel(cfg.name, from_scratch, GPT(model_cfg), tokenizer, "metatokens")
+    k = cfg.data.k if model_cfg.meta_attention else 0.0
+    loaded.run_info = {"config": {"data": {"k": k}}}
+    return loaded, k, {"from_scratch": from_scratch, "tokenizer": str(tokenizer_path) if tokenizer_path else None}
+
+
+def _held_out(spec: TaskSpec, plan: list[Phase], tokenizer: MetaTokenizer, meta: bool) -> list[Example]:
+    length, difficulty = plan[-1]
+    return make_examples(spec.task, tokenizer, length=length, difficulty=difficulty, n=spec.eval_n, seed=spec.seed,
+                         split="test", meta=meta)
+
+
+def make_evaluator(model, examples: list[Example], tokenizer: MetaTokenizer, device):
+    """Answer loss, exact match and token accuracy on held-out examples at the final phase."""
+
+    def evaluate(_wrapped) -> dict[str, float]:
+        s = score_examples(model, examples, pad_id=tokenizer.eos_token_id, vocab_limit=tokenizer.vocab_size,
+                           meta_token_id=tokenizer.meta_token_id, device=device)
+        return {"val_loss": s.nll / max(s.tokens, 1), "val_exact_match": s.exact / max(s.examples, 1),
+                "val_token_accuracy": s.tokens_correct / max(s.tokens, 1)}
+
+    return evaluate
+
+
+def run_finetune(
+    spec: TaskSpec,
+    train_cfg: TrainConfig,
+    out: str | Path,
+    *,
+    init: str | None = None,
+    from_scratch: str | None = None,
+    hf_model: str | None = None,
+    tokenizer_path: str | None = None,
+    model_overrides: list[str] | None = None,
+    resume: bool = False,
+    resume_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune and return train_loop's summary (plus the run folder and the phase plan).
+
+    With `resume`, every setting comes from the run's run.json and `spec` / `train_cfg` are
+    ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
+    """
+    from .data.packing import tokenizer_hash
+    from .train import latest_checkpoint, setup_distributed, train_loop
+
+    d = setup_distributed(train_cfg.device)
+    run_dir = Path(out)
+    has_ckpt = latest_checkpoint(run_dir) is not None if run_dir.is_dir() else False
+    if has_ckpt and not resume:
+        raise FinetuneError(f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
+    if resume and not has_ckpt:
+        raise FinetuneError(f"{run_dir}: nothing to resume (no checkpoints); drop --resume to start a new run")
+
+    if resume:
+        # Everything comes from the run itself: its settings, and a model of the right shape
+        # (train_loop then restores weights, optimiser, RNG and the example position).
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        saved = info["finetune"]
+        spec = TaskSpec(**{f.name: saved[f.name] for f in dataclasses.fields(TaskSpec) if f.name in saved})
+        spec.meta = "on" if saved["meta"] else "off"
+        spec.yarn_scale = None  # already part of the checkpoint's model settings
+        train_cfg = TrainConfig(**info["train"])
+        if resume_steps is not None and resume_steps != train_cfg.max_steps:
+            if len(saved.get("plan", [])) > 1:
+                raise FinetuneError("a curriculum run cannot change its number of steps on resume (the phases would move)")
+            train_cfg.max_steps = resume_steps
+            info["train"]["max_steps"] = resume_steps
+            atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+        loaded = load_model(latest_checkpoint(run_dir))
+        pretrain_k, meta = saved.get("pretrain_k"), bool(saved["meta"])
+        if tokenizer_hash(loaded.tokenizer) != info["tokenizer_sha256"]:
+            raise FinetuneError(f"{run_dir}: the checkpoint's tokenizer differs from the run's; refusing to resume")
+        source = {k: saved.get(k) for k in ("init", "hf_model", "from_scratch")}
+    else:
+        loaded, pretrain_k, source = _source_model(spec, init=init, from_scratch=from_scratch, hf_model=hf_model,
+                                                   tokenizer_path=tokenizer_path, model_overrides=model_overrides,
+                                                   seed=train_cfg.seed, d=d, progress=progress)
+        if spec.yarn_scale is not None:
+            apply_yarn(loaded.model, spec.yarn_scale)
+        meta = uses_meta(loaded, spec.meta)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    limit = loaded.max_positions
+    if limit is not None and spec.max_len > limit:
+        raise FinetuneError(f"--max-len {spec.max_len} does not fit the model's {limit} learned positions "
+                            f"({loaded.pos_encoding}); use --max-len {limit - 8} or less")
+    plan = plan_phases(spec, tokenizer, meta)
+    accum = max(1, train_cfg.grad_accum // d.world)
+    batches = TaskBatches(spec.task, tokenizer, plan, batch_size=train_cfg.batch_size, seed=spec.seed, meta=meta,
+                          total_batches=train_cfg.max_steps * accum, max_positions=limit, rank=d.rank, world=d.world)
+    for phase in range(len(plan)):  # a row too long for the model fails here, not mid-run
+        probe = batches.examples(phase * batches.per_phase)
+        width = max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in probe)
+        if limit is not None and width > limit:
+            raise FinetuneError(f"{spec.task} rows at length {plan[phase].length} need {width} positions but the model has "
+                                f"{limit}; use a smaller --max-len")
+    held_out = _held_out(spec, plan, tokenizer, meta)
+
+    # Everything that can fail on bad input has run; only now does the run folder appear.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, GPT):
+        model_settings = model.config.to_dict()
+    else:
+        model_settings = {"hf_config": model.hf.config.to_dict()}
+    info = {
+        "kind": "finetune",
+        "finetune": {**dataclasses.asdict(spec), "meta": meta, "plan": [list(p) for p in plan],
+                     "pretrain_k": pretrain_k, **source},
+        "model": model_settings,
+        "train": dataclasses.asdict(train_cfg),
+        "tokenizer_sha256": tokenizer_hash(tokenizer),
+        "params": sum(p.numel() for p in model.parameters()),
+        "world_size": d.world,
+        "torch": torch.__version__,
+    }
+    if d.main and not resume:
+        tokenizer.save(run_dir / "tokenizer.json")
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+        phases = ", ".join(f"{length} {difficulty}" for length, difficulty in plan)
+        print(f"{run_dir}: fine-tuning {loaded.name} ({info['params']:,} parameters, {loaded.pos_encoding}"
+              f"{', meta-tokens' if meta else ', no meta-tokens'}) on {spec.task}: {phases}")
+    evaluate = make_evaluator(model, held_out, tokenizer, d.device)
+    summary = train_loop(model, batches, train_cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume,
+                         d=d, progress=progress, run_info=info)
+    summary["run_dir"] = str(run_dir)
+    summary["plan"] = plan
+    return summary

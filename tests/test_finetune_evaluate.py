@@ -1,0 +1,343 @@
+"""Fine-tuning on synthetic tasks and evaluation by length: scores, intervals, limits, resume, CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metatokens import cli
+from metatokens.checkpoint import save_pretrained
+from metatokens.config import ModelConfig
+from metatokens.evaluate import (
+    EvaluationError,
+    LoadedModel,
+    apply_yarn,
+    evaluate_task,
+    load_model,
+    score_examples,
+    wilson_interval,
+)
+from metatokens.finetune import TaskBatches, TaskSpec, make_train_config, run_finetune
+from metatokens.generate import generate
+from metatokens.model import GPT
+from metatokens.positions import rope_inv_freq
+from metatokens.tasks import Example, Phase, make_examples
+from metatokens.tokenizer import MetaTokenizer
+
+COMMANDS = ["metatokens.commands.finetune", "metatokens.commands.evaluate"]
+VOCAB = 640  # embedding rows of the test models (>= the tokenizer's 600 ids)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A BPE fitted to List Recall text, so prompts of 64 tokens already hold a few lists."""
+    bytes_only = MetaTokenizer.train(["ab"], 258)
+    texts = [e.prompt_text + e.answer_text for e in make_examples("list_recall", bytes_only, length=600, n=60, seed=0)]
+    tokenizer = MetaTokenizer.train(texts, 600)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer.save(path)
+    tokenizer.path = path
+    return tokenizer
+
+
+@pytest.fixture
+def commands(monkeypatch):
+    assert set(COMMANDS) <= set(cli.COMMAND_MODULES)  # registered in the real CLI
+
+
+def gpt(tok, seed=0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=2, n_embd=32, meta_token_id=tok.meta_token_id,
+               pos_encoding="rope")
+    return GPT(ModelConfig(**{**cfg, **overrides})).eval()
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_wilson_interval_matches_published_values_and_formula():
+    # Published 95% Wilson intervals (Newcombe 1998, Table I): 0/10 -> (0, 0.2775); 8/10 -> (0.4902, 0.9433);
+    # 1/29 -> (0.0061, 0.1718); 81/263 -> (0.2553, 0.3662).
+    for (k, n), expected in {(0, 10): (0.0, 0.2775), (8, 10): (0.4902, 0.9433), (1, 29): (0.0061, 0.1718),
+                             (81, 263): (0.2553, 0.3662)}.items():
+        assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-4)
+    z, k, n = 1.96, 37, 50  # the closed form, written out independently
+    p = k / n
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert wilson_interval(k, n, z) == pytest.approx(((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)))
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class Oracle(nn.Module):
+    """Knows the test examples: puts all logit mass on the answer (or on a wrong token) at the answer positions."""
+
+    def __init__(self, examples, vocab, right=True):
+        super().__init__()
+        self.examples, self.vocab, self.right = examples, vocab, right
+        self.max_positions = None
+
+    def forward(self, idx, targets=None):
+        logits = torch.zeros(*idx.shape, self.vocab)
+        for b, row in enumerate(idx.tolist()):
+            example = next(e for e in self.examples if row[: len(e.prompt_ids)] == list(e.prompt_ids))
+            for j, token in enumerate(example.answer_ids):
+                wrong = 2 if token != 2 else 3  # an ordinary token id, never the answer's
+                logits[b, len(example.prompt_ids) - 1 + j, token if self.right else wrong] = 10.0
+        return logits, None
+
+
+def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
+    # The oracles only know the test split, so this also checks that evaluation draws test examples.
+    known = {length: make_examples("list_recall", tok, length=length, n=12, seed=3, split="test", meta=False)
+             for length in (64, 96)}
+    everything = [e for ex in known.values() for e in ex]
+    models = [LoadedModel(name, "-", Oracle(everything, VOCAB, right), tok, "oracle") for name, right in
+              (("right", True), ("wrong", False))]
+    result = evaluate_task(models, "list_recall", [64, 96], n=12, seed=3, progress=False)
+    right, wrong = result["models"]
+    for r in right["results"]:
+        assert r["n"] == 12 and r["exact"] == 12 and r["exact_match"] == 1.0 and r["token_accuracy"] == 1.0
+        assert r["exact_match_ci95"] == pytest.approx(wilson_interval(12, 12))
+        assert r["answer_tokens"] == sum(len(e.answer_ids) for e in known[r["length"]])
+    for r in wrong["results"]:
+        assert r["exact"] == 0 and r["exact_match"] == 0.0 and r["tokens_correct"] == 0
+        assert r["exact_match_ci95"][0] == 0.0 and r["exact_match_ci95"][1] == pytest.approx(wilson_interval(0, 12)[1])
+
+
+def test_teacher_forced_exact_match_is_greedy_decoding(tok):
+    """Exact match must agree with metatokens.generate's greedy answer, token for token."""
+    model = gpt(tok, seed=1)
+    base = make_examples("list_recall", tok, length=64, n=6, seed=0, split="test")
+    agree, off_by_one = [], []
+    for e in base:
+        prompt = torch.tensor([e.prompt_ids])
+        greedy = generate(model, prompt, 3, temperature=0, vocab_limit=tok.vocab_size)[0, len(e.prompt_ids):].tolist()
+        agree.append(Example(e.prompt_ids, greedy, e.meta_positions, e.prompt_text, "", {}))
+        changed = greedy[:-1] + [greedy[-1] + 1 if greedy[-1] + 1 not in (tok.meta_token_id,) else greedy[-1] + 2]
+        off_by_one.append(Example(e.prompt_ids, changed, e.meta_positions, e.prompt_text, "", {}))
+    kw = dict(pad_id=tok.eos_token_id, vocab_limit=tok.vocab_size, meta_token_id=tok.meta_token_id, batch_size=4)
+    s = score_examples(model, agree, **kw)
+    assert (s.examples, s.exact, s.tokens_correct, s.tokens) == (6, 6, 18, 18)
+    s = score_examples(model, off_by_one, **kw)
+    assert (s.exact, s.tokens_correct) == (0, 12)
+    # the answer loss is the mean cross-entropy of the answer tokens, computed here by hand
+    e = agree[0]
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([list(e.prompt_ids) + e.answer_ids[:-1]]))
+    p = len(e.prompt_ids)
+    nll = F.cross_entropy(logits[0, p - 1 :], torch.tensor(e.answer_ids), reduction="sum")
+    assert score_examples(model, [e], **kw).nll == pytest.approx(float(nll), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- YaRN and windows
+
+
+def test_yarn_keeps_fast_dimensions_and_interpolates_slow_ones(tok):
+    model = gpt(tok, block_size=1024, n_embd=64)  # head dim 32: some dimensions on each side of the ramp
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_yarn(model, 4)
+    assert model.config.yarn.factor == 4 and model.config.yarn.original_max_position_embeddings == 1024
+    assert model.config.block_size == 4096
+    plain = rope_inv_freq(model.config.head_dim, model.config.rope_theta)
+    # YaRN (Peng et al. 2023): dimensions turning > beta_fast=32 times over L keep their frequency;
+    # those turning < beta_slow=1 times are divided by the scale.
+    turns = plain * 1024 / (2 * math.pi)
+    fast, slow = turns > 32, turns < 1
+    assert fast.any() and slow.any()
+    assert torch.allclose(model.rotary.inv_freq[fast], plain[fast])
+    assert torch.allclose(model.rotary.inv_freq[slow], plain[slow] / 4)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # weights untouched
+    apply_yarn(model, 2)  # a second scale is relative to the same original window, not compounded
+    assert model.config.yarn.original_max_position_embeddings == 1024 and model.config.block_size == 2048
+
+
+def test_beyond_the_window_runs_for_rope_with_yarn_and_is_refused_for_ape(tok, tmp_path, commands, capsys):
+    save_pretrained(tmp_path / "rope", gpt(tok, block_size=64), tok)
+    save_pretrained(tmp_path / "ape", gpt(tok, block_size=64, pos_encoding="ape"), tok)
+    args = ["evaluate", "--task", "list_recall", "--lengths", "64,128", "--n", "4", "--no-progress"]
+    assert cli.main([*args, "--checkpoint", str(tmp_path / "rope"), "--yarn-scale", "2", "--out", str(tmp_path / "e1")]) == 0
+    result = json.loads((tmp_path / "e1" / "list_recall.json").read_text())
+    model = result["models"][0]
+    assert model["yarn"]["factor"] == 2 and [r["length"] for r in model["results"]] == [64, 128]
+    assert model["results"][1]["positions_needed"] > 64  # really beyond the pre-training window
+    capsys.readouterr()
+    code = cli.main([*args, "--checkpoint", str(tmp_path / "ape"), "--out", str(tmp_path / "e2")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "64 learned positions" in err and "length 128" in err
+    assert not (tmp_path / "e2").exists()  # refused before anything was written
+    both = [str(tmp_path / "ape"), str(tmp_path / "rope")]
+    assert cli.main([*args, "--checkpoint", *both, "--skip-unfit", "--yarn-scale", "2", "--out", str(tmp_path / "e3")]) == 0
+    ape, rope = json.loads((tmp_path / "e3" / "list_recall.json").read_text())["models"]
+    assert ape["results"][1]["n"] == 0 and "learned positions" in ape["results"][1]["skipped"] and rope["results"][1]["n"] == 4
+
+
+# ----------------------------------------------------------------------------- fine-tuning batches
+
+
+def test_finetune_rows_put_the_loss_on_answer_tokens_only(tok):
+    plan = [Phase(64, "medium")]
+    batches = TaskBatches("list_recall", tok, plan, batch_size=4, seed=0, meta=True, total_batches=10)
+    examples = batches.examples(0)
+    x, y = batches.next_batch()
+    assert x.shape[1] == max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
+    for row, e in enumerate(examples):
+        p, a = len(e.prompt_ids), len(e.answer_ids)
+        assert x[row, :p].tolist() == e.prompt_ids and x[row, p : p + a - 1].tolist() == e.answer_ids[:-1]
+        assert (x[row, p + a - 1 :] == tok.eos_token_id).all()  # right padding with EOS
+        assert (y[row, : p - 1] == -100).all() and (y[row, p + a - 1 :] == -100).all()
+        assert y[row, p - 1 : p + a - 1].tolist() == e.answer_ids
+        assert tok.meta_token_id in e.prompt_ids and tok.meta_token_id not in y[row].tolist()
+    # the model's loss on these rows is the mean cross-entropy of the answer tokens alone
+    model = gpt(tok)
+    with torch.no_grad():
+        logits, loss = model(x, y)
+    terms = [F.cross_entropy(logits[r, len(e.prompt_ids) - 1 + j], torch.tensor(t)) for r, e in enumerate(examples)
+             for j, t in enumerate(e.answer_ids)]
+    assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    # train examples only, and the stream resumes exactly from its state
+    assert all(e.info["split"] == "train" for e in examples)
+    batches.next_batch()
+    state = batches.state_dict()
+    after = batches.next_batch()
+    again = TaskBatches("list_recall", tok, plan, batch_size=4, seed=0, meta=True, total_batches=10)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(after, again.next_batch()))
+    with pytest.raises(ValueError, match="seed"):
+        TaskBatches("list_recall", tok, plan, batch_size=4, seed=1, meta=True, total_batches=10).load_state_dict(state)
+
+
+def test_curriculum_phases_grow_and_split_the_batches(tok):
+    plan = [Phase(64, "medium"), Phase(96, "medium"), Phase(128, "hard")]
+    batches = TaskBatches("list_recall", tok, plan, batch_size=2, seed=0, meta=False, total_batches=9)
+    lengths = [max(len(e.prompt_ids) for e in batches.examples(b)) for b in range(9)]
+    for b, longest in enumerate(lengths):
+        low, high = (48, 64) if b < 3 else (72, 96) if b < 6 else (96, 128)
+        assert low <= longest <= high, (b, longest)
+    assert all(e.info["difficulty"] == "hard" for e in batches.examples(8))
+
+
+# ----------------------------------------------------------------------------- fine-tuning runs
+
+
+def _scratch(tok, out, steps, resume=False, **train):
+    # warm-up until step 11: a run cut at 12 steps has the same schedule up to there as one of 24
+    spec = TaskSpec(task="list_recall", max_len=64, seed=0, eval_n=16)
+    cfg = make_train_config(max_steps=steps, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=11, eval_interval=0,
+                            log_interval=1, seed=0, ckpt_interval=12, **train)
+    return run_finetune(spec, cfg, out, from_scratch="toy", tokenizer_path=str(tok.path), resume=resume,
+                        resume_steps=steps if resume else None,
+                        model_overrides=["model.block_size=128", "model.dropout=0.1"], progress=False)
+
+
+@pytest.mark.slow
+def test_finetune_from_scratch_lowers_the_answer_loss_and_resumes_exactly(tok, tmp_path):
+    full = _scratch(tok, tmp_path / "full", 24)
+    early = sum(full["losses"][s] for s in range(1, 4)) / 3
+    late = sum(full["losses"][s] for s in range(22, 25)) / 3
+    assert late < early - 0.8  # nats per answer token
+    assert full["val_loss"] < math.log(tok.vocab_size) - 1.0  # held-out answers beat a uniform guess by far
+    # dropout is on, so the RNG state must come back too
+    _scratch(tok, tmp_path / "part", 12)
+    resumed = _scratch(tok, tmp_path / "part", 24, resume=True)
+    assert resumed["start_step"] == 12
+    for step in range(13, 25):
+        assert resumed["losses"][step] == pytest.approx(full["losses"][step], abs=1e-6), step
+
+
+def test_finetune_and_evaluate_round_trip_through_the_cli(tok, tmp_path, commands, capsys):
+    run = tmp_path / "run"
+    code = cli.main(["finetune", "--from-scratch", "toy", "--tokenizer", str(tok.path), "--set", "model.block_size=128",
+                     "--max-len", "64", "--steps", "4", "--batch-size", "4", "--eval-n", "8", "--out", str(run),
+                     "--set", "train.warmup_steps=1", "--no-progress"])
+    assert code == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["finetune"]["meta"] is True and info["finetune"]["plan"] == [[64, "medium"]]
+    assert (run / "checkpoints" / "LATEST").is_file()
+    assert cli.main(["finetune", "--from-scratch", "toy", "--tokenizer", str(tok.path), "--out", str(run),
+                     "--no-progress"]) == 2  # refuses to overwrite a run
+    assert "--resume" in capsys.readouterr().err
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(run), str(run), "--task", "list_recall", "--lengths", "64,96",
+                     "--n", "5", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "list_recall.json").read_text())
+    assert [m["name"] for m in result["models"]] == ["run", "run (2)"]
+    first, second = result["models"]
+    assert first["results"] == second["results"]  # the same model on the same examples
+    for r in first["results"]:
+        assert r["n"] == 5 and 0 <= r["exact"] <= 5 and r["exact_match_ci95"][0] <= r["exact_match"] <= r["exact_match_ci95"][1]
+    table = (out / "list_recall.md").read_text()
+    assert "| run | rope | yes | 96 | 5 |" in table
+    assert (out / "list_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # perplexity by position on a local file, meta-tokens inserted as in pre-training (k=0.1) and not
+    text = tmp_path / "docs.txt"
+    prompts = make_examples("list_recall", tok, length=200, n=30, seed=5, split="test", meta=False)
+    text.write_text("\n".join(e.prompt_text + e.answer_text for e in prompts))
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--names", "meta", "--perplexity", str(text),
+                     "--context", "64", "--buckets", "4", "--rows", "8", "--batch-size", "3", "--out", str(out),
+                     "--no-progress"]) == 0
+    (meta,) = json.loads((out / "perplexity.json").read_text())["models"]
+    assert meta["meta_rate"] == 0.1 and meta["meta_per_row"] == 6 and meta["tokens"] == 8 * (64 - 6)
+    assert sum(b["tokens"] for b in meta["buckets"]) == meta["tokens"] and len(meta["buckets"]) == 4
+    assert meta["perplexity"] == pytest.approx(math.exp(meta["loss"]))
+    assert (out / "perplexity.png").is_file() and "| meta |" in (out / "perplexity.md").read_text()
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--perplexity", str(text), "--meta-every", "none",
+                     "--context", "64", "--rows", "4", "--out", str(tmp_path / "p2"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "p2" / "perplexity.json").read_text())["models"][0]["tokens"] == 4 * 64
+
+
+def test_finetune_with_yarn_trains_past_the_pretraining_window_and_ape_cannot(tok, tmp_path, commands, capsys):
+    save_pretrained(tmp_path / "rope", gpt(tok, block_size=64), tok)
+    save_pretrained(tmp_path / "ape", gpt(tok, block_size=64, pos_encoding="ape"), tok)
+    args = ["finetune", "--max-len", "96", "--steps", "2", "--batch-size", "2", "--eval-n", "2", "--no-progress"]
+    assert cli.main([*args, "--init", str(tmp_path / "rope"), "--yarn-scale", "2", "--out", str(tmp_path / "r")]) == 0
+    loaded = load_model(tmp_path / "r")
+    yarn = loaded.model.config.yarn
+    assert (yarn.factor, yarn.original_max_position_embeddings, loaded.model.config.block_size) == (2, 64, 128)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["finetune"]["yarn_scale"] == 2
+    capsys.readouterr()
+    assert cli.main([*args, "--init", str(tmp_path / "ape"), "--out", str(tmp_path / "a")]) == 2
+    assert "64 learned positions" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert cli.main([*args, "--init", str(tmp_path / "ape"), "--yarn-scale", "2", "--out", str(tmp_path / "a")]) == 2
+    assert "RoPE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_hugging_face_gpt_neo_baseline_fine_tunes_and_evaluates(tok, tmp_path, commands):
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=tok.vocab_size, max_position_embeddings=96, hidden_size=32, num_layers=2,
+                          num_heads=2, attention_types=[[["global", "local"], 1]], window_size=32, embed_dropout=0.0,
+                          attention_dropout=0.0, resid_dropout=0.0, bos_token_id=tok.eos_token_id,
+                          eos_token_id=tok.eos_token_id)
+    folder = tmp_path / "neo"
+    GPTNeoForCausalLM(config).save_pretrained(folder)
+    tok.save(folder / "tokenizer.json")
+    run = tmp_path / "neo-run"
+    args = ["finetune", "--hf-model", str(folder), "--max-len", "64", "--steps", "12", "--batch-size", "8",
+            "--lr", "3e-3", "--set", "train.warmup_steps=2", "--set", "train.log_interval=1", "--eval-n", "8",
+            "--out", str(run), "--no-progress"]
+    assert cli.main(args) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["finetune"]["meta"] is False and info["finetune"]["hf_model"] == str(folder)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+    loaded = load_model(run)
+    assert loaded.kind == "hf" and loaded.max_positions == 96
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--task", "list_recall", "--lengths", "64", "--n", "6",
+                     "--out", str(out), "--no-progress"]) == 0
+    model = json.loads((out / "list_recall.json").read_text())["models"][0]
+    assert model["kind"] == "hf" and model["meta"] is False and model["results"][0]["n"] == 6
+    # GPT-Neo's learned positions end at 96: a longer bin is refused like any APE model's
+    assert cli.main(["evaluate", "--checkpoint", str(run), "--task", "list_recall", "--lengths", "128", "--n", "2",
+                     "--out", str(out), "--no-progress"]) == 2
+    with pytest.raises(EvaluationError, match="RoPE"):
+        apply_yarn(loaded.model, 2)
