@@ -1,0 +1,64 @@
+"""Analyses of trained meta-token models (SPEC sections 3 and 7; docs/analysis.md).
+
+    entropy          attention entropy at meta vs non-meta queries; max-logit boost   (entropy.py)
+    ablate           accuracy with the meta-token's position or embedding zeroed       (ablate.py)
+    residual         cosine similarity against distance; logit lens at meta positions  (residual.py)
+    rate-distortion  variational information bottleneck probe, beta sweep              (rate_distortion.py)
+
+Attention probabilities are recomputed from activations captured with forward hooks (trace.py,
+attention.py), so the model itself is used exactly as trained and never modified.
+"""
+
+from .ablate import VARIANTS, ablation_study, answer_accuracy, markdown_table, plot_ablation
+from .attention import Attention, attention_entropy, attention_output, meta_attention, self_attention
+from .common import AnalysisError, bootstrap_ci, load_for_analysis, model_variant
+from .entropy import entropy_analysis, plot_entropy
+from .rate_distortion import (
+    DEFAULT_BETAS,
+    VIBProbe,
+    evaluate_vib,
+    hidden_features,
+    kl_to_standard_normal,
+    label_entropy,
+    plot_rate_distortion,
+    rate_distortion_analysis,
+    sweep,
+    train_vib,
+)
+from .residual import distance_bins, plot_residual, residual_analysis, similarity_by_distance
+from .trace import Trace, trace
+
+__all__ = [
+    "DEFAULT_BETAS",
+    "VARIANTS",
+    "AnalysisError",
+    "Attention",
+    "Trace",
+    "VIBProbe",
+    "ablation_study",
+    "answer_accuracy",
+    "attention_entropy",
+    "attention_output",
+    "bootstrap_ci",
+    "distance_bins",
+    "entropy_analysis",
+    "evaluate_vib",
+    "hidden_features",
+    "kl_to_standard_normal",
+    "label_entropy",
+    "load_for_analysis",
+    "markdown_table",
+    "meta_attention",
+    "model_variant",
+    "plot_ablation",
+    "plot_entropy",
+    "plot_rate_distortion",
+    "plot_residual",
+    "rate_distortion_analysis",
+    "residual_analysis",
+    "self_attention",
+    "similarity_by_distance",
+    "sweep",
+    "train_vib",
+    "trace",
+]
