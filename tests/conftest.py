@@ -24,6 +24,11 @@ def mixed_batch(T: int = 24, seed: int = 0) -> torch.Tensor:
     return idx
 
 
+# Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the spin-waiting
+# of torch's thread pool slows tests several-fold (and the subprocess tests compete for cores).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

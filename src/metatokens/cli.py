@@ -21,6 +21,11 @@ COMMAND_MODULES = [
     "metatokens.commands.plot",
     "metatokens.commands.export",
     "metatokens.commands.import_gpt2",
+    "metatokens.commands.finetune",
+    "metatokens.commands.evaluate",
+    "metatokens.commands.generate",
+    "metatokens.commands.analyze",
+    "metatokens.commands.reproduce",
     "metatokens.commands.info",
 ]
 

@@ -1,0 +1,215 @@
+"""REPORT.md of `metatokens reproduce`: our measurements beside the paper's numbers.
+
+Every number in the report is read from a stage's stage.json (measured in this study); the
+paper's numbers are constants from SPEC section 6-7, each in its own column.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .reproduce import (
+    MODELS, PAPER_ABLATION, PAPER_ACCURACY, PAPER_ENTROPY_DIFF, PAPER_LENGTH_GAIN, PAPER_LOGIT_BOOST, TASKS,
+    environment, mean_std,
+)
+
+
+def _pct(values: list[float | None]) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _num(values: list[float | None], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _paper(x: float | None, sign: bool = False) -> str:
+    return "—" if x is None else (f"{x:+.1f}" if sign else f"{x:.1f}")
+
+
+def _figure(pipe, rel: str, alt: str) -> str:
+    """Copy a stage's figure into OUT/figures (seed 0) and link it."""
+    src = pipe.out / "stages" / "seed0" / rel
+    if not src.is_file():
+        return f"*({alt}: figure missing)*"
+    dst = pipe.out / "figures" / rel.replace("/", "-")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return f"![{alt}](figures/{dst.name})"
+
+
+def _loss_figure(pipe) -> str:
+    from .commands.plot import plot_runs
+
+    runs = [pipe.out / "stages" / "seed0" / f"pretrain-{m}" / "run" for m in MODELS]
+    if not all((r / "metrics.jsonl").is_file() for r in runs):
+        return "*(loss curves: missing)*"
+    path = plot_runs(runs, pipe.out / "figures" / "pretrain-loss.png")
+    return f"![Pre-training loss of the three models]({path.relative_to(pipe.out)})"
+
+
+def _accuracy_figure(pipe, task: str) -> str:
+    """One accuracy-vs-length plot with the three models of seed 0 (their evaluation JSONs merged)."""
+    from .evaluate import task_plot
+
+    models = []
+    for m in MODELS:
+        folder = pipe.out / "stages" / "seed0" / f"evaluate-{m}-{task}"
+        for stem in (task, f"{task}-yarn"):
+            if (folder / f"{stem}.json").is_file():
+                models += json.loads((folder / f"{stem}.json").read_text())["models"]
+    if not models:
+        return f"*({task}: accuracy figure missing)*"
+    first = json.loads((pipe.out / "stages" / "seed0" / f"evaluate-gpt2-{task}" / f"{task}.json").read_text())
+    lengths = sorted({r["length"] for m in models for r in m["results"]})
+    path = task_plot({**first, "models": models, "lengths": lengths}, pipe.out / "figures" / f"accuracy-{task}.png")
+    return f"![{task}: exact match by length]({path.relative_to(pipe.out)})"
+
+
+def render_report(pipe, results: list[dict[str, Any]]) -> str:
+    sc, L = pipe.scale, pipe.scale.ft_len
+    n_seeds = len(results)
+    spread = " (mean ± standard deviation over seeds)" if n_seeds > 1 else ""
+    out = [
+        "# metatokens reproduction report",
+        "",
+        f"Scale `{pipe.scale_name}` ({sc.budget}), {n_seeds} seed(s){spread}; written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Paper: Shah et al., *Language Modeling with Learned "
+        "Meta-Tokens*, arXiv 2509.16278. Every number in a column marked *ours* was measured by this run; "
+        "the *paper* columns are the paper's own numbers (GPT-2 small at 1024 tokens, pre-trained on about "
+        "98B tokens of C4), so at small scales expect them to differ.",
+        "",
+        f"Re-create this report: `metatokens reproduce --scale {pipe.scale_name} --seeds {pipe.seeds} --out {pipe.out}` "
+        "(finished stages are reused; delete `stages/` to start over).",
+        "",
+        "## 1. Pre-training",
+        "",
+        "| model | parameters | steps | training tokens | val loss / text token (ours) | val bits per byte (ours) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, label in MODELS.items():
+        rows = [r["pretrain"][m] for r in results]
+        out.append(f"| {label} | {rows[0]['params']:,} | {rows[0]['step']} | {rows[0]['train_tokens']:,} | "
+                   f"{_num([r['val_loss'] for r in rows])} | {_num([r['val_bpb'] for r in rows])} |")
+    out += ["", "Validation loss counts text tokens only (no loss on meta-token targets), so the three compare fairly.", "",
+            _loss_figure(pipe), ""]
+
+    out += [
+        f"## 2. Task accuracy after fine-tuning at L = {L} (exact match %)",
+        "",
+        f"Fine-tuned {sc.ft_steps} steps (batch {sc.ft_batch}) per task, evaluated on {sc.eval_n} held-out test "
+        f"prompts of 0.75 L to L tokens. Paper: fine-tuned and evaluated at 512 (its Fig. 1).",
+        "",
+        "| task | " + " | ".join(f"{label} ours | paper" for label in MODELS.values()) + " | GPT-Neo-125M paper |",
+        "|---|" + "---|---|" * len(MODELS) + "---|",
+    ]
+    for task in TASKS:
+        cells = []
+        for m in MODELS:
+            cells.append(_pct([r["eval"][(m, task)]["exact_match"].get(str(L)) for r in results]))
+            cells.append(_paper(PAPER_ACCURACY[task][m]))
+        out.append(f"| {task} | " + " | ".join(cells) + f" | {_paper(PAPER_ACCURACY[task]['gpt-neo'])} |")
+    out.append("")
+
+    out += [
+        f"## 3. Length generalisation: L = {L} -> 2L = {2 * L}, and 4L = {4 * L} with YaRN (exact match %)",
+        "",
+        f"2L is inside every model's pre-training window; 4L is beyond it, so only the RoPE model can be read "
+        f"there, after YaRN extension. Paper: fine-tuned at 256 and evaluated at 512, gains of "
+        + ", ".join(f"{PAPER_LENGTH_GAIN[m]:+.1f} points ({MODELS[m]})" for m in MODELS) + ".",
+        "",
+        f"| model | task | L ours | 2L ours | 2L - L ours | 4L + YaRN ours | paper gain at 2x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, label in MODELS.items():
+        for task in TASKS:
+            acc = [r["eval"][(m, task)]["exact_match"] for r in results]
+            diffs = [None if a.get(str(L)) is None or a.get(str(2 * L)) is None else a[str(2 * L)] - a[str(L)] for a in acc]
+            mean, _ = mean_std(diffs)
+            gain = "n/a" if mean is None else f"{100 * mean:+.1f}"
+            yarn = _pct([a.get(f"{4 * L}+yarn") for a in acc]) if m == "meta-rope" else "beyond the APE table"
+            out.append(f"| {label} | {task} | {_pct([a.get(str(L)) for a in acc])} | {_pct([a.get(str(2 * L)) for a in acc])} "
+                       f"| {gain} | {yarn} | {_paper(PAPER_LENGTH_GAIN[m], sign=True)} |")
+    out += [""] + [_accuracy_figure(pipe, task) for task in TASKS] + [""]
+
+    out += [
+        f"## 4. Ablations at meta positions, at L = {L} (exact match %)",
+        "",
+        "Same weights, changed at inference: the positional encoding of meta-tokens zeroed (APE: no position "
+        f"vector; RoPE: q/k unrotated), or their token embedding zeroed. Paper (Table 2): {PAPER_ABLATION}.",
+        "",
+        "| model | task | full ours | meta position zeroed ours | meta embedding zeroed ours |",
+        "|---|---|---|---|---|",
+    ]
+    for m in ("meta-ape", "meta-rope"):
+        for task in TASKS:
+            rows = [r["ablate"][(m, task)] for r in results]
+            out.append(f"| {MODELS[m]} | {task} | " + " | ".join(
+                _pct([row[v] for row in rows]) for v in ("full", "zero_meta_pos", "zero_meta_embed")) + " |")
+    out += ["", _figure(pipe, "ablate-meta-rope-list_recall/ablate.png", "Ablations, Meta+RoPE, List Recall"), ""]
+
+    ent = [r["analysis"]["entropy"] for r in results]
+    diff = [e["entropy_difference"]["mean"] if e.get("entropy_difference") else None for e in ent]
+    boost = [e["max_logit_boost"]["mean"] if e.get("max_logit_boost") else None for e in ent]
+    ci = ent[0]["entropy_difference"]["ci95"] if ent[0].get("entropy_difference") else None
+    out += [
+        "## 5. Attention sharpening at meta-tokens (Meta+RoPE, List Recall)",
+        "",
+        "| quantity | ours | paper |",
+        "|---|---|---|",
+        f"| attention entropy, non-meta minus meta query positions (nats) | {_num(diff)}"
+        + (f" (95% CI seed 0: {ci[0]:.3f} to {ci[1]:.3f})" if ci else "") + f" | {PAPER_ENTROPY_DIFF:.2f} |",
+        f"| max attention logit, real meta embedding minus zeroed | {_num(boost)} | {PAPER_LOGIT_BOOST:.2f} |",
+        "",
+        _figure(pipe, "analyze-entropy/entropy.png", "Entropy difference by layer and head"),
+        "",
+        "## 6. Residual stream: what a meta-token caches",
+        "",
+        "Cosine similarity between the meta-token's hidden state and earlier tokens' by distance, per layer "
+        "(paper: high near the meta-token, fading with distance); logit lens in the stage's residual.json.",
+        "",
+        _figure(pipe, "analyze-residual/residual.png", "Cosine similarity by distance and layer"),
+        "",
+        "## 7. Rate-distortion of a VIB probe",
+        "",
+        "Frozen model; a variational information bottleneck head on the hidden state of the last meta-token, "
+        "of the last token, and of the last meta-token with its positional encoding zeroed; beta swept from "
+        "0.01 to 1. Paper: at every rate the meta-token has lower distortion than the last token, and zeroing its "
+        "position lowers it further.",
+        "",
+        _figure(pipe, "analyze-rate-distortion/rate_distortion.png", "Distortion vs rate"),
+        "",
+    ]
+    curves = results[0]["analysis"]["rate-distortion"].get("curves", {})
+    if curves:
+        betas = [p["beta"] for p in next(iter(curves.values()))]
+        out += ["Seed 0, training examples: rate / distortion in nats per beta.", "",
+                "| representation | " + " | ".join(f"beta {b:g}" for b in betas) + " |",
+                "|---|" + "---|" * len(betas)]
+        for name, points in curves.items():
+            out.append(f"| {name} | " + " | ".join(f"{p['rate']:.2f} / {p['distortion']:.2f}" for p in points) + " |")
+        out.append("")
+    out += _stage_table(pipe)
+    env = environment()
+    out += ["", "## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()] + [""]
+    return "\n".join(out) + "\n"
+
+
+def _stage_table(pipe) -> list[str]:
+    total = sum(r.wall_s for r in pipe.records if not r.cached)
+    lines = ["## Stages, commands and wall time", "",
+             f"Wall time of the stages run now: {total / 60:.1f} min (cached stages show the time they took when run). "
+             "`{stage}` is the stage's folder under `stages/`; `{name}` the folder of the stage it reads.", "",
+             "| stage | wall time (s) | cached | command |", "|---|---|---|---|"]
+    for r in pipe.records:
+        lines.append(f"| {r.name} | {r.wall_s:.0f} | {'yes' if r.cached else 'no'} | `{r.command}` |")
+    return lines
