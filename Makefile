@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch; a plain `torch` may pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo pretrain-tiny test test-all clean
 
 $(BIN)/metatokens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(BIN)/metatokens: pyproject.toml
 
 venv: $(BIN)/metatokens
 
-# The main job: pre-train the tiny Meta+RoPE model on the built-in corpus (no downloads).
+# The main job: the whole study at demo scale on the built-in corpus (no downloads) -> report/REPORT.md.
 demo: venv
+	$(BIN)/metatokens reproduce --scale demo --out report
+
+# Pre-train the tiny Meta+RoPE model alone (about 6 minutes on 2 idle cores).
+pretrain-tiny: venv
 	$(BIN)/metatokens pretrain --config tiny --out runs/tiny
 	$(BIN)/metatokens plot runs/tiny --out runs/tiny/loss.png
 

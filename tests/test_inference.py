@@ -290,7 +290,7 @@ def test_cli_greedy_is_deterministic_without_seed(monkeypatch, checkpoint, token
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--checkpoint", "{missing}", "--prompt", "x"], "not a model folder"),
+        (["--checkpoint", "{missing}", "--prompt", "x"], "neither a model folder nor a run folder"),
         (["--checkpoint", "{ckpt}", "--meta", "sometimes"], "unknown meta-token policy 'sometimes'"),
         (["--checkpoint", "{ckpt}", "--meta", "every:0"], "unknown meta-token policy 'every:0'"),
         (["--checkpoint", "{ckpt}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
@@ -373,3 +373,16 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(use_cache):
             loss.backward()
             assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert (got.float() - ref).abs().max() <= 0.05
+
+
+def test_cli_accepts_a_run_folder(monkeypatch, tmp_path, checkpoint, tokenizer):
+    """A run folder resolves to its latest checkpoint, as for finetune/evaluate/analyze."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoints" / "step-00000007")
+    (run / "checkpoints" / "LATEST").write_text("step-00000007\n")
+    argv = ["--max-new-tokens", "8", "--temperature", "0", "--prompt", "Numbers 123"]
+    code, from_run, _ = run_cli(monkeypatch, ["--checkpoint", str(run), *argv])
+    assert code == 0
+    assert "".join(e[1] for e in from_run.events if e[0] == "write") == expected_text(checkpoint, tokenizer, "Numbers 123", 8, "none", temperature=0)

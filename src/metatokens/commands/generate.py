@@ -16,7 +16,7 @@ def add_command(sub) -> None:
         help="sample text from a model folder, streamed as it is generated",
         description="Sample a continuation of --prompt and print it as tokens arrive (the prompt itself is not echoed).",
     )
-    p.add_argument("--checkpoint", required=True, metavar="RUN", help="model folder written by save_pretrained / pretrain")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="model folder, or run folder (its latest checkpoint)")
     p.add_argument("--prompt", default="", help='prompt text; with --meta marked, "<|meta|>" marks meta-tokens (default: empty)')
     p.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="tokens to sample (default: 100)")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy (default: 0.8, as nanoGPT's sample.py)")
@@ -37,7 +37,9 @@ def run(args) -> int:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    model, tokenizer, _ = load_pretrained(args.checkpoint, args.device)
+    from ..train import resolve_model_dir
+
+    model, tokenizer, _ = load_pretrained(resolve_model_dir(args.checkpoint), args.device)
     if tokenizer is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer.json in the model folder; generate needs one")
     model.eval()
