@@ -385,4 +385,6 @@ def test_cli_accepts_a_run_folder(monkeypatch, tmp_path, checkpoint, tokenizer):
     argv = ["--max-new-tokens", "8", "--temperature", "0", "--prompt", "Numbers 123"]
     code, from_run, _ = run_cli(monkeypatch, ["--checkpoint", str(run), *argv])
     assert code == 0
-    assert "".join(e[1] for e in from_run.events if e[0] == "write") == expected_text(checkpoint, tokenizer, "Numbers 123", 8, "none", temperature=0)
+    assert "".join(e[1] for e in from_run.events if e[0] == "write") == (
+        expected_text(checkpoint, tokenizer, "Numbers 123", 8, "none", temperature=0) + "\n"
+    )
