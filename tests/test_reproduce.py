@@ -104,3 +104,16 @@ def test_interrupted_training_stage_resumes(tmp_path):
     cfg.train.max_steps = 6
     rec = pipe.stage(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, (1, 1))
     assert calls == [False, True] and rec.result["step"] == 6
+
+
+def test_seeds_report_mean_and_spread(study):
+    out, _, _, _ = study
+    pipe = Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None)
+    text = pipe.run().read_text()
+    assert "2 seed(s) (mean ± standard deviation over seeds)" in text
+    seed0, seed1 = (json.loads((out / "stages" / s / "pretrain-meta-rope" / "stage.json").read_text())["result"]
+                    for s in ("seed0", "seed1"))
+    mean = (seed0["val_loss"] + seed1["val_loss"]) / 2
+    std = abs(seed0["val_loss"] - seed1["val_loss"]) / 2 ** 0.5
+    assert f"| {mean:.3f} ± {std:.3f} |" in text
+    assert all(r.cached for r in pipe.records if r.name.startswith(("seed0/pretrain", "seed0/finetune")))
