@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from safetensors.torch import load_model, save_model
 
 from . import __version__
 from .config import ConfigError, ModelConfig
-from .fileio import atomic_write_text, fsync_dir
+from .fileio import atomic_folder, atomic_write_text, fsync_path
 from .model import GPT
 
 FORMAT = "metatokens"
@@ -32,27 +30,6 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 
 class CheckpointError(ValueError):
     """A model folder is missing, truncated, corrupted or inconsistent. The message is one line."""
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place; an existing folder is swapped out, then removed."""
-    fsync_path(tmp)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -73,12 +50,7 @@ def save_pretrained(
 ) -> Path:
     """Write a model folder. `extra` adds JSON-serialisable fields to config.json; `write_extra(tmp)`
     may add files (optimizer state, ...) to the folder before it is moved into place."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp:
         weights = tmp / WEIGHTS_FILE
         save_model(model, str(weights), metadata={"format": "pt"})
         fsync_path(weights)
@@ -101,11 +73,7 @@ def save_pretrained(
         if write_extra is not None:
             write_extra(tmp)
         atomic_write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

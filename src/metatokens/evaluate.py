@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write_text, load_pretrained, replace_dir
+from .checkpoint import CheckpointError, load_pretrained
+from .fileio import atomic_folder, atomic_write_text
 from .config import YarnConfig
 from .data.packing import tokenizer_hash
 from .model import GPT
@@ -127,23 +126,14 @@ class HFCausalLM(nn.Module):
 
     def save_folder(self, out_dir: str | Path, tokenizer=None, *, extra: dict | None = None, write_extra=None) -> Path:
         """The Hugging Face files plus our tokenizer.json and a marker, written atomically."""
-        out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with atomic_folder(out_dir) as tmp:
             self.hf.save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save(tmp / "tokenizer.json")
             atomic_write_text(tmp / HF_MARKER, json.dumps({"format": "metatokens-hf", **(extra or {})}, indent=1) + "\n")
             if write_extra is not None:
                 write_extra(tmp)
-            replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        return Path(out_dir)
 
     def load_folder_state(self, folder: str | Path) -> dict[str, torch.Tensor]:
         """Weights of a folder written by `save_folder`, checked against this model's shapes."""

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import yaml
 
-from .checkpoint import atomic_write_text
+from .fileio import atomic_write_text
 from .config import ConfigError
 from .evaluate import (
     HFCausalLM,

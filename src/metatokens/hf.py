@@ -7,8 +7,6 @@ classes themselves live in hf_model.py, which exported folders carry as their mo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +89,8 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     from transformers import GenerationConfig
 
     from . import __version__
-    from .checkpoint import load_pretrained, replace_dir
+    from .checkpoint import load_pretrained
+    from .fileio import atomic_folder
     from .hf_model import MetaTokensForCausalLM
     from .train import resolve_model_dir
 
@@ -105,11 +104,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         # pad = eos so that finished rows of a batch are filled, as for GPT-2.
         hf.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
 
-    final = Path(out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out) as tmp:
         hf.save_pretrained(tmp)
         if tokenizer is not None:
             save_hf_tokenizer(tokenizer, tmp, model_max_length=model.config.max_positions)
@@ -117,11 +112,7 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         stray = sorted(p.name for p in tmp.iterdir() if not p.name.endswith(EXPORT_SUFFIXES))
         if stray:
             raise HFInteropError(f"export produced unexpected files {stray}; refusing to write non-safetensors weights")
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return Path(out)
 
 
 def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | None = None) -> None:

@@ -333,7 +333,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx, meta_mask=None, cache: KVCache | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states (B, T, C) of token ids idx (B, T)."""
-        cfg, (B, T) = self.config, idx.shape
+        cfg, T = self.config, idx.size(1)
         start = cache.length if cache is not None else 0
         if cfg.max_positions is not None and start + T > cfg.max_positions:
             raise ValueError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from .reproduce import (
@@ -123,11 +122,11 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
     out += [
         f"## 3. Length generalisation: L = {L} -> 2L = {2 * L}, and 4L = {4 * L} with YaRN (exact match %)",
         "",
-        f"2L is inside every model's pre-training window; 4L is beyond it, so only the RoPE model can be read "
-        f"there, after YaRN extension. Paper: fine-tuned at 256 and evaluated at 512, gains of "
+        "2L is inside every model's pre-training window; 4L is beyond it, so only the RoPE model can be read "
+        "there, after YaRN extension. Paper: fine-tuned at 256 and evaluated at 512, gains of "
         + ", ".join(f"{PAPER_LENGTH_GAIN[m]:+.1f} points ({MODELS[m]})" for m in MODELS) + ".",
         "",
-        f"| model | task | L ours | 2L ours | 2L - L ours | 4L + YaRN ours | paper gain at 2x |",
+        "| model | task | L ours | 2L ours | 2L - L ours | 4L + YaRN ours | paper gain at 2x |",
         "|---|---|---|---|---|---|---|",
     ]
     for m, label in MODELS.items():

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import operator
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from .fileio import fsync_dir
+from .fileio import atomic_write_text
 
 __all__ = ["EOS_TOKEN", "META_TOKEN", "SPECIAL_TOKENS", "MetaTokenizer", "TokenizerError"]
 
@@ -184,21 +183,7 @@ class MetaTokenizer:
         """Write one JSON file atomically: readers see the old file or the new one, never a partial one."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_json_str().encode("utf-8")
-        # The temporary file must live in the target's folder: os.replace is only
-        # atomic within one file system.
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        atomic_write_text(target, self.to_json_str())  # temp file beside it, fsync, rename
 
     # Tokenizer pickling goes through JSON, which drops encode_special_tokens;
     # rebuilding through __init__ restores it (DataLoader workers pickle us).

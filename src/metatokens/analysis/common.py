@@ -118,7 +118,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -198,7 +198,7 @@ def run_entropy(args) -> int:
 def run_ablate(args) -> int:
     from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
     from ..analysis.common import load_for_analysis
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     tasks = _check_task_args([t.strip() for t in args.task.split(",") if t.strip()], args.difficulty)
     if not tasks:

@@ -51,7 +51,7 @@ def _saved_preset(run_dir: Path) -> str:
     """Write the run's saved settings as a YAML file beside it and return its path."""
     import yaml
 
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     saved = json.loads((run_dir / "run.json").read_text())["config"]
     path = run_dir / "resolved-config.yaml"
