@@ -56,7 +56,8 @@ class Scale:
 
     presets: dict[str, str]
     pretrain_overrides: list[str]
-    ft_len: int  # fine-tuning prompt length L (evaluated at L, 2L, and 4L with YaRN for RoPE)
+    ft_len: int  # fine-tuning prompt length L (evaluated at L, 2L, and 4L with YaRN for RoPE); 2L plus the
+    # answer must fit the pre-training window, so that APE models can be read at 2L too
     ft_steps: int
     ft_batch: int
     ft_lr: float
@@ -73,21 +74,21 @@ SCALES: dict[str, Scale] = {
     "toy": Scale(TINY_PRESETS, ["model.base=toy", "model.block_size=256", "data.vocab_size=1024",
                                 "data.max_documents=120", "train.max_steps=6", "train.batch_size=4",
                                 "train.eval_interval=0", "train.eval_batches=2", "train.ckpt_interval=0"],
-                 ft_len=128, ft_steps=4, ft_batch=4, ft_lr=1e-3, eval_n=4, analysis_n=4, rd_epochs=1,
+                 ft_len=120, ft_steps=4, ft_batch=4, ft_lr=1e-3, eval_n=4, analysis_n=4, rd_epochs=1,
                  budget="under a minute"),
     "demo": Scale(TINY_PRESETS, ["model.block_size=256", "model.n_layer=2", "train.max_steps=250",
                                  "train.eval_interval=0", "train.ckpt_interval=125"],
-                  ft_len=128, ft_steps=40, ft_batch=8, ft_lr=1e-3, eval_n=32, analysis_n=16, rd_epochs=3,
+                  ft_len=120, ft_steps=30, ft_batch=8, ft_lr=1e-3, eval_n=24, analysis_n=16, rd_epochs=3,
                   budget="10 minutes on 2 CPU cores"),
     "tiny": Scale(TINY_PRESETS, ["train.max_steps=700", "train.eval_interval=350", "train.ckpt_interval=350"],
-                  ft_len=128, ft_steps=150, ft_batch=16, ft_lr=1e-3, eval_n=100, analysis_n=50, rd_epochs=5,
+                  ft_len=120, ft_steps=150, ft_batch=16, ft_lr=1e-3, eval_n=100, analysis_n=50, rd_epochs=5,
                   budget="45 minutes on 2 CPU cores"),
     "small": Scale(TINY_PRESETS, ["model.base=small", "data.vocab_size=8192", "train.max_steps=5000",
                                   "train.batch_size=32", "train.eval_interval=500", "train.ckpt_interval=1000"],
-                   ft_len=256, ft_steps=1500, ft_batch=32, ft_lr=5e-4, eval_n=500, analysis_n=50, rd_epochs=5,
+                   ft_len=240, ft_steps=1500, ft_batch=32, ft_lr=5e-4, eval_n=500, analysis_n=50, rd_epochs=5,
                    budget="hours on one GPU"),
     "paper": Scale({"gpt2": "gpt2-small", "meta-ape": "gpt2-small-meta-ape", "meta-rope": "gpt2-small-meta"}, [],
-                   ft_len=512, ft_steps=5000, ft_batch=16, ft_lr=1e-4, eval_n=1000, analysis_n=50, rd_epochs=5,
+                   ft_len=480, ft_steps=5000, ft_batch=16, ft_lr=1e-4, eval_n=1000, analysis_n=50, rd_epochs=5,
                    budget="days on 4 A100s (SPEC section 4)"),
 }
 
@@ -168,9 +169,11 @@ class Pipeline:
         for seed in range(self.seeds):
             res: dict[str, Any] = {"pretrain": {}, "eval": {}, "ablate": {}, "analysis": {}}
             pre: dict[str, StageRecord] = {}
+            windows: dict[str, int] = {}
             for m in MODELS:
                 overrides = [*sc.pretrain_overrides, f"train.seed={1337 + seed}", f"train.device={self.device}"]
                 cfg = load_run_config(sc.presets[m], overrides)
+                windows[m] = cfg.model.block_size
                 i += 1
                 command = (f"metatokens pretrain --config {sc.presets[m]} --out {{stage}}/run "
                            + " ".join(f"--set {o}" for o in overrides))
@@ -194,7 +197,8 @@ class Pipeline:
                     settings = {"lengths": lengths, "n": sc.eval_n, "seed": seed, "yarn_len": 4 * sc.ft_len}
                     command = (f"metatokens evaluate --checkpoint {{finetune-{m}-{task}}}/run --task {task} "
                                f"--lengths {','.join(map(str, lengths))} --n {sc.eval_n} --seed {seed} --skip-unfit"
-                               + (f"; and --lengths {4 * sc.ft_len} --yarn-scale 2" if m == "meta-rope" else ""))
+                               + (f"; and --lengths {4 * sc.ft_len} --yarn-scale {4 * sc.ft_len / windows[m]:g}"
+                                  if m == "meta-rope" else ""))
                     res["eval"][(m, task)] = self.stage(
                         seed, f"evaluate-{m}-{task}", settings, [fts[m]], command,
                         lambda f, r, m=m, task=task: self._evaluate(fts[m], m, task, seed, f), (i, total)).result
@@ -249,10 +253,10 @@ class Pipeline:
 
         sc = self.scale
         spec = TaskSpec(task=task, max_len=sc.ft_len, difficulty=sc.difficulty, seed=seed,
-                        eval_n=min(32, sc.eval_n))
+                        eval_n=min(16, sc.eval_n))  # the run's own held-out check; the evaluate stage is the real one
         train = make_train_config(max_steps=sc.ft_steps, batch_size=sc.ft_batch, lr=sc.ft_lr, min_lr=sc.ft_lr / 10,
                                   warmup_steps=max(1, sc.ft_steps // 10), eval_interval=0,
-                                  ckpt_interval=max(1, sc.ft_steps // 2), seed=seed, device=self.device,
+                                  ckpt_interval=max(1, sc.ft_steps // 3), seed=seed, device=self.device,
                                   log_interval=max(1, sc.ft_steps // 20))
         summary = run_finetune(spec, train, folder / "run", init=None if resume else pre.result["run"],
                                resume=resume, progress=self.progress)
