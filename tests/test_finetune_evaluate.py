@@ -235,7 +235,6 @@ def _scratch(tok, out, steps, resume=False, **train):
                         model_overrides=["model.block_size=128", "model.dropout=0.1"], progress=False)
 
 
-@pytest.mark.slow
 def test_finetune_from_scratch_lowers_the_answer_loss_and_resumes_exactly(tok, tmp_path):
     full = _scratch(tok, tmp_path / "full", 24)
     early = sum(full["losses"][s] for s in range(1, 4)) / 3
@@ -307,7 +306,6 @@ def test_finetune_with_yarn_trains_past_the_pretraining_window_and_ape_cannot(to
     assert "RoPE" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_hugging_face_gpt_neo_baseline_fine_tunes_and_evaluates(tok, tmp_path, commands):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 

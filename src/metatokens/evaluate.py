@@ -599,11 +599,13 @@ def task_plot(result: dict[str, Any], out: Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, key, title in ((axes[0], "exact_match", "exact match"), (axes[1], "token_accuracy", "token accuracy")):
-        for m in result["models"]:
+        count = len(result["models"])
+        for i, m in enumerate(result["models"]):
             rows = [r for r in m["results"] if not r.get("skipped")]
             if not rows:
                 continue
-            xs = [r["length"] for r in rows]
+            dodge = 2 ** (0.04 * (i - (count - 1) / 2))  # side by side, so overlapping error bars stay readable
+            xs = [r["length"] * dodge for r in rows]
             ys = [100 * r[key] for r in rows]
             err = [[100 * (r[key] - r[f"{key}_ci95"][0]) for r in rows], [100 * (r[f"{key}_ci95"][1] - r[key]) for r in rows]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m["name"])
