@@ -233,7 +233,7 @@ def make_train_config(**changes: Any) -> TrainConfig:
 # ----------------------------------------------------------------------------- the run
 
 
-def _source_model(spec: TaskSpec, *, init, from_scratch, hf_model, tokenizer_path, model_overrides, seed, d, progress):
+def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrides, seed, d, progress):
     """(LoadedModel, pretrain k or None, description) for a new run."""
     chosen = [name for name, value in (("--init", init), ("--from-scratch", from_scratch), ("--hf-model", hf_model)) if value]
     if len(chosen) != 1:
@@ -330,7 +330,7 @@ def run_finetune(
             raise FinetuneError(f"{run_dir}: the checkpoint's tokenizer differs from the run's; refusing to resume")
         source = {k: saved.get(k) for k in ("init", "hf_model", "from_scratch")}
     else:
-        loaded, pretrain_k, source = _source_model(spec, init=init, from_scratch=from_scratch, hf_model=hf_model,
+        loaded, pretrain_k, source = _source_model(init=init, from_scratch=from_scratch, hf_model=hf_model,
                                                    tokenizer_path=tokenizer_path, model_overrides=model_overrides,
                                                    seed=train_cfg.seed, d=d, progress=progress)
         if spec.yarn_scale is not None:
