@@ -20,7 +20,7 @@ venv: $(BIN)/metatokens
 demo: venv
 	$(BIN)/metatokens reproduce --scale demo --out report
 
-# Pre-train the tiny Meta+RoPE model alone (about 6 minutes on 2 idle cores).
+# Pre-train the tiny Meta+RoPE model alone (about 5-6 minutes on 2 idle cores).
 pretrain-tiny: venv
 	$(BIN)/metatokens pretrain --config tiny --out runs/tiny
 	$(BIN)/metatokens plot runs/tiny --out runs/tiny/loss.png
