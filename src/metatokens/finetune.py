@@ -299,15 +299,11 @@ def run_finetune(
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
     from .data.packing import tokenizer_hash
-    from .train import latest_checkpoint, setup_distributed, train_loop
+    from .train import check_run_dir, latest_checkpoint, setup_distributed, train_loop
 
     d = setup_distributed(train_cfg.device)
     run_dir = Path(out)
-    has_ckpt = latest_checkpoint(run_dir) is not None if run_dir.is_dir() else False
-    if has_ckpt and not resume:
-        raise FinetuneError(f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
-    if resume and not has_ckpt:
-        raise FinetuneError(f"{run_dir}: nothing to resume (no checkpoints); drop --resume to start a new run")
+    check_run_dir(run_dir, resume, FinetuneError)
 
     if resume:
         # Everything comes from the run itself: its settings, and a model of the right shape

@@ -22,7 +22,7 @@ from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokeni
 from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import Dist, TrainingError, latest_checkpoint, resolve_model_dir, setup_distributed, train_loop
+from .train import Dist, TrainingError, check_run_dir, resolve_model_dir, setup_distributed, train_loop
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -98,11 +98,7 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
                  progress: bool = True) -> dict[str, Any]:
     d = setup_distributed(cfg.train.device)
     run_dir = Path(out)
-    has_ckpt = latest_checkpoint(run_dir) is not None if run_dir.is_dir() else False
-    if has_ckpt and not resume:
-        raise ValueError(f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
-    if resume and not has_ckpt:
-        raise ValueError(f"{run_dir}: nothing to resume (no checkpoints); drop --resume to start a new run")
+    check_run_dir(run_dir, resume)
 
     init_model = None
     if resume:

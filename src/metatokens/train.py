@@ -229,6 +229,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder
 
 
+def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = ValueError) -> None:
+    """A new run needs a folder without checkpoints; --resume needs one with them."""
+    has_ckpt = latest_checkpoint(run_dir) is not None if run_dir.is_dir() else False
+    if has_ckpt and not resume:
+        raise error(f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
+    if resume and not has_ckpt:
+        raise error(f"{run_dir}: nothing to resume (no checkpoints); drop --resume to start a new run")
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A model folder, or a run folder (its latest checkpoint)."""
     path = Path(path)
