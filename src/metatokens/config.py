@@ -149,16 +149,3 @@ def model_shape(name: str, **overrides: Any) -> ModelConfig:
         raise ConfigError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
     return ModelConfig.from_dict({**MODEL_SHAPES[name], **overrides}, source=f"shape {name}")
 
-
-def field_help() -> dict[str, str]:
-    """The one-line comment of each ModelConfig field, for CLI help text."""
-    import inspect
-    import re
-
-    out: dict[str, str] = {}
-    for line in inspect.getsource(ModelConfig).splitlines():
-        m = re.match(r"\s+(\w+): .*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
-

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,3 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     std = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else None
     return mean, std
 
-
-def scale_dict(name: str) -> dict[str, Any]:
-    return asdict(SCALES[name])

@@ -74,8 +74,10 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         self.model.validate()
         t, d = self.train, self.data
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval", "keep_last", "vocab_size"):
-            value = getattr(t, name, getattr(d, name, None))
+        positive = [(t, "batch_size"), (t, "grad_accum"), (t, "max_steps"), (t, "eval_batches"), (t, "log_interval"),
+                    (t, "keep_last"), (d, "vocab_size")]
+        for section, name in positive:
+            value = getattr(section, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "eval_interval", "ckpt_interval"):
@@ -91,8 +93,6 @@ class RunConfig:
             raise ConfigError(f"data.k must be in [0, 1), got {d.k}")
         if not 0 < d.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
-        if d.k > 0 and not self.model.meta_attention:
-            pass  # meta-tokens without meta-attention is a legitimate ablation (tokens only)
         return self
 
 
