@@ -65,6 +65,23 @@ def test_tables_hold_the_measured_values(study):
             assert cells[1 + 2 * j] == f"{100 * ours:.1f}"  # our measurement
             paper = reproduce.PAPER_ACCURACY[task][m]
             assert cells[2 + 2 * j] == ("—" if paper is None else f"{paper:.1f}")  # the paper's, beside it
+        # token accuracy and answer loss: the second table of section 2, first the three accuracies, then the losses
+        row = [line for line in acc.splitlines() if line.startswith(f"| {task} |")][1]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        for j, m in enumerate(MODELS):
+            measured = stage(out, f"evaluate-{m}-{task}")
+            assert cells[1 + j] == f"{100 * measured['token_accuracy'][str(L)]:.1f}"
+            assert cells[1 + len(MODELS) + j] == f"{measured['answer_loss'][str(L)]:.3f}"
+            assert 0 <= measured["token_accuracy"][str(L)] <= 1 and measured["answer_loss"][str(L)] > 0
+    abl = section(text, "## 4. Ablations")
+    for m in ("meta-ape", "meta-rope"):
+        for task in TASKS:
+            measured = stage(out, f"ablate-{m}-{task}")
+            row = next(line for line in abl.splitlines() if line.startswith(f"| {MODELS[m]} | {task} |"))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            variants = ("full", "zero_meta_pos", "zero_meta_embed")
+            assert cells[2:5] == [f"{100 * measured[v]['exact_match']:.1f}" for v in variants]
+            assert cells[5] == " / ".join(f"{measured[v]['answer_loss']:.3f}" for v in variants)
     ent = stage(out, "analyze-entropy")
     assert f"{ent['entropy_difference']['mean']:.3f}" in section(text, "## 5.")
     yarn = stage(out, "evaluate-meta-rope-list_recall")

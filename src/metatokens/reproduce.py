@@ -69,6 +69,11 @@ class Scale:
 
 
 TINY_PRESETS = {"gpt2": "tiny-baseline", "meta-ape": "tiny-ape", "meta-rope": "tiny"}
+# What the evaluate and ablate stages keep of each measurement. Exact match is the paper's metric; token
+# accuracy and answer loss (nats per answer token) still separate models that are all at the exact-match floor.
+EVAL_METRICS = ("exact_match", "token_accuracy", "answer_loss")
+RESULT_FORMAT = 2  # part of those stages' cache keys: bump when their stage.json results change shape
+
 SCALES: dict[str, Scale] = {
     # only for tests: seconds
     "toy": Scale(TINY_PRESETS, ["model.base=toy", "model.block_size=256", "data.vocab_size=1024",
@@ -81,7 +86,7 @@ SCALES: dict[str, Scale] = {
                   ft_len=120, ft_steps=30, ft_batch=8, ft_lr=1e-3, eval_n=24, analysis_n=16, rd_epochs=3,
                   budget="10 minutes on 2 CPU cores"),
     "tiny": Scale(TINY_PRESETS, ["train.max_steps=700", "train.eval_interval=350", "train.ckpt_interval=350"],
-                  ft_len=120, ft_steps=150, ft_batch=16, ft_lr=1e-3, eval_n=100, analysis_n=50, rd_epochs=5,
+                  ft_len=120, ft_steps=400, ft_batch=16, ft_lr=1e-3, eval_n=100, analysis_n=50, rd_epochs=5,
                   budget="45 minutes on 2 CPU cores"),
     "small": Scale(TINY_PRESETS, ["model.base=small", "data.vocab_size=8192", "train.max_steps=5000",
                                   "train.batch_size=32", "train.eval_interval=500", "train.ckpt_interval=1000"],
@@ -194,7 +199,8 @@ class Pipeline:
                 for m in MODELS:
                     i += 1
                     lengths = [sc.ft_len, 2 * sc.ft_len]
-                    settings = {"lengths": lengths, "n": sc.eval_n, "seed": seed, "yarn_len": 4 * sc.ft_len}
+                    settings = {"lengths": lengths, "n": sc.eval_n, "seed": seed, "yarn_len": 4 * sc.ft_len,
+                                "format": RESULT_FORMAT}
                     command = (f"metatokens evaluate --checkpoint {{finetune-{m}-{task}}}/run --task {task} "
                                f"--lengths {','.join(map(str, lengths))} --n {sc.eval_n} --seed {seed} --skip-unfit"
                                + (f"; and --lengths {4 * sc.ft_len} --yarn-scale {4 * sc.ft_len / windows[m]:g}"
@@ -204,7 +210,7 @@ class Pipeline:
                         lambda f, r, m=m, task=task: self._evaluate(fts[m], m, task, seed, f), (i, total)).result
                 for m in ("meta-ape", "meta-rope"):
                     i += 1
-                    settings = {"length": sc.ft_len, "n": sc.eval_n, "seed": seed}
+                    settings = {"length": sc.ft_len, "n": sc.eval_n, "seed": seed, "format": RESULT_FORMAT}
                     command = (f"metatokens analyze ablate --checkpoint {{finetune-{m}-{task}}}/run --task {task} "
                                f"--lengths {sc.ft_len} --n {sc.eval_n} --seed {seed}")
                     res["ablate"][(m, task)] = self.stage(
@@ -279,8 +285,9 @@ class Pipeline:
         result = evaluate_task([loaded], task, [sc.ft_len, 2 * sc.ft_len], n=sc.eval_n, seed=seed, skip_unfit=True,
                                device=self._device(), progress=self.progress)
         write_report(result, folder, stem=task)
-        acc = {str(r["length"]): r.get("exact_match") for r in result["models"][0]["results"]}
-        out = {"exact_match": acc, "files": [f"{task}.md", f"{task}.png"]}
+        rows = {str(r["length"]): r for r in result["models"][0]["results"]}
+        out = {metric: {k: r.get(metric) for k, r in rows.items()} for metric in EVAL_METRICS}
+        out["files"] = [f"{task}.md", f"{task}.png"]
         if m == "meta-rope":  # beyond the pre-training window: YaRN, as the paper does at 4k -> 8k
             loaded = self._load(ft)
             loaded.name = MODELS[m] + " + YaRN x2"
@@ -288,7 +295,8 @@ class Pipeline:
             yarn = evaluate_task([loaded], task, [4 * sc.ft_len], n=sc.eval_n, seed=seed,
                                  yarn_scale=scale if scale > 1 else None, device=self._device(), progress=self.progress)
             write_report(yarn, folder, stem=f"{task}-yarn")
-            out["exact_match"][f"{4 * sc.ft_len}+yarn"] = yarn["models"][0]["results"][0].get("exact_match")
+            for metric in EVAL_METRICS:
+                out[metric][f"{4 * sc.ft_len}+yarn"] = yarn["models"][0]["results"][0].get(metric)
             out["yarn_scale"] = yarn["yarn_scale"]
         return out
 
@@ -303,7 +311,7 @@ class Pipeline:
         atomic_write_text(folder / "ablate.md", markdown_table(result))
         plot_ablation(result, folder / "ablate.png", title=f"{task}")
         row = result["rows"][0]
-        return {name: row[name]["exact_match"] if isinstance(row[name], dict) else row[name] for name in result["variants"]}
+        return {name: {metric: row[name].get(metric) for metric in EVAL_METRICS} for name in result["variants"]}
 
     def _analyze(self, ft: StageRecord, analysis: str, seed: int, folder: Path) -> dict[str, Any]:
         from . import analysis as an
