@@ -43,6 +43,10 @@ def test_every_section_table_and_figure_is_present(study):
         png = out / rel
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, rel
     assert len(pipe.records) == len(MODELS) * (1 + 2 * len(TASKS)) + 2 * len(TASKS) + 3
+    total = sum(rec.wall_s for rec in pipe.records) / 60
+    assert f"Wall time of all stages: {total:.1f} min, of which {total:.1f} min were run now" in text
+    lengths = section(text, "## 3. Length generalisation")
+    assert ("n/a: the prompts" in lengths) == ("| n/a |" in lengths or " n/a " in lengths)
     for rec in pipe.records:
         assert rec.command.startswith("metatokens ")
         assert f"| {rec.name} |" in text

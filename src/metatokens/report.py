@@ -145,6 +145,7 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
         "| token acc. %: L / 2L / 4L + YaRN ours |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    rows_from = len(out)
     for m, label in MODELS.items():
         for task in TASKS:
             acc = [r["eval"][(m, task)]["exact_match"] for r in results]
@@ -158,7 +159,9 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
                 tok_cells = tok_cells[:2]
             out.append(f"| {label} | {task} | {_pct([a.get(str(L)) for a in acc])} | {_pct([a.get(str(2 * L)) for a in acc])} "
                        f"| {gain} | {yarn} | {_paper(PAPER_LENGTH_GAIN[m], sign=True)} | {' / '.join(tok_cells)} |")
-    out += ["", "n/a: the prompts plus answers of that length do not fit the model's learned position table.", ""]
+    if any("n/a" in line for line in out[rows_from:]):
+        out += ["", "n/a: the prompts plus answers of that length do not fit the model's learned position table."]
+    out.append("")
     out += [_accuracy_figure(pipe, task) for task in TASKS] + [""]
 
     out += [
@@ -230,9 +233,11 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
 
 
 def _stage_table(pipe) -> list[str]:
-    total = sum(r.wall_s for r in pipe.records if not r.cached)
+    now = sum(r.wall_s for r in pipe.records if not r.cached)
+    total = sum(r.wall_s for r in pipe.records)
     lines = ["## Stages, commands and wall time", "",
-             f"Wall time of the stages run now: {total / 60:.1f} min (cached stages show the time they took when run). "
+             f"Wall time of all stages: {total / 60:.1f} min, of which {now / 60:.1f} min were run now (cached stages "
+             "show the time they took when run). "
              "`{stage}` is the stage's folder under `stages/`; `{name}` the folder of the stage it reads.", "",
              "| stage | wall time (s) | cached | command |", "|---|---|---|---|"]
     for r in pipe.records:
