@@ -132,6 +132,8 @@ def test_seeds_report_mean_and_spread(study):
     pipe = Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None)
     text = pipe.run().read_text()
     assert "2 seed(s) (mean ± standard deviation over seeds)" in text
+    for task in TASKS:
+        assert f"![{task}: exact match and token accuracy by length, mean ± standard deviation over 2 seeds]" in text
     seed0, seed1 = (json.loads((out / "stages" / s / "pretrain-meta-rope" / "stage.json").read_text())["result"]
                     for s in ("seed0", "seed1"))
     mean = (seed0["val_loss"] + seed1["val_loss"]) / 2

@@ -614,7 +614,8 @@ def task_plot(result: dict[str, Any], out: Path) -> Path:
         ax.set_ylim(-3, 103)
         ax.set_xlabel("prompt length (tokens, bin upper edge)")
         ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"{result['task']} ({result['difficulty']}): {title}")
+        ax.set_title(f"{result['task']} ({result['difficulty']}): {title}"
+                     + (f"\nerror bars: {result['error_bars']}" if result.get("error_bars") else ""), fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

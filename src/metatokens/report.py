@@ -52,26 +52,54 @@ def _loss_figure(pipe) -> str:
     runs = [pipe.out / "stages" / "seed0" / f"pretrain-{m}" / "run" for m in MODELS]
     if not all((r / "metrics.jsonl").is_file() for r in runs):
         return "*(loss curves: missing)*"
-    path = plot_runs(runs, pipe.out / "figures" / "pretrain-loss.png")
-    return f"![Pre-training loss of the three models]({path.relative_to(pipe.out)})"
+    path = plot_runs(runs, pipe.out / "figures" / "pretrain-loss.png", names=list(MODELS.values()))
+    return f"![Pre-training loss of the three models, seed 0]({path.relative_to(pipe.out)})"
 
 
-def _accuracy_figure(pipe, task: str) -> str:
-    """One accuracy-vs-length plot with the three models of seed 0 (their evaluation JSONs merged)."""
-    from .evaluate import task_plot
-
+def _seed_models(pipe, seed: int, task: str) -> list[dict[str, Any]]:
+    """The evaluation JSON models of one seed (the three models, plus RoPE + YaRN), in a fixed order."""
     models = []
     for m in MODELS:
-        folder = pipe.out / "stages" / "seed0" / f"evaluate-{m}-{task}"
+        folder = pipe.out / "stages" / f"seed{seed}" / f"evaluate-{m}-{task}"
         for stem in (task, f"{task}-yarn"):
             if (folder / f"{stem}.json").is_file():
                 models += json.loads((folder / f"{stem}.json").read_text())["models"]
-    if not models:
+    return models
+
+
+def _mean_over_seeds(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each model's metrics averaged over seeds; the error bars become mean ± standard deviation."""
+    merged = []
+    for i, model in enumerate(per_seed[0]):
+        results = []
+        for j, row in enumerate(model["results"]):
+            rows = [seed[i]["results"][j] for seed in per_seed if i < len(seed) and j < len(seed[i]["results"])]
+            out = dict(row)
+            for key in ("exact_match", "token_accuracy"):
+                mean, std = mean_std([r.get(key) for r in rows if not r.get("skipped")])
+                if mean is not None:
+                    std = std or 0.0
+                    out[key], out[f"{key}_ci95"] = mean, [max(0.0, mean - std), min(1.0, mean + std)]
+            results.append(out)
+        merged.append({**model, "results": results})
+    return merged
+
+
+def _accuracy_figure(pipe, task: str, seeds: int) -> str:
+    """One accuracy-vs-length plot with the three models: seed 0 with 95% Wilson intervals, or with
+    several seeds their mean with ± one standard deviation."""
+    from .evaluate import task_plot
+
+    per_seed = [_seed_models(pipe, seed, task) for seed in range(seeds)]
+    if not per_seed[0]:
         return f"*({task}: accuracy figure missing)*"
+    models = per_seed[0] if seeds == 1 else _mean_over_seeds(per_seed)
     first = json.loads((pipe.out / "stages" / "seed0" / f"evaluate-gpt2-{task}" / f"{task}.json").read_text())
     lengths = sorted({r["length"] for m in models for r in m["results"]})
-    path = task_plot({**first, "models": models, "lengths": lengths}, pipe.out / "figures" / f"accuracy-{task}.png")
-    return f"![{task}: exact match by length]({path.relative_to(pipe.out)})"
+    bars = "95% Wilson intervals" if seeds == 1 else f"mean ± standard deviation over {seeds} seeds"
+    path = task_plot({**first, "models": models, "lengths": lengths, "error_bars": bars},
+                     pipe.out / "figures" / f"accuracy-{task}.png")
+    return f"![{task}: exact match and token accuracy by length, {bars}]({path.relative_to(pipe.out)})"
 
 
 def render_report(pipe, results: list[dict[str, Any]]) -> str:
@@ -162,7 +190,7 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
     if any("n/a" in line for line in out[rows_from:]):
         out += ["", "n/a: the prompts plus answers of that length do not fit the model's learned position table."]
     out.append("")
-    out += [_accuracy_figure(pipe, task) for task in TASKS] + [""]
+    out += [_accuracy_figure(pipe, task, n_seeds) for task in TASKS] + [""]
 
     out += [
         f"## 4. Ablations at meta positions, at L = {L} (exact match %)",

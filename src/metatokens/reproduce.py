@@ -72,7 +72,7 @@ TINY_PRESETS = {"gpt2": "tiny-baseline", "meta-ape": "tiny-ape", "meta-rope": "t
 # What the evaluate and ablate stages keep of each measurement. Exact match is the paper's metric; token
 # accuracy and answer loss (nats per answer token) still separate models that are all at the exact-match floor.
 EVAL_METRICS = ("exact_match", "token_accuracy", "answer_loss")
-RESULT_FORMAT = 2  # part of those stages' cache keys: bump when their stage.json results change shape
+RESULT_FORMAT = 3  # part of those stages' cache keys: bump when their stage.json results change shape
 
 SCALES: dict[str, Scale] = {
     # only for tests: seconds
@@ -290,8 +290,8 @@ class Pipeline:
         out["files"] = [f"{task}.md", f"{task}.png"]
         if m == "meta-rope":  # beyond the pre-training window: YaRN, as the paper does at 4k -> 8k
             loaded = self._load(ft)
-            loaded.name = MODELS[m] + " + YaRN x2"
             scale = 4 * sc.ft_len / loaded.model.config.block_size  # 4L over the pre-training window
+            loaded.name = MODELS[m] + (f" + YaRN x{scale:g}" if scale > 1 else "")
             yarn = evaluate_task([loaded], task, [4 * sc.ft_len], n=sc.eval_n, seed=seed,
                                  yarn_scale=scale if scale > 1 else None, device=self._device(), progress=self.progress)
             write_report(yarn, folder, stem=f"{task}-yarn")

@@ -11,6 +11,7 @@ def add_command(sub) -> None:
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
     p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
     p.add_argument("--metric", default="loss", help="plot train_/val_ METRIC (default: loss)")
+    p.add_argument("--names", help="comma-separated legend names, one per run (default: the run folders)")
     p.set_defaults(func=run)
 
 
@@ -28,27 +29,43 @@ def read_metrics(run: Path) -> list[dict]:
     return rows
 
 
-def plot_runs(runs: list[Path], out: Path, metric: str = "loss") -> Path:
+def run_labels(runs: list[Path]) -> list[str]:
+    """The shortest path endings that tell the runs apart ("a/run", "b/run" rather than "run" twice)."""
+    parts = [Path(r).resolve().parts for r in runs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels  # the same folder given twice
+
+
+def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str] | None = None) -> Path:
+    """Train (line) and validation (dots) METRIC of each run, one colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if names is not None and len(names) != len(runs):
+        raise ValueError(f"{len(names)} names for {len(runs)} runs")
+    labels = names if names is not None else run_labels(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
-    for run in runs:
+    for i, (run, label) in enumerate(zip(runs, labels)):
         rows = read_metrics(run)
+        colour = f"C{i % 10}"
         for split, style in (("train", "-"), ("val", "o--")):
             pts = [(r["step"], r[f"{split}_{metric}"]) for r in rows if f"{split}_{metric}" in r]
             if pts:
-                ax.plot(*zip(*pts), style, label=f"{run.name} {split}", alpha=0.85 if split == "val" else 0.6)
+                ax.plot(*zip(*pts), style, color=colour, label=f"{label} {split}",
+                        alpha=0.9 if split == "val" else 0.5)
                 drawn += 1
     if not drawn:
         raise ValueError(f"no train_{metric} or val_{metric} values in {', '.join(map(str, runs))}")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(f"{metric} (nats per text token)" if metric == "loss" else metric)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
@@ -59,6 +76,9 @@ def plot_runs(runs: list[Path], out: Path, metric: str = "loss") -> Path:
 
 
 def run(args) -> int:
-    out = plot_runs([Path(r) for r in args.runs], Path(args.out), args.metric)
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if names is not None and len(names) != len(args.runs):
+        raise ValueError(f"--names has {len(names)} names for {len(args.runs)} runs")
+    out = plot_runs([Path(r) for r in args.runs], Path(args.out), args.metric, names)
     print(f"wrote {out}")
     return 0
