@@ -68,20 +68,38 @@ def _seed_models(pipe, seed: int, task: str) -> list[dict[str, Any]]:
 
 
 def _mean_over_seeds(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each model's metrics averaged over seeds; the error bars become mean ± standard deviation."""
+    """Each model's metrics averaged over seeds, matched by model name and length; error bars become
+    mean ± standard deviation. A length measured in only one seed (the others skipped it as too long)
+    keeps that seed's 95% Wilson interval and is marked `single_seed`."""
+    names: list[str] = []
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    first: dict[str, dict[str, Any]] = {}
+    for models in per_seed:
+        for model in models:
+            if model["name"] not in first:
+                names.append(model["name"])
+                first[model["name"]] = model
+            for row in model["results"]:
+                rows.setdefault((model["name"], row["length"]), []).append(row)
     merged = []
-    for i, model in enumerate(per_seed[0]):
+    for name in names:
+        lengths = sorted({length for (n, length) in rows if n == name})
         results = []
-        for j, row in enumerate(model["results"]):
-            rows = [seed[i]["results"][j] for seed in per_seed if i < len(seed) and j < len(seed[i]["results"])]
-            out = dict(row)
-            for key in ("exact_match", "token_accuracy"):
-                mean, std = mean_std([r.get(key) for r in rows if not r.get("skipped")])
-                if mean is not None:
-                    std = std or 0.0
-                    out[key], out[f"{key}_ci95"] = mean, [max(0.0, mean - std), min(1.0, mean + std)]
+        for length in lengths:
+            measured = [r for r in rows[name, length] if not r.get("skipped")]
+            if not measured:
+                results.append(dict(rows[name, length][0]))
+                continue
+            out = dict(measured[0])
+            if len(measured) == 1:
+                out["single_seed"] = True
+            else:
+                for key in ("exact_match", "token_accuracy"):
+                    mean, std = mean_std([r.get(key) for r in measured])
+                    if mean is not None:
+                        out[key], out[f"{key}_ci95"] = mean, [max(0.0, mean - (std or 0.0)), min(1.0, mean + (std or 0.0))]
             results.append(out)
-        merged.append({**model, "results": results})
+        merged.append({**first[name], "results": results})
     return merged
 
 
@@ -97,6 +115,8 @@ def _accuracy_figure(pipe, task: str, seeds: int) -> str:
     first = json.loads((pipe.out / "stages" / "seed0" / f"evaluate-gpt2-{task}" / f"{task}.json").read_text())
     lengths = sorted({r["length"] for m in models for r in m["results"]})
     bars = "95% Wilson intervals" if seeds == 1 else f"mean ± standard deviation over {seeds} seeds"
+    if any(r.get("single_seed") for m in models for r in m["results"]):
+        bars += " (95% Wilson where only one seed fits)"
     path = task_plot({**first, "models": models, "lengths": lengths, "error_bars": bars},
                      pipe.out / "figures" / f"accuracy-{task}.png")
     return f"![{task}: exact match and token accuracy by length, {bars}]({path.relative_to(pipe.out)})"

@@ -291,7 +291,7 @@ class Pipeline:
         if m == "meta-rope":  # beyond the pre-training window: YaRN, as the paper does at 4k -> 8k
             loaded = self._load(ft)
             scale = 4 * sc.ft_len / loaded.model.config.block_size  # 4L over the pre-training window
-            loaded.name = MODELS[m] + (f" + YaRN x{scale:g}" if scale > 1 else "")
+            loaded.name = MODELS[m] + (f" + YaRN x{scale:g}" if scale > 1 else f" at {4 * sc.ft_len} (fits, no YaRN)")
             yarn = evaluate_task([loaded], task, [4 * sc.ft_len], n=sc.eval_n, seed=seed,
                                  yarn_scale=scale if scale > 1 else None, device=self._device(), progress=self.progress)
             write_report(yarn, folder, stem=f"{task}-yarn")

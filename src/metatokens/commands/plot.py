@@ -32,11 +32,12 @@ def read_metrics(run: Path) -> list[dict]:
 def run_labels(runs: list[Path]) -> list[str]:
     """The shortest path endings that tell the runs apart ("a/run", "b/run" rather than "run" twice)."""
     parts = [Path(r).resolve().parts for r in runs]
-    for k in range(1, max(len(p) for p in parts) + 1):
-        labels = ["/".join(p[-k:]) for p in parts]
+    labels = [str(Path(*p[-1:])) for p in parts]
+    for k in range(2, max((len(p) for p in parts), default=0) + 1):
         if len(set(labels)) == len(labels):
-            return labels
-    return labels  # the same folder given twice
+            break
+        labels = [str(Path(*p[-k:])) for p in parts]
+    return labels  # still equal only when the same folder is given twice
 
 
 def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str] | None = None) -> Path:
