@@ -22,7 +22,7 @@ from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokeni
 from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import Dist, TrainingError, check_run_dir, resolve_model_dir, setup_distributed, train_loop
+from .train import IGNORE, Dist, TrainingError, check_run_dir, resolve_model_dir, setup_distributed, train_loop
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -65,14 +65,16 @@ def make_evaluator(cfg: RunConfig, packed: PackedData, meta_id: int, d: Dist):
         raise ValueError(f"the validation split has {len(packed.val)} tokens, fewer than one block of {block}; "
                          "use a larger corpus or data.val_fraction")
 
+    # the same batches at every evaluation (fixed seed), so they are made once
+    batches = list(val_batches(packed.val, block, t.batch_size, cfg.data.k, meta_id, seed=t.seed + 1,
+                               max_batches=t.eval_batches))
+
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        batches = list(val_batches(packed.val, block, t.batch_size, cfg.data.k, meta_id, seed=t.seed + 1,
-                                   max_batches=t.eval_batches))
         usable = len(batches) - len(batches) % d.world if d.world > 1 else len(batches)
         loss_sum, count = 0.0, 0
         for i in range(d.rank, usable, d.world):
             x, y = (b.to(d.device) for b in batches[i])
-            n = int((y != -100).sum())
+            n = int((y != IGNORE).sum())
             if n:
                 _, loss = model(x, y)
                 loss_sum += float(loss) * n

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import __version__
 from .fileio import atomic_write_text
 
@@ -233,6 +231,8 @@ class Pipeline:
     # ------------------------------------------------------------------------- stage bodies
 
     def _pretrain(self, cfg, folder: Path, resume: bool) -> dict[str, Any]:
+        import torch
+
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
         run = folder / "run"
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -274,6 +274,8 @@ class Pipeline:
         return load_model(ft.result["run"], device=self._device())
 
     def _device(self) -> str:
+        import torch
+
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
     def _evaluate(self, ft: StageRecord, m: str, task: str, seed: int, folder: Path) -> dict[str, Any]:
@@ -354,6 +356,7 @@ class Pipeline:
 
 def environment() -> dict[str, str]:
     import numpy
+    import torch
 
     env = {"metatokens": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "platform": platform.platform(), "cpus": str(os.cpu_count())}

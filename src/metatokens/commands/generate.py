@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
-from ..checkpoint import CheckpointError, load_pretrained
-from ..inference import MetaPolicy, stream_text
-
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -30,6 +25,11 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
+    import torch  # here, not at import: every `metatokens` call builds this command's parser
+
+    from ..checkpoint import CheckpointError, load_pretrained
+    from ..inference import MetaPolicy, stream_text
+
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

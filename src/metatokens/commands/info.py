@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..config import MODEL_SHAPES, model_shape
-from ..model import GPT
 
 
 def add_command(sub) -> None:
@@ -16,6 +13,10 @@ def add_command(sub) -> None:
 
 def parameter_counts(shape: str) -> tuple[int, int]:
     """(with meta-attention, without) for a named shape; built on the meta device, so free."""
+    import torch  # here, not at import: every `metatokens` call builds this command's parser
+
+    from ..model import GPT
+
     with torch.device("meta"):
         meta = GPT(model_shape(shape, meta_token_id=0))
         base = GPT(model_shape(shape, meta_attention=False))
