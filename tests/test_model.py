@@ -119,7 +119,10 @@ def test_meta_attention_off_adds_no_parameters_and_changes_nothing_without_meta(
     on = toy_model(meta_attention=True)
     off = GPT(on.config.replace(meta_attention=False)).eval()
     plain = GPT(ModelConfig(**{**on.config.to_dict(), "meta_attention": False, "yarn": None})).eval()
-    assert off.num_params() == plain.num_params()
+    cfg = on.config  # GPT-2 without meta-attention, counted by hand: tied wte, wpe (APE), per block 2 LNs, qkv, proj, MLP
+    C, wpe = cfg.n_embd, cfg.block_size * cfg.n_embd if cfg.pos_encoding == "ape" else 0
+    gpt2 = cfg.vocab_size * C + wpe + cfg.n_layer * (12 * C * C + 13 * C) + 2 * C
+    assert off.num_params() == plain.num_params() == gpt2
     extra = on.num_params() - off.num_params()
     C = on.config.n_embd
     assert extra == on.config.n_layer * (3 * C * C + 3 * C + C * C + C + 2 * C)  # qkv, proj, LayerNorm

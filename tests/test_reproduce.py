@@ -43,6 +43,7 @@ def test_every_section_table_and_figure_is_present(study):
         png = out / rel
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, rel
     assert len(pipe.records) == len(MODELS) * (1 + 2 * len(TASKS)) + 2 * len(TASKS) + 3
+    assert not any(rec.cached for rec in pipe.records)  # a first run: every stage was run now
     total = sum(rec.wall_s for rec in pipe.records) / 60
     assert f"Wall time of all stages: {total:.1f} min, of which {total:.1f} min were run now" in text
     lengths = section(text, "## 3. Length generalisation")

@@ -203,7 +203,7 @@ def test_failed_save_keeps_old_file(tok: MetaTokenizer, tmp_path, monkeypatch) -
     def failing_replace(src, dst):
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr("metatokens.tokenizer.os.replace", failing_replace)
+    monkeypatch.setattr("metatokens.fileio.os.replace", failing_replace)  # where the rename happens
     with pytest.raises(OSError, match="simulated"):
         tok.save(path)
     assert path.read_text(encoding="utf-8") == "old contents"

@@ -54,6 +54,7 @@ from .fileio import atomic_folder, atomic_write_text
 from .config import YarnConfig
 from .data.packing import tokenizer_hash
 from .model import GPT
+from .plotting import pyplot, save_figure
 from .positions import Rotary
 from .tasks import Example, TaskError, get_task, make_examples
 from .tokenizer import MetaTokenizer, TokenizerError
@@ -386,13 +387,18 @@ class Score:
         }
 
 
+def needed_positions(examples: Sequence[Example]) -> int:
+    """Positions a teacher-forced row needs: prompt + answer, less the last answer token (never an input)."""
+    return max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
+
+
 def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded teacher-forcing rows: x = prompt + answer[:-1], y = answer at the answer positions.
 
     Prompt and padding targets are -100, so a loss or score covers the answer tokens only (the
     meta-token never appears in an answer, so it is never a target).
     """
-    width = max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
+    width = needed_positions(examples)
     x = torch.full((len(examples), width), pad_id, dtype=torch.long)
     y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     for i, e in enumerate(examples):
@@ -453,10 +459,6 @@ def score_examples(
 # ----------------------------------------------------------------------------- task evaluation
 
 
-def _needed_positions(examples: Sequence[Example]) -> int:
-    return max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in examples)
-
-
 def evaluate_task(
     models: Sequence[LoadedModel],
     task: str,
@@ -494,9 +496,10 @@ def evaluate_task(
     plan: list[tuple[LoadedModel, bool, list[tuple[int, list[Example] | None, str | None]]]] = []
     for m in models:
         with_meta = uses_meta(m, meta)
+        tok_hash = tokenizer_hash(m.tokenizer)
         cells = []
         for length in lengths:
-            key = (tokenizer_hash(m.tokenizer), with_meta, length)
+            key = (tok_hash, with_meta, length)
             if key not in cache:
                 try:
                     cache[key] = make_examples(task, m.tokenizer, length=length, difficulty=difficulty, n=n, seed=seed,
@@ -504,7 +507,7 @@ def evaluate_task(
                 except TaskError as err:
                     raise EvaluationError(f"{m.name}: {err}") from None
             examples = cache[key]
-            need, limit = _needed_positions(examples), m.max_positions
+            need, limit = needed_positions(examples), m.max_positions
             if limit is not None and need > limit:
                 why = (f"{m.name} ({m.pos_encoding}, {limit} learned positions) cannot read length {length}: its "
                        f"examples need up to {need} positions (prompt + answer)")
@@ -532,7 +535,7 @@ def evaluate_task(
                                    meta_token_id=m.tokenizer.meta_token_id, batch_size=batch_size, device=device, progress=bar)
             prompt_lengths = [len(e.prompt_ids) for e in examples]
             rows.append({"length": length, **score.summary(), "prompt_tokens": [min(prompt_lengths), max(prompt_lengths)],
-                         "positions_needed": _needed_positions(examples)})
+                         "positions_needed": needed_positions(examples)})
         results.append({**m.describe(), "meta": with_meta, "results": rows})
     if bar is not None:
         bar.close()
@@ -582,20 +585,8 @@ def task_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(fig, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-
-
 def task_plot(result: dict[str, Any], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, key, title in ((axes[0], "exact_match", "exact match"), (axes[1], "token_accuracy", "token accuracy")):
@@ -619,7 +610,7 @@ def task_plot(result: dict[str, Any], out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, out)
+    save_figure(fig, out)
     return out
 
 
@@ -788,10 +779,7 @@ def perplexity_markdown(result: dict[str, Any]) -> str:
 
 
 def perplexity_plot(result: dict[str, Any], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in result["models"]:
@@ -804,7 +792,7 @@ def perplexity_plot(result: dict[str, Any], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, out)
+    save_figure(fig, out)
     return out
 
 

@@ -1,12 +1,19 @@
-"""Durable file writes shared by checkpoints, tokenizers and data caches."""
+"""Durable file writes shared by checkpoints, tokenizers and data caches, and their cache keys."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def json_sha256(obj) -> str:
+    """A stable digest of JSON-able settings (keys sorted; other objects by str): the cache keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def fsync_dir(folder: str | Path) -> None:

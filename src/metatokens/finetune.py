@@ -48,6 +48,7 @@ from .evaluate import (
     load_hf_model,
     load_hf_tokenizer,
     load_model,
+    needed_positions,
     pretrain_rate,
     score_examples,
     uses_meta,
@@ -343,7 +344,7 @@ def run_finetune(
                           total_batches=train_cfg.max_steps * accum, max_positions=limit, rank=d.rank, world=d.world)
     for phase in range(len(plan)):  # a row too long for the model fails here, not mid-run
         probe = batches.examples(phase * batches.per_phase)
-        width = max(len(e.prompt_ids) + len(e.answer_ids) - 1 for e in probe)
+        width = needed_positions(probe)
         if limit is not None and width > limit:
             raise FinetuneError(f"{spec.task} rows at length {plan[phase].length} need {width} positions but the model has "
                                 f"{limit}; use a smaller --max-len")
@@ -362,7 +363,7 @@ def run_finetune(
         "model": model_settings,
         "train": dataclasses.asdict(train_cfg),
         "tokenizer_sha256": tokenizer_hash(tokenizer),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": model.num_params(),
         "world_size": d.world,
         "torch": torch.__version__,
     }

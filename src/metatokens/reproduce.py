@@ -12,7 +12,6 @@ stage from its last checkpoint, and re-runs only what a changed setting reaches.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, json_sha256
 
 MODELS = {  # name -> (label in the report, pre-training preset family)
     "gpt2": "GPT-2 (APE, no meta)",
@@ -96,10 +95,6 @@ SCALES: dict[str, Scale] = {
 }
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 @dataclass
 class StageRecord:
     name: str
@@ -129,7 +124,7 @@ class Pipeline:
     def stage(self, seed: int, name: str, settings: dict, inputs: list[StageRecord], command: str,
               fn: Callable[[Path, bool], dict[str, Any]], index: tuple[int, int]) -> StageRecord:
         """Run `fn(folder, resume)` unless a finished stage with the same key exists."""
-        key = _hash({"settings": settings, "inputs": [r.key for r in inputs]})
+        key = json_sha256({"settings": settings, "inputs": [r.key for r in inputs]})[:16]
         folder = self.out / "stages" / f"seed{seed}" / name
         marker = folder / "stage.json"
         label = f"[{index[0]}/{index[1]}] seed {seed} {name}"
@@ -290,8 +285,7 @@ class Pipeline:
         rows = {str(r["length"]): r for r in result["models"][0]["results"]}
         out = {metric: {k: r.get(metric) for k, r in rows.items()} for metric in EVAL_METRICS}
         out["files"] = [f"{task}.md", f"{task}.png"]
-        if m == "meta-rope":  # beyond the pre-training window: YaRN, as the paper does at 4k -> 8k
-            loaded = self._load(ft)
+        if m == "meta-rope":  # beyond the pre-training window: YaRN (applied in place), as the paper does at 4k -> 8k
             scale = 4 * sc.ft_len / loaded.model.config.block_size  # 4L over the pre-training window
             loaded.name = MODELS[m] + (f" + YaRN x{scale:g}" if scale > 1 else f" at {4 * sc.ft_len} (fits, no YaRN)")
             yarn = evaluate_task([loaded], task, [4 * sc.ft_len], n=sc.eval_n, seed=seed,

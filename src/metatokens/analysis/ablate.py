@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import GPT
-from .common import check_fits, model_variant, pyplot, save_figure
+from ..plotting import pyplot, save_figure
+from .common import check_fits, model_variant
 
 VARIANTS = {  # name -> config changes, in the order of the table's columns
     "full": {},

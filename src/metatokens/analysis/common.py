@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,32 +122,6 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")
-    return path
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend; a one-line error when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise AnalysisError("plots need matplotlib: pip install 'metatokens[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Write a PNG under a temporary name and rename it, so no half-written plot is left behind."""
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..model import GPT
 from .attention import attention_entropy, meta_attention, self_attention
-from .common import check_fits, check_has_meta, example_ids, model_variant, pyplot, save_figure, summary
+from ..plotting import pyplot, save_figure
+from .common import check_fits, check_has_meta, example_ids, model_variant, summary
 from .trace import trace
 
 

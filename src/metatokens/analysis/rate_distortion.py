@@ -35,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..model import GPT
-from .common import AnalysisError, check_fits, check_has_meta, example_ids, model_variant, pyplot, save_figure
+from ..plotting import pyplot, save_figure
+from .common import AnalysisError, check_fits, check_has_meta, example_ids, model_variant
 from .trace import trace
 
 DEFAULT_BETAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

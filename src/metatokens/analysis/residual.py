@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model import GPT
-from .common import check_fits, check_has_meta, example_ids, pyplot, save_figure
+from ..plotting import pyplot, save_figure
+from .common import check_fits, check_has_meta, example_ids
 from .trace import trace
 
 

@@ -67,11 +67,12 @@ def run(args) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and len(names) != len(args.checkpoint):
         raise ValueError(f"--names has {len(names)} names for {len(args.checkpoint)} checkpoints")
+    lengths = _lengths(args.lengths) if args.task else None  # bad input fails before the (slow) model loads
     models = [load_model(path, args.device, names[i] if names else None) for i, path in enumerate(args.checkpoint)]
     unique_names(models)
     progress = not args.no_progress
     if args.task:
-        result = evaluate_task(models, args.task, _lengths(args.lengths), n=args.n, seed=args.seed,
+        result = evaluate_task(models, args.task, lengths, n=args.n, seed=args.seed,
                                difficulty=args.difficulty, yarn_scale=args.yarn_scale, meta=args.meta,
                                skip_unfit=args.skip_unfit, batch_size=args.batch_size, device=args.device,
                                progress=progress)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..plotting import pyplot, save_figure
+
 
 def add_command(sub) -> None:
     p = sub.add_parser("plot", help="draw the training and validation loss of runs on one PNG")
@@ -42,11 +44,7 @@ def run_labels(runs: list[Path]) -> list[str]:
 
 def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str] | None = None) -> Path:
     """Train (line) and validation (dots) METRIC of each run, one colour per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if names is not None and len(names) != len(runs):
         raise ValueError(f"{len(names)} names for {len(runs)} runs")
     labels = names if names is not None else run_labels(runs)
@@ -68,12 +66,7 @@ def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)
 
 
 def run(args) -> int:

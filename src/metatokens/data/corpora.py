@@ -27,6 +27,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..fileio import json_sha256
+
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt",)
@@ -265,7 +267,7 @@ def _iter_hf(name: str, text_field: str, hf_config: str | None, split: str) -> I
     except ImportError:
         raise DataError(f"source {where!r} needs the `datasets` package; pip install datasets") from None
     try:
-        local = Path(name)
+        local = Path(name).expanduser()  # as corpus_fingerprint reads it
         if _is_saved_dataset(local):
             # save_to_disk output cannot go through load_dataset; it is read (memory-mapped) directly.
             dataset = datasets.load_from_disk(str(local))
@@ -335,10 +337,6 @@ def iter_documents(
         raise DataError(f"corpus {source!r} holds no text ({hint}no non-blank documents); check the source")
 
 
-def _hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _file_stats(files: list[Path], root: Path) -> list:
     stats = []
     for file in files:
@@ -369,12 +367,12 @@ def corpus_fingerprint(
         content = hashlib.sha256()
         for document in builtin_documents():
             content.update(document.encode("utf-8", errors="surrogatepass") + b"\0")
-        return _hash("builtin", sys.version, content.hexdigest(), *common)
+        return json_sha256(("builtin", sys.version, content.hexdigest(), *common))
     if source.startswith("hf:"):
         name = source[3:]
         local = Path(name).expanduser()
         stats = _file_stats(sorted(p for p in local.rglob("*") if p.is_file()), local) if local.is_dir() else None
-        return _hash("hf", name, hf_config, split, text_field, stats, *common)
+        return json_sha256(("hf", name, hf_config, split, text_field, stats, *common))
     path = Path(source).expanduser()
     files = _local_files(path, warn=False)
-    return _hash("local", str(path.resolve()), _file_stats(files, path), text_field, *common)
+    return json_sha256(("local", str(path.resolve()), _file_stats(files, path), text_field, *common))

@@ -169,8 +169,7 @@ class MetaBlockLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self._rows = _RowBuilder(tokens, block_size, k, meta_id, seed, ignore_index)
-        self.block_size, self.batch_size, self.k = block_size, batch_size, k
-        self.meta_id, self.seed, self.ignore_index = meta_id, seed, ignore_index
+        self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.row = 0  # global index of the first row of the next global batch
 
@@ -187,11 +186,6 @@ class MetaBlockLoader:
         """Passes over the data so far (fractional), for logging."""
         return self.row / self._rows.rows_per_epoch
 
-    @property
-    def text_tokens_per_row(self) -> int:
-        """Text tokens consumed per row (block_size - M); the rest of the row are meta tokens."""
-        return self._rows.stride
-
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         first = self.row + self.rank * self.batch_size
         batch = self._rows.build(np.arange(first, first + self.batch_size, dtype=np.int64))
@@ -206,10 +200,10 @@ class MetaBlockLoader:
         return {
             "version": _STATE_VERSION,
             "row": self.row,
-            "seed": self.seed,
-            "block_size": self.block_size,
-            "k": self.k,
-            "meta_id": self.meta_id,
+            "seed": self._rows.seed,
+            "block_size": self._rows.block_size,
+            "k": self._rows.k,
+            "meta_id": self._rows.meta_id,
             "num_tokens": int(len(self._rows.tokens)),
         }
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..fileio import fsync_dir
+from ..fileio import atomic_write_text, fsync_dir, json_sha256
 from .corpora import DataError, corpus_fingerprint, iter_documents
 
 if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
@@ -76,10 +76,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
 def _check_val_fraction(val_fraction: float) -> int:
     """Validate `val_fraction` and return the hold-out stride (every stride-th document)."""
     if not 0 < val_fraction <= 0.5:
@@ -98,17 +94,6 @@ def _finish(handle, final: Path) -> None:
     os.fsync(handle.fileno())
     handle.close()
     os.replace(handle.name, final)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-        try:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            _finish(handle, path)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
 
 
 def _open_tokens(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
@@ -294,7 +279,7 @@ def prepare_data(
     corpus_options = dict(text_field=text_field, hf_config=hf_config, split=split, max_documents=max_documents)
     fingerprint = corpus_fingerprint(source, **corpus_options)
     tok_hash = tokenizer_hash(tokenizer)
-    key = _key(CACHE_FORMAT, fingerprint, tok_hash, val_fraction)
+    key = json_sha256((CACHE_FORMAT, fingerprint, tok_hash, val_fraction))
     folder = Path(cache_dir).expanduser() / f"tokens-{key[:20]}"
 
     cached = _load_entry(folder, key)
@@ -340,8 +325,7 @@ def prepare_data(
                 meta[f"{name}_bytes"] = writer.bytes
                 _finish(writer.handle, folder / f"{name}.bin")
             fsync_dir(folder)
-            _write_json_atomic(folder / "meta.json", meta)
-            fsync_dir(folder)
+            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
         finally:
             train.discard()  # no-op for files already moved into place
             val.discard()
@@ -376,7 +360,7 @@ def train_tokenizer_on(
     path = None
     if cache_dir is not None:
         fingerprint = corpus_fingerprint(source, **corpus_options)
-        key = _key(CACHE_FORMAT, "tokenizer", fingerprint, vocab_size, min_frequency)
+        key = json_sha256((CACHE_FORMAT, "tokenizer", fingerprint, vocab_size, min_frequency))
         path = Path(cache_dir).expanduser() / f"tokenizer-{key[:20]}.json"
         if path.is_file():
             return MetaTokenizer.from_file(path)
