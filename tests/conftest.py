@@ -13,6 +13,17 @@ def toy_model(seed: int = 0, **overrides) -> GPT:
     return GPT(cfg).eval()
 
 
+def meta_favourite_model() -> GPT:
+    """A toy model rigged so that the meta-token is the argmax at every position: every hidden state
+    becomes the final LayerNorm's bias b, and the meta row of the tied embedding scores highest on b."""
+    model = toy_model(pos_encoding="none")
+    with torch.no_grad():
+        model.ln_f.weight.zero_()
+        model.ln_f.bias.copy_(torch.randn(model.config.n_embd))
+        model.wte.weight[META] = 10 * model.ln_f.bias
+    return model
+
+
 def mixed_batch(T: int = 24, seed: int = 0) -> torch.Tensor:
     """Rows with no meta-token, one, many, and only meta-tokens (the cases that break masks)."""
     g = torch.Generator().manual_seed(seed)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import META, toy_model
+from conftest import META, meta_favourite_model, toy_model
 from metatokens.config import model_shape
 from metatokens.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from metatokens.generate import generate
@@ -31,11 +31,7 @@ def test_cached_generation_equals_recomputation(pos_encoding, meta_pos, with_met
 
 
 def test_meta_token_is_never_sampled_even_when_it_is_the_favourite():
-    model = toy_model(pos_encoding="none")
-    with torch.no_grad():  # every hidden state becomes b, and the meta row scores highest on b
-        model.ln_f.weight.zero_()
-        model.ln_f.bias.copy_(torch.randn(model.config.n_embd))
-        model.wte.weight[META] = 10 * model.ln_f.bias
+    model = meta_favourite_model()
     prompt = torch.randint(8, 97, (1, 5))
     logits, _ = model(prompt)
     assert logits[0, -1].argmax() == META  # without the rule, greedy decoding would emit <meta>

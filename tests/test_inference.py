@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from conftest import META, mixed_batch, toy_model
+from conftest import META, meta_favourite_model, mixed_batch, toy_model
 from metatokens import cli
 from metatokens.checkpoint import save_pretrained
 from metatokens.inference import (
@@ -173,11 +173,7 @@ def test_every_n_generation_keeps_meta_exactly_every_n_tokens(n):
 
 
 def test_meta_token_is_never_sampled_under_any_policy():
-    model = toy_model(pos_encoding="none")
-    with torch.no_grad():  # every hidden state becomes b, and the meta row scores highest on b
-        model.ln_f.weight.zero_()
-        model.ln_f.bias.copy_(torch.randn(model.config.n_embd))
-        model.wte.weight[META] = 10 * model.ln_f.bias
+    model = meta_favourite_model()
     for policy in ["none", "marked", "every:2"]:
         prompt = policy_prompt(policy, B=1)
         assert model(prompt)[0][0, -1].argmax() == META  # unconstrained, the model would emit <meta>

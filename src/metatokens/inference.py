@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import _next_token
 from .model import GPT, KVCache
 from .tokenizer import META_TOKEN, MetaTokenizer
 
@@ -99,6 +98,17 @@ def _text_run(row: list[int], meta_id: int | None) -> int:
     return run
 
 
+def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    """logits (B, V) with forbidden ids already at -inf -> next ids (B, 1)."""
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
 @torch.no_grad()
 def stream_tokens(
     model: GPT,
@@ -116,7 +126,7 @@ def stream_tokens(
 
     Exactly max_new_tokens sampled steps are yielded; `every:N` adds inserted ones in between.
     The prompt `idx` (B, T) is taken as is: encode it with `encode_prompt` to apply the policy
-    there too. Sampling as in `generate.stream`: temperature 0 is greedy, `vocab_limit` forbids
+    there too. `generate.stream` is this loop without a policy. Temperature 0 is greedy, `vocab_limit` forbids
     ids at or above it, and the meta id is never sampled. Without the cache, every step
     recomputes the whole sequence (the reference the cache is tested against).
     """
