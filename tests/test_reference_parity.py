@@ -77,10 +77,15 @@ def test_yarn_attention_scale_is_applied_exactly_once():
         return t * cos + torch.cat((-t[..., half:], t[..., :half]), -1) * sin
 
     C = model.config.n_embd
-    with torch.no_grad():
-        q, k, v = (t.view(2, T, nh, hd).transpose(1, 2) for t in attn.c_attn(x).split(C, 2))
+
+    def reference(x):
+        B = x.size(0)
+        q, k, v = (t.view(B, T, nh, hd).transpose(1, 2) for t in attn.c_attn(x).split(C, 2))
         ref = F.scaled_dot_product_attention(rot(q), rot(k), v, is_causal=True)  # default 1/sqrt(hd)
-        ref = attn.c_proj(ref.transpose(1, 2).reshape(2, T, C))
+        return attn.c_proj(ref.transpose(1, 2).reshape(B, T, C))
+
+    with torch.no_grad():
+        ref = reference(x)
         from metatokens.model import PosInfo
 
         pos = PosInfo(torch.arange(T), model.rotary, True, model.rotary.logit_scale / math.sqrt(hd))
@@ -89,6 +94,13 @@ def test_yarn_attention_scale_is_applied_exactly_once():
         got = attn(x, pos)
     assert model.rotary.logit_scale == pytest.approx(attention_factor**2)
     assert (got - ref).abs().max() <= 1e-5
+    # the same through the model's own forward pass, which sets up the positions and the scale itself
+    seen = {}
+    hook = attn.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], out=out))
+    with torch.no_grad():
+        model(torch.randint(0, 512, (2, T)))
+        hook.remove()
+        assert (seen["out"] - reference(seen["x"])).abs().max() <= 1e-5
     # and the whole model runs out to s * L positions
     logits, _ = model(torch.randint(0, 512, (1, int(s * L))))
     assert torch.isfinite(logits).all()
