@@ -103,11 +103,7 @@ class MetaCache:
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select (and repeat) batch rows, as beam search does after every step."""
-        for layer in self.kv.layers:
-            for name in ("k", "v", "meta_k", "meta_v", "meta_count"):
-                t = getattr(layer, name)
-                if t is not None:
-                    setattr(layer, name, t.index_select(0, beam_idx.to(t.device)))
+        self.kv.select_rows(beam_idx)
 
 
 class MetaTokensForCausalLM(PreTrainedModel, GenerationMixin):

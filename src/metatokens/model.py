@@ -41,17 +41,18 @@ class LayerCache:
     def k(self) -> torch.Tensor | None:  # (B, nh, T_past, hs)
         return None if self._k is None else self._k.narrow(2, 0, self.size)
 
-    @k.setter
-    def k(self, t: torch.Tensor | None) -> None:  # replaces the cache (e.g. rows reordered by beam search)
-        self._k, self.size = t, 0 if t is None else t.size(2)
-
     @property
     def v(self) -> torch.Tensor | None:
         return None if self._v is None else self._v.narrow(2, 0, self.size)
 
-    @v.setter
-    def v(self, t: torch.Tensor | None) -> None:
-        self._v = t
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep (and repeat) batch rows `rows`, in that order, as beam search does after every step."""
+        if self._k is not None:
+            self._k, self._v = (t.index_select(0, rows.to(t.device)) for t in (self.k, self.v))
+        for name in ("meta_k", "meta_v", "meta_count"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, rows.to(t.device)))
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values (B, nh, T, hs) after the cached ones; return all of them."""
@@ -78,6 +79,11 @@ class KVCache:
     @classmethod
     def empty(cls, n_layer: int) -> "KVCache":
         return cls([LayerCache() for _ in range(n_layer)])
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Reorder the batch rows of every layer (beam search); positions stay as they are."""
+        for layer in self.layers:
+            layer.select_rows(rows)
 
 
 @dataclass
