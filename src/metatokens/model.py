@@ -96,6 +96,7 @@ class MetaIndex:
     counts: torch.Tensor  # (B,) meta-tokens per row
     width: int  # M = max(counts): meta-tokens are padded to (B, M) for attention
     positions: torch.Tensor  # (N,) absolute positions
+    rotary_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, 1, hs/2) cos, sin; made by the first block
 
     @classmethod
     def of(cls, is_meta: torch.Tensor, positions: torch.Tensor) -> "MetaIndex":
@@ -209,8 +210,11 @@ class MetaAttention(nn.Module):
         hs = C // nh
         qkv = self.c_attn(xm)  # (N, 3C): only meta positions are projected
         if pos.rotary is not None and pos.rotate_meta:
+            if index.rotary_tables is None:  # the same for every block of this forward pass
+                cos, sin = pos.rotary(index.positions)
+                index.rotary_tables = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
             q, k, v = qkv.split(C, 1)
-            q, k = (self._rotate(t.view(-1, nh, hs), index.positions, pos).flatten(1) for t in (q, k))
+            q, k = (apply_rotary(t.view(-1, nh, hs), *index.rotary_tables).flatten(1) for t in (q, k))
             qkv = torch.cat((q, k, v), 1)
         # Pad to (B, M): each row's meta-tokens first, zeros after. One scatter for q, k and v;
         # none when every row has M of them (training rows from inject_meta, batch-1 decoding).
