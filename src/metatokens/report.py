@@ -7,14 +7,27 @@ paper's numbers are constants from SPEC section 6-7, each in its own column.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from typing import Any
 
+from .analysis.ablate import VARIANTS
 from .reproduce import (
     MODELS, PAPER_ABLATION, PAPER_ACCURACY, PAPER_ENTROPY_DIFF, PAPER_LENGTH_GAIN, PAPER_LOGIT_BOOST, TASKS,
-    environment, mean_std,
+    environment,
 )
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the measured values (None and NaN left out); the
+    deviation is None below two values."""
+    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    std = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else None
+    return mean, std
 
 
 def _pct(values: list[float | None]) -> str:
@@ -71,18 +84,15 @@ def _mean_over_seeds(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any
     """Each model's metrics averaged over seeds, matched by model name and length; error bars become
     mean ± standard deviation. A length measured in only one seed (the others skipped it as too long)
     keeps that seed's 95% Wilson interval and is marked `single_seed`."""
-    names: list[str] = []
     rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    first: dict[str, dict[str, Any]] = {}
+    first: dict[str, dict[str, Any]] = {}  # in first-seen order
     for models in per_seed:
         for model in models:
-            if model["name"] not in first:
-                names.append(model["name"])
-                first[model["name"]] = model
+            first.setdefault(model["name"], model)
             for row in model["results"]:
                 rows.setdefault((model["name"], row["length"]), []).append(row)
     merged = []
-    for name in names:
+    for name in first:
         lengths = sorted({length for (n, length) in rows if n == name})
         results = []
         for length in lengths:
@@ -224,7 +234,7 @@ def render_report(pipe, results: list[dict[str, Any]]) -> str:
         "| answer loss: full / position zeroed / embedding zeroed ours |",
         "|---|---|---|---|---|---|",
     ]
-    variants = ("full", "zero_meta_pos", "zero_meta_embed")
+    variants = tuple(VARIANTS)  # full, meta position zeroed, meta embedding zeroed
     for m in ("meta-ape", "meta-rope"):
         for task in TASKS:
             rows = [r["ablate"][(m, task)] for r in results]

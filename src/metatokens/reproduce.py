@@ -13,7 +13,6 @@ stage from its last checkpoint, and re-runs only what a changed setting reaches.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -298,10 +297,10 @@ class Pipeline:
 
     def _ablate(self, ft: StageRecord, task: str, seed: int, folder: Path) -> dict[str, Any]:
         from .analysis import ablation_study, markdown_table, plot_ablation
-        from .analysis.common import write_json
+        from .analysis.common import load_for_analysis, write_json
 
-        loaded = self._load(ft)
-        result = ablation_study(loaded.model, loaded.tokenizer, [task], [self.scale.ft_len], n=self.scale.eval_n,
+        model, tok, _ = load_for_analysis(ft.result["run"], self._device())  # as `metatokens analyze` loads
+        result = ablation_study(model, tok, [task], [self.scale.ft_len], n=self.scale.eval_n,
                                 seed=seed, difficulty=self.scale.difficulty, progress=self.progress)
         write_json(folder / "ablate.json", result)
         atomic_write_text(folder / "ablate.md", markdown_table(result))
@@ -311,12 +310,11 @@ class Pipeline:
 
     def _analyze(self, ft: StageRecord, analysis: str, seed: int, folder: Path) -> dict[str, Any]:
         from . import analysis as an
-        from .analysis.common import write_json
+        from .analysis.common import load_for_analysis, write_json
         from .tasks import make_examples
 
         sc = self.scale
-        loaded = self._load(ft)
-        model, tok = loaded.model, loaded.tokenizer
+        model, tok, _ = load_for_analysis(ft.result["run"], self._device())  # as `metatokens analyze` loads
 
         def examples(n: int, split: str = "test", s: int = seed):
             return make_examples("list_recall", tok, length=sc.ft_len, difficulty=sc.difficulty, n=n, seed=s, split=split)
@@ -362,13 +360,4 @@ def environment() -> dict[str, str]:
     if torch.cuda.is_available():
         env["gpu"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return env
-
-
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    std = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else None
-    return mean, std
 

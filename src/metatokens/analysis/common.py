@@ -45,11 +45,9 @@ def model_variant(model: GPT, **changes: Any) -> GPT:
     return copy.to(device).eval()
 
 
-def example_ids(example, device: str | torch.device = "cpu", *, with_answer: bool = False) -> torch.Tensor:
-    """(1, T) prompt ids of a task Example; with_answer appends the answer without its last id
-    (the teacher-forcing input whose next-token predictions cover the whole answer)."""
-    ids = list(example.prompt_ids) + (list(example.answer_ids[:-1]) if with_answer else [])
-    return torch.tensor([ids], dtype=torch.long, device=device)
+def example_ids(example, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(1, T) prompt ids of a task Example."""
+    return torch.tensor([list(example.prompt_ids)], dtype=torch.long, device=device)
 
 
 def check_fits(model: GPT, examples: Sequence, *, with_answer: bool = False, what: str = "prompts") -> None:

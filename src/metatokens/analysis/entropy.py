@@ -140,12 +140,12 @@ def plot_entropy(result: dict[str, Any], path, title: str = "") -> None:
     """Layer x head heatmaps: the entropy difference, and the max-logit boost when measured."""
     plt = pyplot()
     grids = result["per_layer_head"]
-    panels = [("entropy_difference", "non-meta minus meta entropy (nats)", "entropy_difference")]
+    panels = [("entropy_difference", "non-meta minus meta entropy (nats)")]
     if grids.get("max_logit_boost") is not None:
-        panels.append(("max_logit_boost", "max-logit boost: real - zeroed meta embedding", "max_logit_boost"))
+        panels.append(("max_logit_boost", "max-logit boost: real - zeroed meta embedding"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    for ax, (key, label, head_key) in zip(axes[0], panels):
-        h = result[head_key]
+    for ax, (key, label) in zip(axes[0], panels):
+        h = result[key]
         lo, hi = h["ci95"]
         _heatmap(ax, grids[key], f"{label}\nmean {h['mean']:.3f} [{lo:.3f}, {hi:.3f}]", plt)
     if title:

@@ -147,12 +147,14 @@ def sweep(
     # scaling would blow up dimensions that barely vary on the training examples.
     mean = x.mean(0)
     std = (x - mean).square().mean().sqrt().clamp_min(1e-8) if len(x) > 1 else torch.ones(())
+    x = (x - mean) / std
+    x_test = (test[0] - mean) / std if test is not None else None
     points = []
     for beta in betas:
-        probe = train_vib((x - mean) / std, y, n_classes, beta, seed=seed, **train_kw)
-        point = {"beta": float(beta), **evaluate_vib(probe, (x - mean) / std, y, samples=samples, seed=seed)}
+        probe = train_vib(x, y, n_classes, beta, seed=seed, **train_kw)
+        point = {"beta": float(beta), **evaluate_vib(probe, x, y, samples=samples, seed=seed)}
         if test is not None:
-            held = evaluate_vib(probe, (test[0] - mean) / std, test[1], samples=samples, seed=seed)
+            held = evaluate_vib(probe, x_test, test[1], samples=samples, seed=seed)
             point.update({f"test_{k}": v for k, v in held.items()})
         points.append(point)
     return points
