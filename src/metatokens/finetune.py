@@ -342,7 +342,9 @@ def run_finetune(
     accum = max(1, train_cfg.grad_accum // d.world)
     batches = TaskBatches(spec.task, tokenizer, plan, batch_size=train_cfg.batch_size, seed=spec.seed, meta=meta,
                           total_batches=train_cfg.max_steps * accum, max_positions=limit, rank=d.rank, world=d.world)
-    for phase in range(len(plan)):  # a row too long for the model fails here, not mid-run
+    # A row too long for the model fails here, not mid-run. Last phase first, so that phase 0's
+    # examples, which the first step needs, are the ones left in the loader's small chunk cache.
+    for phase in reversed(range(len(plan))):
         probe = batches.examples(phase * batches.per_phase)
         width = needed_positions(probe)
         if limit is not None and width > limit:

@@ -17,7 +17,6 @@ package modules that define the network (relative imports of config, model and p
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -172,11 +171,10 @@ class MetaTokensForCausalLM(PreTrainedModel, GenerationMixin):
             if module.bias is not None:
                 _init.zeros_(module.bias)
         elif isinstance(module, GPT):  # children come first, so this overrides their plain init
-            cfg = module.config
-            branches = cfg.n_layer * (3 if cfg.meta_attention else 2)
+            std = GPT.residual_proj_std(module.config)
             for name, p in module.named_parameters():
                 if name.endswith("c_proj.weight"):
-                    _init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches))
+                    _init.normal_(p, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ forward
 

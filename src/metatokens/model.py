@@ -315,11 +315,15 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(number of residual branches).
-        branches = cfg.n_layer * (3 if cfg.meta_attention else 2)
+        std = self.residual_proj_std(cfg)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(branches))
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @staticmethod
+    def residual_proj_std(cfg: ModelConfig) -> float:
+        """GPT-2's init std of the residual projections (c_proj): 0.02 / sqrt(residual branches)."""
+        return 0.02 / math.sqrt(cfg.n_layer * (3 if cfg.meta_attention else 2))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

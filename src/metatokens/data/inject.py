@@ -95,10 +95,17 @@ def inject_meta(text_tokens, n: int, k: float, meta_id: int, rng) -> np.ndarray 
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     is_meta = np.zeros(n + 1, dtype=bool)
     is_meta[_draw_positions(n, m, generator)] = True
-    row = np.empty(n + 1, dtype=np.int64)
-    row[is_meta] = meta_id
-    row[~is_meta] = text[:needed]
+    row = _interleave(is_meta, text[:needed], meta_id)
     return torch.from_numpy(row) if as_tensor else row
+
+
+def _interleave(is_meta: np.ndarray, text: np.ndarray, meta_id: int) -> np.ndarray:
+    """Rows shaped like `is_meta`: meta_id where it is True, the text tokens in order elsewhere
+    (row-major, so each row takes its own share of `text`)."""
+    seq = np.empty(is_meta.shape, dtype=np.int64)
+    seq[is_meta] = meta_id
+    seq[~is_meta] = text.reshape(-1)
+    return seq
 
 
 class _RowBuilder:
@@ -134,9 +141,7 @@ class _RowBuilder:
             is_meta = np.zeros((len(rows), n + 1), dtype=bool)
             for i, row in enumerate(rows):
                 is_meta[i, _draw_positions(n, self.m, row_rng(self.seed, row))] = True
-            seq = np.empty((len(rows), n + 1), dtype=np.int64)
-            seq[is_meta] = self.meta_id
-            seq[~is_meta] = text.reshape(-1)  # row-major: each row takes its own `width` tokens
+            seq = _interleave(is_meta, text, self.meta_id)
         x = np.ascontiguousarray(seq[:, :-1])
         y = seq[:, 1:].copy()
         y[y == self.meta_id] = self.ignore_index
