@@ -28,28 +28,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _int_list(text: str) -> list[int]:
+def _number_list(text: str, convert, ok, kind: str, bound: str) -> list:
+    """Comma-separated numbers for an argparse `type=`: each converted, all passing `ok`."""
     import argparse
 
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [convert(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from None
+    if not values or not all(ok(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {bound} {kind}, got {text!r}")
     return values
+
+
+def _int_list(text: str) -> list[int]:
+    return _number_list(text, int, lambda v: v > 0, "integers", "positive")
 
 
 def _float_list(text: str) -> list[float]:
-    import argparse
-
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative numbers, got {text!r}")
-    return values
+    return _number_list(text, float, lambda v: v >= 0, "numbers", "non-negative")  # NaN fails v >= 0
 
 
 def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
