@@ -141,15 +141,15 @@ def check_copying(text: str) -> str:
     i = int(q[1])
     paragraph = lines[1]
     plain = paragraph.replace(META_TOKEN, "")
-    spans = re.findall(r"\[([^\]]*)\]", plain)
+    spans = re.findall(r"\[ ([^\]]*) \]", plain)
     assert plain.count("[") == plain.count("]") == len(spans) >= 2
     assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", s) for s in spans)
     assert len(set(spans)) == len(spans), "spans are unique"
     assert 1 <= i <= len(spans)
-    marked = re.fullmatch(r"(?P<pre>[^<]*)<\|meta\|>(?P<span> ?\[[a-z ]+\])<\|meta\|>(?P<post>[^<]*)", paragraph)
+    marked = re.fullmatch(r"(?P<pre>[^<]*)<\|meta\|>(?P<span> ?\[ [a-z ]+ \])<\|meta\|>(?P<post>[^<]*)", paragraph)
     assert marked, "two meta-tokens wrap exactly one bracketed span"
     assert marked["pre"].count("[") == i - 1, "the wrapped span is the one asked for"
-    assert marked["span"].strip() == f"[{spans[i - 1]}]"
+    assert marked["span"].strip() == f"[ {spans[i - 1]} ]"
     return " " + spans[i - 1]
 
 
@@ -337,3 +337,108 @@ def test_show_prints_examples_and_errors_exit_2(tok, tmp_path, capsys):
     assert tasks_main.main(["--show", "--tokenizer", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers that can be copied: the answer's token ids occur verbatim in the prompt
+# ---------------------------------------------------------------------------------------------
+
+
+class _PlainBPE:
+    """A GPT-2-style byte-level BPE made here with the `tokenizers` library alone (GPT-2's
+    pre-tokenizer regex, no prefix space), independent of `MetaTokenizer`, plus the two special
+    ids the task generators need."""
+
+    def __init__(self, texts: list[str], vocab_size: int = 600):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        self.backend = Tokenizer(models.BPE())
+        self.backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        self.backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|meta|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        self.backend.train_from_iterator(texts, trainer)
+        self.eos_token_id = self.backend.token_to_id("<|endoftext|>")
+        self.meta_token_id = self.backend.token_to_id("<|meta|>")
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def _occurs(needle: list[int], haystack: list[int]) -> bool:
+    n = len(needle)
+    return n > 0 and any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+@pytest.fixture(scope="module")
+def plain_bpe() -> _PlainBPE:
+    rng = random.Random(1)
+    texts = [" ".join(rng.sample(ITEMS, 6)) + ". " + rng.choice(_SENTENCES) for _ in range(400)]
+    return _PlainBPE(texts)
+
+
+@pytest.fixture(scope="module")
+def builtin_tok(tmp_path_factory) -> MetaTokenizer:
+    """The tokenizer the tiny study uses: 2048-token BPE on the built-in corpus."""
+    from metatokens.data.packing import train_tokenizer_on
+
+    return train_tokenizer_on("builtin", 2048, cache_dir=tmp_path_factory.mktemp("tokcache"))
+
+
+def _copyable_ids(task: str, ex: Example, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(ids that must occur, ids they must occur in) for one example. The answer minus EOS must
+    appear in the prompt, except for Segment Counting, whose answer is a count: there the counted
+    word must be spelled in the question as it is in the lists."""
+    answer = list(ex.answer_ids[:-1])
+    if task != "segment_counting":
+        return [(answer, list(ex.prompt_ids))]
+    word_ids = tokenizer.encode(" " + ex.info["word"])
+    lists_end = ex.prompt_text.index("\nQuestion:")
+    lists_ids = tokenizer.encode(ex.prompt_text[:lists_end])
+    question_ids = tokenizer.encode(ex.prompt_text[lists_end:])
+    return [(word_ids, lists_ids), (word_ids, question_ids)]
+
+
+@pytest.mark.parametrize("which", ["builtin", "plain_bpe"])
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_answer_ids_occur_verbatim_in_the_prompt(task, which, request):
+    """What a model must copy is spelled with the same token ids in the prompt as in the answer,
+    with the study's tokenizer and with an independent GPT-2-style BPE (both meta variants)."""
+    tokenizer = request.getfixturevalue("builtin_tok" if which == "builtin" else which)
+    for meta in (True, False):
+        for difficulty in ("medium", "hard"):
+            examples = make_examples(task, tokenizer, length=LENGTH[difficulty] * 2, difficulty=difficulty, n=25,
+                                     seed=3, meta=meta)
+            for ex in examples:
+                for needle, haystack in _copyable_ids(task, ex, tokenizer):
+                    assert _occurs(needle, haystack), (task, ex.prompt_text, ex.answer_text)
+
+
+@pytest.mark.parametrize("which", ["builtin", "plain_bpe"])
+def test_every_item_word_is_spelled_alike_in_prompt_and_answer(which, request):
+    """For every item word, the ids of `" " + word` (how answers write it) occur inside the prompt
+    text that each task writes around it: a Copying span (first, middle and last word), a List
+    Recall / Segment Counting list (first and later items) and their questions."""
+    from metatokens.tasks.copying import bracket
+    from metatokens.tasks.list_recall import QUESTION, list_line
+    from metatokens.tasks.segment_counting import question
+
+    tokenizer = request.getfixturevalue("builtin_tok" if which == "builtin" else which)
+    other = [w for w in ITEMS][:3]
+    for word in ITEMS:
+        ids = tokenizer.encode(" " + word)
+        fill = [w for w in other if w != word][:2]
+        contexts = [
+            "The lamp was near the barn. " + bracket(" ".join([word, *fill])) + " The end.",
+            "The lamp was near the barn. " + bracket(" ".join([fill[0], word, fill[1]])) + " The end.",
+            "The lamp was near the barn. " + bracket(" ".join([*fill, word])) + " The end.",
+            "Read the lists below.\n" + list_line(0, [word, *fill]) + "\n",
+            "Read the lists below.\n" + list_line(4, [*fill, word]) + "\n",
+            QUESTION.format(query=word, position=2),
+            question(word, 1, 3),
+        ]
+        for text in contexts:
+            assert _occurs(ids, tokenizer.encode(text)), (word, text)

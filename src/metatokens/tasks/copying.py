@@ -4,14 +4,19 @@ Prompt (filler sentences with bracketed spans of random words; one meta-token ri
 queried span's ``[``, one right after its ``]``)::
 
     Read the text below.
-    The old farmer saw the lamp. [river stone apple] A quiet baker walked to the market in
-    the morning.<|meta|> [tiger plate]<|meta|> The kind child found the bell.
+    The old farmer saw the lamp. [ river stone apple ] A quiet baker walked to the market in
+    the morning.<|meta|> [ tiger plate ]<|meta|> The kind child found the bell.
     Question: Copy the words inside bracket 2.
     Answer: tiger plate
 
 (The text is one line in the prompt.) Brackets are counted from 1 in reading order. The spans of
 a prompt are all different, and their words are random nouns, so the answer cannot be guessed
 from the surrounding prose.
+
+The brackets stand apart from the words (``[ tiger plate ]``, not ``[tiger plate]``) so that
+every word of a span is written as the answer writes it, with its leading space: a byte-level BPE
+then gives the answer's token ids verbatim inside the prompt, and copying them is all the task
+asks. (Glued to ``[``, a span's first word was spelled with other tokens than in the answer.)
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def sentence(rng: random.Random) -> str:
     return f"The {rng.choice(ITEMS)} was near the {rng.choice(PLACES)}."
 
 
+def bracket(span: str) -> str:
+    """``[ w1 w2 ]``: each word keeps the leading space it has in the answer ``" w1 w2"``."""
+    return f"[ {span} ]"
+
+
 class Copying(Task):
     name = "copying"
     summary = "prose with bracketed spans; copy the span wrapped by meta-tokens"
@@ -83,9 +93,9 @@ class Copying(Task):
             if isinstance(chunk, str):
                 parts.append(space + chunk)
             elif chunk == target:
-                parts += [META, f"{space}[{spans[chunk]}]", META]
+                parts += [META, f"{space}{bracket(spans[chunk])}", META]
             else:
-                parts.append(f"{space}[{spans[chunk]}]")
+                parts.append(f"{space}{bracket(spans[chunk])}")
         parts.append(QUESTION.format(index=target + 1))
         info = {"spans": spans, "target": target, "sentences": n}
         return Draft.from_parts(parts, " " + spans[target], info, units=n)
