@@ -63,17 +63,26 @@ def test_every_row_has_exactly_m_meta_tokens_in_input_positions():
         assert (y[:, -1] != IGNORE).all()
 
 
+def expected_row(tokens: np.ndarray, row: int, n: int, k: float, seed: int) -> tuple[list[int], list[int]]:
+    """Row `row` built from the module docstring's layout alone: n + 1 slots, META at the row's
+    meta positions, the text from offset row * (n - M) in the other slots; x = seq[:-1] and
+    y = seq[1:] with META targets ignored."""
+    meta = set(meta_positions(n, k, seed, row).tolist())
+    text = iter(tokens[row * (n - len(meta)) :].tolist())
+    seq = [META if slot in meta else next(text) for slot in range(n + 1)]
+    return seq[:-1], [IGNORE if t == META else t for t in seq[1:]]
+
+
 def test_no_text_token_lost_or_repeated_and_targets_are_next_tokens():
     tokens = stream(3000)
     dl = loader(tokens, block_size=32, k=0.25, batch_size=3)
     inputs = []
-    for x, y in batches(dl, 12):
-        for row_x, row_y in zip(x.tolist(), y.tolist()):
+    for step, (x, y) in enumerate(batches(dl, 12)):
+        for b, (row_x, row_y) in enumerate(zip(x.tolist(), y.tolist())):
             inputs.extend(t for t in row_x if t != META)
-            seq = row_x + [row_y[-1]]  # rebuild the n + 1 sequence; y[-1] is always text
-            for i, target in enumerate(row_y):
-                nxt = seq[i + 1]
-                assert target == (IGNORE if nxt == META else nxt)
+            want_x, want_y = expected_row(tokens, step * 3 + b, 32, 0.25, seed=7)
+            assert row_x == want_x
+            assert row_y == want_y  # every target, the final one (the next row's first text) included
     # Concatenated non-meta inputs are exactly the stream: nothing skipped, nothing repeated.
     assert inputs == tokens[: len(inputs)].tolist()
     assert len(inputs) == 12 * 3 * (32 - 8)
