@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -140,6 +142,25 @@ def test_positions_are_roughly_uniform():
     # any systematic bias such as never using position 0 or n - 1).
     assert chi_square < 140, chi_square
     assert counts.min() > 0.85 * expected and counts.max() < 1.15 * expected
+
+
+def test_positions_are_random_not_periodic():
+    """A randomly shifted periodic grid passes the uniformity test above; its gaps do not. The gap
+    between consecutive positions of a uniformly random m-subset of 0..n-1 has
+    P(gap >= g) = C(n - g + 1, m) / C(n, m) (take g - 1 slots out of that gap), close to a
+    geometric law with p = m / n; a periodic row has a single gap value."""
+    n, k, rows = 64, 0.25, 2000
+    m = round(k * n)
+    gaps = np.concatenate([np.diff(meta_positions(n, k, seed=5, row=row)) for row in range(rows)])
+    distinct_per_row = [len(set(np.diff(meta_positions(n, k, seed=5, row=row)).tolist())) for row in range(200)]
+    assert min(distinct_per_row) >= 3 and np.mean(distinct_per_row) > 5
+    assert len(set(gaps.tolist())) >= 12
+    at_least = np.array([math.comb(n - g + 1, m) / math.comb(n, m) for g in range(1, 15)])
+    expected = len(gaps) * np.append(at_least[:-1] - at_least[1:], at_least[-1])  # gaps 1..13, then >= 14
+    observed = np.append(np.bincount(gaps, minlength=14)[1:14], (gaps >= 14).sum())
+    assert observed[0] == pytest.approx(len(gaps) * m / n, rel=0.05)  # P(gap = 1) = m / n exactly
+    chi_square = ((observed - expected) ** 2 / expected).sum()
+    assert chi_square < 40, (chi_square, observed.tolist(), expected.round().tolist())  # 13 degrees of freedom: mean 13, sd ~5
 
 
 def test_two_ranks_reproduce_the_one_rank_global_batch():
