@@ -222,6 +222,62 @@ def test_curriculum_phases_grow_and_split_the_batches(tok):
     assert all(e.info["difficulty"] == "hard" for e in batches.examples(8))
 
 
+def test_mixture_slots_share_the_cycle_evenly():
+    from metatokens.finetune import mixture_slots
+
+    assert mixture_slots([1]) == [0]
+    assert mixture_slots([2, 1, 1]) == [0, 1, 2, 0]  # worked by hand: credits 2,1,1 added, the top one pays 4
+    slots = mixture_slots([3, 1, 1, 3])
+    assert [slots.count(t) for t in range(4)] == [3, 1, 1, 3]
+    assert all(a != b or a in (0, 3) for a, b in zip(slots, slots[1:]))  # no task bunched beyond its share
+    with pytest.raises(ValueError, match="positive integers"):
+        mixture_slots([1, 0])
+
+
+def test_a_mixture_interleaves_each_tasks_own_stream_in_its_share(tok):
+    """Every example of a mixed batch is the next one of its own task's stream (made here directly with
+    iter_examples, in the order the stream would give it), and tasks appear in the set shares."""
+    from metatokens.finetune import CHUNK, _chunk_seed
+    from metatokens.tasks import iter_examples
+
+    tasks, weights = ["list_recall", "copying"], [3, 1]
+    plans = [[Phase(96, "medium")], [Phase(96, "medium")]]
+    batches = TaskBatches(tasks, tok, plans, batch_size=6, seed=2, meta=True, total_batches=20, weights=weights)
+    seen = [e for b in range(4) for e in batches.examples(b)]  # 24 examples: 18 + 6
+    by_task = {t: [e for e in seen if e.info["task"] == t] for t in tasks}
+    assert [len(by_task[t]) for t in tasks] == [18, 6]
+    for t in tasks:
+        own = list(iter_examples(t, tok, length=96, difficulty="medium", n=CHUNK, seed=_chunk_seed(2, 0, 0),
+                                 split="train", meta=True))[: len(by_task[t])]
+        assert [e.prompt_ids for e in by_task[t]] == [e.prompt_ids for e in own]
+    # resumes exactly, and refuses another mixture
+    batches.next_batch()
+    state = batches.state_dict()
+    after = batches.next_batch()
+    again = TaskBatches(tasks, tok, plans, batch_size=6, seed=2, meta=True, total_batches=20, weights=weights)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(after, again.next_batch()))
+    with pytest.raises(ValueError, match="weights"):
+        TaskBatches(tasks, tok, plans, batch_size=6, seed=2, meta=True, total_batches=20,
+                    weights=[1, 1]).load_state_dict(state)
+
+
+def test_finetune_on_a_mixture_logs_held_out_metrics_per_task(tok, tmp_path):
+    spec = TaskSpec(task="list_recall,copying", weights=[1, 1], max_len=96, seed=0, eval_n=4)
+    cfg = make_train_config(max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, eval_interval=2, log_interval=1,
+                            seed=0, ckpt_interval=0)
+    run_finetune(spec, cfg, tmp_path / "mix", from_scratch="toy", tokenizer_path=str(tok.path), progress=False,
+                 model_overrides=["model.block_size=128"])
+    rows = [json.loads(x) for x in (tmp_path / "mix" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_exact_match" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        per_task = [r[f"val_loss/{t}"] for t in ("list_recall", "copying")]
+        assert r["val_loss"] == pytest.approx(sum(per_task) / 2)
+    info = json.loads((tmp_path / "mix" / "run.json").read_text())
+    assert info["finetune"]["tasks"] == ["list_recall", "copying"] and info["finetune"]["weights"] == [1, 1]
+
+
 # ----------------------------------------------------------------------------- fine-tuning runs
 
 

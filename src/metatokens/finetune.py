@@ -74,7 +74,8 @@ class FinetuneError(ValueError):
 class TaskSpec:
     """What to fine-tune on."""
 
-    task: str = "list_recall"  # a task of metatokens.tasks
+    task: str = "list_recall"  # a task of metatokens.tasks, or several comma-separated (a mixture), or "all"
+    weights: list[int] | None = None  # a mixture's share of each task, in examples (default: equal shares)
     max_len: int = 128  # longest prompt in tokens (prompts of 0.75 L to L); rows add the answer
     difficulty: str | None = None  # medium, hard, extra-hard, long; None: medium (or the curriculum's ladder)
     curriculum: bool = False  # phases of growing length (and difficulty unless one is given)
@@ -93,18 +94,48 @@ def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
     return (seed << 32) | (phase << 24) | chunk
 
 
+def task_names(task: str) -> list[str]:
+    """The tasks of a `--task` value: one name, several comma-separated ones, or "all" (the four)."""
+    from .tasks import TASKS
+
+    names = list(TASKS) if task.strip() == "all" else [t.strip() for t in task.split(",") if t.strip()]
+    if not names:
+        raise FinetuneError("--task names no task")
+    canonical = [get_task(n).name for n in names]
+    if len(set(canonical)) != len(canonical):
+        raise FinetuneError(f"--task names a task twice: {task}")
+    return canonical
+
+
+def mixture_slots(weights: list[int]) -> list[int]:
+    """One cycle of task indices, ``weights[t]`` times task t, spread evenly (smooth weighted round
+    robin): weights 2,1,1 give [0, 1, 0, 2]. Example g of the stream is of task ``slots[g % len]``."""
+    if not weights or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in weights):
+        raise FinetuneError(f"mixture weights must be positive integers, got {weights}")
+    current, slots = [0] * len(weights), []
+    for _ in range(sum(weights)):
+        current = [c + w for c, w in zip(current, weights)]
+        best = max(range(len(weights)), key=lambda t: current[t])
+        current[best] -= sum(weights)
+        slots.append(best)
+    return slots
+
+
 class TaskBatches:
     """Endless, deterministic, resumable micro-batches of right-padded task examples.
 
-    `next_batch()` returns ``(x, y)`` int64 tensors of shape (B, width), width = the longest
-    ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter.
+    One task, or a mixture: example ``g`` of the stream (counted over all processes) is of task
+    ``slots[g % len(slots)]`` (see `mixture_slots`) and is that task's own example number ``q * c +
+    (its earlier slots in the cycle)``, so each task has its own stream and a batch mixes tasks in
+    the set shares. `next_batch()` returns ``(x, y)`` int64 tensors of shape (B, width), width =
+    the longest ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter.
     """
 
     def __init__(
         self,
-        task: str,
+        task: str | list[str],
         tokenizer: MetaTokenizer,
-        plan: list[Phase],
+        plan: list[Phase] | list[list[Phase]],
         *,
         batch_size: int,
         seed: int,
@@ -113,37 +144,63 @@ class TaskBatches:
         max_positions: int | None = None,
         rank: int = 0,
         world: int = 1,
+        weights: list[int] | None = None,
     ):
-        if not plan:
+        self.tasks = task_names(task) if isinstance(task, str) else [get_task(t).name for t in task]
+        self.tokenizer = tokenizer
+        # one task's plan is a list of (length, difficulty); a mixture's is one such list per task
+        plans = plan if plan and isinstance(plan[0][0], (list, tuple)) else [plan]
+        if not plan or not all(plans):
             raise FinetuneError("the phase plan is empty")
-        self.task, self.tokenizer, self.plan = get_task(task).name, tokenizer, [Phase(*p) for p in plan]
+        if len(plans) != len(self.tasks) or len({len(p) for p in plans}) != 1:
+            raise FinetuneError("a mixture needs one phase plan per task, all with the same number of phases")
+        self.plans = [[Phase(*p) for p in pl] for pl in plans]
+        self.weights = list(weights) if weights is not None else [1] * len(self.tasks)
+        if len(self.weights) != len(self.tasks):
+            raise FinetuneError(f"{len(self.weights)} mixture weights for {len(self.tasks)} tasks")
+        self.slots = mixture_slots(self.weights)
+        self._slot_rank = [sum(1 for s in self.slots[:r] if s == self.slots[r]) for r in range(len(self.slots))]
         self.batch_size, self.seed, self.meta = batch_size, seed, meta
-        self.per_phase = max(1, math.ceil(total_batches / len(self.plan)))
+        self.per_phase = max(1, math.ceil(total_batches / len(self.plans[0])))
         self.max_positions, self.rank, self.world = max_positions, rank, world
         self.batch = 0
-        self._chunks: dict[tuple[int, int], list[Example]] = {}
+        self._chunks: dict[tuple[int, int, int], list[Example]] = {}
+
+    @property
+    def task(self) -> str:
+        return ",".join(self.tasks)
+
+    @property
+    def plan(self) -> list[Phase]:
+        return self.plans[0]
 
     def phase_of(self, batch: int) -> int:
-        return min(len(self.plan) - 1, batch // self.per_phase)
+        return min(len(self.plans[0]) - 1, batch // self.per_phase)
 
-    def _chunk(self, phase: int, chunk: int) -> list[Example]:
-        key = (phase, chunk)
+    def _chunk(self, t: int, phase: int, chunk: int) -> list[Example]:
+        key = (t, phase, chunk)
         if key not in self._chunks:
-            if len(self._chunks) >= 4:  # keep memory flat over a long run
+            if len(self._chunks) >= 4 * len(self.tasks):  # keep memory flat over a long run
                 self._chunks.pop(next(iter(self._chunks)))
-            length, difficulty = self.plan[phase]
+            length, difficulty = self.plans[t][phase]
             self._chunks[key] = list(iter_examples(
-                self.task, self.tokenizer, length=length, difficulty=difficulty, n=CHUNK,
+                self.tasks[t], self.tokenizer, length=length, difficulty=difficulty, n=CHUNK,
                 seed=_chunk_seed(self.seed, phase, chunk), split="train", meta=self.meta,
             ))
         return self._chunks[key]
+
+    def _example(self, phase: int, g: int) -> Example:
+        cycle, r = divmod(g, len(self.slots))
+        t = self.slots[r]
+        i = cycle * self.weights[t] + self._slot_rank[r]  # this task's own example number
+        return self._chunk(t, phase, i // CHUNK)[i % CHUNK]
 
     def examples(self, batch: int) -> list[Example]:
         """The examples of this process's micro-batch number `batch`."""
         phase = self.phase_of(batch)
         within = batch - phase * self.per_phase
         first = (within * self.world + self.rank) * self.batch_size
-        return [self._chunk(phase, i // CHUNK)[i % CHUNK] for i in range(first, first + self.batch_size)]
+        return [self._example(phase, g) for g in range(first, first + self.batch_size)]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = collate(self.examples(self.batch), self.tokenizer.eos_token_id)
@@ -155,9 +212,12 @@ class TaskBatches:
 
     def _identity(self) -> dict[str, Any]:
         # The phase split matters only with several phases; one phase may be run for longer.
-        per_phase = self.per_phase if len(self.plan) > 1 else None
-        return {"task": self.task, "plan": [list(p) for p in self.plan], "batch_size": self.batch_size, "seed": self.seed,
-                "meta": self.meta, "per_phase": per_phase, "world": self.world}
+        per_phase = self.per_phase if len(self.plans[0]) > 1 else None
+        ident = {"task": self.task, "plan": [list(p) for p in self.plans[0]], "batch_size": self.batch_size,
+                 "seed": self.seed, "meta": self.meta, "per_phase": per_phase, "world": self.world}
+        if len(self.tasks) > 1:  # single-task runs keep the identity they always had
+            ident.update(weights=self.weights, plans=[[list(p) for p in pl] for pl in self.plans])
+        return ident
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": _STATE_VERSION, "batch": self.batch, **self._identity()}
@@ -175,14 +235,15 @@ class TaskBatches:
 # ----------------------------------------------------------------------------- plan and settings
 
 
-def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool) -> list[Phase]:
-    """The (length, difficulty) phases; lengths raised where a difficulty needs more tokens."""
-    get_task(spec.task)
+def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool, task: str | None = None) -> list[Phase]:
+    """The (length, difficulty) phases of `task` (default: the spec's only task); lengths raised
+    where a difficulty needs more tokens."""
+    task = get_task(task or spec.task).name
     if not spec.curriculum:
         plan = [Phase(spec.max_len, spec.difficulty or "medium")]
     else:
         try:
-            plan = curriculum(spec.task, spec.max_len, spec.phases)
+            plan = curriculum(task, spec.max_len, spec.phases)
         except TaskError as err:
             raise FinetuneError(str(err)) from None
         if spec.difficulty:
@@ -191,11 +252,11 @@ def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool) -> list[Ph
     for length, difficulty in plan:
         while True:
             try:
-                make_examples(spec.task, tokenizer, length=length, difficulty=difficulty, n=1, seed=spec.seed, meta=meta)
+                make_examples(task, tokenizer, length=length, difficulty=difficulty, n=1, seed=spec.seed, meta=meta)
                 break
             except TaskError as err:
                 if length >= spec.max_len:
-                    raise FinetuneError(f"{spec.task}/{difficulty} does not fit --max-len {spec.max_len} with this "
+                    raise FinetuneError(f"{task}/{difficulty} does not fit --max-len {spec.max_len} with this "
                                         f"tokenizer ({err})") from None
                 length = min(spec.max_len, length + 8)
         fitted.append(Phase(length, difficulty))
@@ -262,20 +323,36 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
     return loaded, k, {"from_scratch": from_scratch, "tokenizer": str(tokenizer_path) if tokenizer_path else None}
 
 
-def _held_out(spec: TaskSpec, plan: list[Phase], tokenizer: MetaTokenizer, meta: bool) -> list[Example]:
+# Held-out examples of a fine-tuning run come from the test split under their own seed, so that the
+# evaluation prompts of `metatokens evaluate` (seed = the run's seed) are not the ones watched here.
+HELD_OUT_SEED_OFFSET = 7919
+
+
+def _held_out(spec: TaskSpec, plan: list[Phase], tokenizer: MetaTokenizer, meta: bool,
+              task: str | None = None) -> list[Example]:
     length, difficulty = plan[-1]
-    return make_examples(spec.task, tokenizer, length=length, difficulty=difficulty, n=spec.eval_n, seed=spec.seed,
-                         split="test", meta=meta)
+    return make_examples(task or spec.task, tokenizer, length=length, difficulty=difficulty, n=spec.eval_n,
+                         seed=spec.seed + HELD_OUT_SEED_OFFSET, split="test", meta=meta)
 
 
-def make_evaluator(model, examples: list[Example], tokenizer: MetaTokenizer, device):
-    """Answer loss, exact match and token accuracy on held-out examples at the final phase."""
+def make_evaluator(model, examples: list[Example] | dict[str, list[Example]], tokenizer: MetaTokenizer, device):
+    """Answer loss, exact match and token accuracy on held-out examples at the final phase. With one
+    example set per task (a mixture), each task's metrics are logged as ``val_exact_match/TASK`` and
+    so on, and the plain names hold their mean over tasks."""
+    sets = examples if isinstance(examples, dict) else {"": examples}
 
     def evaluate(_wrapped) -> dict[str, float]:
-        s = score_examples(model, examples, pad_id=tokenizer.eos_token_id, vocab_limit=tokenizer.vocab_size,
-                           meta_token_id=tokenizer.meta_token_id, device=device)
-        return {"val_loss": s.nll / max(s.tokens, 1), "val_exact_match": s.exact / max(s.examples, 1),
-                "val_token_accuracy": s.tokens_correct / max(s.tokens, 1)}
+        out: dict[str, float] = {}
+        for task, ex in sets.items():
+            s = score_examples(model, ex, pad_id=tokenizer.eos_token_id, vocab_limit=tokenizer.vocab_size,
+                               meta_token_id=tokenizer.meta_token_id, device=device)
+            suffix = f"/{task}" if task else ""
+            out.update({f"val_loss{suffix}": s.nll / max(s.tokens, 1), f"val_exact_match{suffix}": s.exact / max(s.examples, 1),
+                        f"val_token_accuracy{suffix}": s.tokens_correct / max(s.tokens, 1)})
+        if len(sets) > 1:
+            for name in ("val_loss", "val_exact_match", "val_token_accuracy"):
+                out[name] = sum(out[f"{name}/{t}"] for t in sets) / len(sets)
+        return out
 
     return evaluate
 
@@ -338,19 +415,30 @@ def run_finetune(
     if limit is not None and spec.max_len > limit:
         raise FinetuneError(f"--max-len {spec.max_len} does not fit the model's {limit} learned positions "
                             f"({loaded.pos_encoding}); use --max-len {limit - 8} or less")
-    plan = plan_phases(spec, tokenizer, meta)
+    tasks = task_names(spec.task)
+    if spec.weights is not None and len(spec.weights) != len(tasks):
+        raise FinetuneError(f"{len(spec.weights)} --task-weights for {len(tasks)} tasks ({', '.join(tasks)})")
+    plans = [plan_phases(spec, tokenizer, meta, task) for task in tasks]
+    if len({len(p) for p in plans}) != 1:
+        raise FinetuneError("the mixture's tasks got curricula of different lengths")
+    plan = plans[0] if len(tasks) == 1 else plans
     accum = max(1, train_cfg.grad_accum // d.world)
-    batches = TaskBatches(spec.task, tokenizer, plan, batch_size=train_cfg.batch_size, seed=spec.seed, meta=meta,
-                          total_batches=train_cfg.max_steps * accum, max_positions=limit, rank=d.rank, world=d.world)
+    batches = TaskBatches(tasks, tokenizer, plan, batch_size=train_cfg.batch_size, seed=spec.seed, meta=meta,
+                          total_batches=train_cfg.max_steps * accum, max_positions=limit, rank=d.rank, world=d.world,
+                          weights=spec.weights)
     # A row too long for the model fails here, not mid-run. Last phase first, so that phase 0's
     # examples, which the first step needs, are the ones left in the loader's small chunk cache.
-    for phase in reversed(range(len(plan))):
-        probe = batches.examples(phase * batches.per_phase)
+    for phase in reversed(range(len(plans[0]))):
+        probe = [e for b in range(max(1, math.ceil(len(batches.slots) / batches.batch_size)))
+                 for e in batches.examples(phase * batches.per_phase + b)]
         width = needed_positions(probe)
         if limit is not None and width > limit:
-            raise FinetuneError(f"{spec.task} rows at length {plan[phase].length} need {width} positions but the model has "
-                                f"{limit}; use a smaller --max-len")
-    held_out = _held_out(spec, plan, tokenizer, meta)
+            raise FinetuneError(f"{spec.task} rows at length {plans[0][phase].length} need {width} positions but the model "
+                                f"has {limit}; use a smaller --max-len")
+    if len(tasks) == 1:
+        held_out: list[Example] | dict[str, list[Example]] = _held_out(spec, plans[0], tokenizer, meta)
+    else:
+        held_out = {task: _held_out(spec, p, tokenizer, meta, task) for task, p in zip(tasks, plans)}
 
     # Everything that can fail on bad input has run; only now does the run folder appear.
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,7 +448,8 @@ def run_finetune(
         model_settings = {"hf_config": model.hf.config.to_dict()}
     info = {
         "kind": "finetune",
-        "finetune": {**dataclasses.asdict(spec), "meta": meta, "plan": [list(p) for p in plan],
+        "finetune": {**dataclasses.asdict(spec), "meta": meta, "plan": [list(p) for p in plans[0]],
+                     "tasks": tasks, **({"plans": [[list(p) for p in pl] for pl in plans]} if len(tasks) > 1 else {}),
                      "pretrain_k": pretrain_k, **source},
         "model": model_settings,
         "train": dataclasses.asdict(train_cfg),
@@ -372,9 +461,10 @@ def run_finetune(
     if d.main and not resume:
         tokenizer.save(run_dir / "tokenizer.json")
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
-        phases = ", ".join(f"{length} {difficulty}" for length, difficulty in plan)
+        phases = ", ".join(f"{length} {difficulty}" for length, difficulty in plans[0])
+        share = f" (shares {':'.join(map(str, batches.weights))})" if len(tasks) > 1 else ""
         print(f"{run_dir}: fine-tuning {loaded.name} ({info['params']:,} parameters, {loaded.pos_encoding}"
-              f"{', meta-tokens' if meta else ', no meta-tokens'}) on {spec.task}: {phases}")
+              f"{', meta-tokens' if meta else ', no meta-tokens'}) on {spec.task}{share}: {phases}")
     evaluate = make_evaluator(model, held_out, tokenizer, d.device)
     summary = train_loop(model, batches, train_cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume,
                          d=d, progress=progress, run_info=info)

@@ -25,7 +25,10 @@ def add_command(sub) -> None:
                      "(--steps may move its end)")
     p.add_argument("--out", required=True, help="run folder to write (checkpoints, metrics.jsonl, run.json)")
     task = p.add_argument_group("task")
-    task.add_argument("--task", default="list_recall", help="list_recall, segment_counting, parity or copying")
+    task.add_argument("--task", default="list_recall", help="list_recall, segment_counting, parity or copying; several "
+                      "comma-separated (or all) fine-tune on a mixture, with held-out metrics per task")
+    task.add_argument("--task-weights", metavar="W1,W2,...", help="a mixture's share of each --task, as positive "
+                      "integers (e.g. 3,1,1,3; default equal shares)")
     task.add_argument("--max-len", type=int, default=128, help="longest prompt in tokens; prompts have 0.75 L to L "
                       "tokens and the answer follows (default 128)")
     task.add_argument("--difficulty", help="medium, hard, extra-hard or long (default medium; with --curriculum the "
@@ -50,7 +53,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..finetune import TaskSpec, make_train_config, parse_overrides, run_finetune
+    from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
 
     train, model_overrides = parse_overrides(args.overrides)
     if args.steps is not None:
@@ -63,7 +66,13 @@ def run(args) -> int:
     if args.device:
         train["device"] = args.device
     train.setdefault("seed", args.seed)
-    spec = TaskSpec(task=args.task, max_len=args.max_len, difficulty=args.difficulty, curriculum=args.curriculum,
+    weights = None
+    if args.task_weights:
+        try:
+            weights = [int(w) for w in args.task_weights.split(",")]
+        except ValueError:
+            raise FinetuneError(f"--task-weights must be comma-separated positive integers, got {args.task_weights!r}") from None
+    spec = TaskSpec(task=args.task, weights=weights, max_len=args.max_len, difficulty=args.difficulty, curriculum=args.curriculum,
                     phases=args.phases, meta=args.meta, seed=args.seed, eval_n=args.eval_n, yarn_scale=args.yarn_scale)
     summary = run_finetune(spec, make_train_config(**train), args.out, init=args.init, from_scratch=args.from_scratch,
                            hf_model=args.hf_model, tokenizer_path=args.tokenizer, model_overrides=model_overrides,
