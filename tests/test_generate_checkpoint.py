@@ -137,11 +137,26 @@ def test_bad_config_files_fail_clearly(tmp_path, tokenizer):
 
     bad = json.loads(json.dumps(good))
     bad["model"]["n_embd"] = 64  # valid on its own, but the weights have another shape
-    bad.pop("weights_sha256")
     cfg_file.write_text(json.dumps(bad))
     with pytest.raises(CheckpointError) as e:
-        load_pretrained(folder)
+        load_pretrained(folder, verify=False)
     one_line_error(e, "cannot load weights")
+
+
+@pytest.mark.parametrize("value", [None, "", 0])
+def test_removing_the_weights_checksum_does_not_switch_verification_off(tmp_path, tokenizer, value):
+    folder = save_pretrained(tmp_path / "m", model_for(tokenizer), tokenizer)
+    cfg_file = folder / "config.json"
+    config = json.loads(cfg_file.read_text())
+    if value is None:
+        config.pop("weights_sha256")
+    else:
+        config["weights_sha256"] = value
+    cfg_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(folder)
+    one_line_error(e, str(cfg_file), "weights_sha256")
+    load_pretrained(folder, verify=False)  # an explicit opt-out still reads the weights
 
 
 def test_missing_folder_and_broken_tokenizer_fail_clearly(tmp_path, tokenizer):

@@ -111,8 +111,13 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
-    if verify and data.get("weights_sha256") and sha256_file(weights) != data["weights_sha256"]:
-        raise CheckpointError(f"{weights}: checksum differs from {CONFIG_FILE}; the file is truncated or corrupted")
+    if verify:
+        expected = data.get("weights_sha256")
+        if not isinstance(expected, str) or not expected:  # every folder save_pretrained writes has one
+            raise CheckpointError(f"{folder / CONFIG_FILE}: no weights_sha256, so the weights cannot be verified; "
+                                  "the file was edited or damaged")
+        if sha256_file(weights) != expected:
+            raise CheckpointError(f"{weights}: checksum differs from {CONFIG_FILE}; the file is truncated or corrupted")
     model = GPT(data["model"])
     try:
         load_model(model, str(weights), strict=True, device=str(device))
