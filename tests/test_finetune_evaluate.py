@@ -126,6 +126,10 @@ def test_teacher_forced_exact_match_is_greedy_decoding(tok):
     assert (s.examples, s.exact, s.tokens_correct, s.tokens) == (6, 6, 18, 18)
     s = score_examples(model, off_by_one, **kw)
     assert (s.exact, s.tokens_correct) == (0, 12)
+    # per-example results follow the order given, whatever order the batches ran in (longest rows last)
+    mixed = [agree[0], off_by_one[1], agree[2], off_by_one[3], agree[4], agree[5]]
+    assert score_examples(model, mixed, **kw).per_example == [1, 0, 1, 0, 1, 1]
+    assert score_examples(model, mixed[::-1], **kw).per_example == [1, 1, 0, 1, 0, 1]
     # the answer loss is the mean cross-entropy of the answer tokens, computed here by hand
     e = agree[0]
     with torch.no_grad():

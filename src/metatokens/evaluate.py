@@ -38,6 +38,7 @@ baseline of the paper). Hugging Face models never see meta-tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -365,6 +366,7 @@ class Score:
     tokens: int = 0
     tokens_correct: int = 0
     nll: float = 0.0  # summed over answer tokens
+    per_example: list[int] | None = None  # 1 where that example (in the order given) was exactly right
 
     def add(self, other: "Score") -> "Score":
         for name in ("examples", "exact", "tokens", "tokens_correct", "nll"):
@@ -384,7 +386,18 @@ class Score:
             "token_accuracy": self.tokens_correct / self.tokens if self.tokens else None,
             "token_accuracy_ci95": [tok_lo, tok_hi],
             "answer_loss": self.nll / self.tokens if self.tokens else None,
+            **({"exact_per_example": self.per_example} if self.per_example is not None else {}),
         }
+
+
+def prompts_digest(examples: Sequence[Example]) -> str:
+    """A digest of the examples' prompt texts (meta-tokens left out) and answers, in order: two
+    evaluations with the same digest scored the same prompts, one for one, so their
+    ``exact_per_example`` lists can be paired."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(e.prompt_text.encode("utf-8") + b"\x00" + e.answer_text.encode("utf-8") + b"\x01")
+    return h.hexdigest()[:16]
 
 
 def needed_positions(examples: Sequence[Example]) -> int:
@@ -433,10 +446,11 @@ def score_examples(
     The argmax never picks `meta_token_id` or ids at or above `vocab_limit`, as generation never
     does, so exact match equals that of greedy decoding.
     """
-    total = Score()
+    total = Score(per_example=[0] * len(examples))
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt_ids) + len(examples[i].answer_ids))
     for start in range(0, len(order), batch_size):
-        batch = [examples[i] for i in order[start : start + batch_size]]
+        rows = order[start : start + batch_size]
+        batch = [examples[i] for i in rows]
         x, y = collate(batch, pad_id)
         x, y = x.to(device), y.to(device)
         where = (y != IGNORE).nonzero(as_tuple=True)
@@ -450,7 +464,10 @@ def score_examples(
         right = logits.argmax(-1) == targets
         per_row = torch.zeros(len(batch), dtype=torch.long, device=x.device).index_add_(0, where[0], right.long())
         lengths = torch.tensor([len(e.answer_ids) for e in batch], device=x.device)
-        total.add(Score(len(batch), int((per_row == lengths).sum()), int(targets.numel()), int(right.sum()), float(nll)))
+        exact = (per_row == lengths).tolist()
+        for i, ok in zip(rows, exact):
+            total.per_example[i] = int(ok)
+        total.add(Score(len(batch), sum(exact), int(targets.numel()), int(right.sum()), float(nll)))
         if progress is not None:
             progress.update(len(batch))
     return total
@@ -535,7 +552,7 @@ def evaluate_task(
                                    meta_token_id=m.tokenizer.meta_token_id, batch_size=batch_size, device=device, progress=bar)
             prompt_lengths = [len(e.prompt_ids) for e in examples]
             rows.append({"length": length, **score.summary(), "prompt_tokens": [min(prompt_lengths), max(prompt_lengths)],
-                         "positions_needed": needed_positions(examples)})
+                         "positions_needed": needed_positions(examples), "prompts_sha256": prompts_digest(examples)})
         results.append({**m.describe(), "meta": with_meta, "results": rows})
     if bar is not None:
         bar.close()
