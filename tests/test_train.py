@@ -240,3 +240,69 @@ def test_presets_load_and_paper_presets_match_the_paper():
     assert t.batch_size * t.grad_accum * m.block_size == 491520  # about 0.49M tokens per step
     assert paper.data.k == 0.1 and load_run_config("gpt2-small").data.k == 0.0
     assert not load_run_config("gpt2-small").model.meta_attention
+
+
+# ----------------------------------------------------------------------------- run folders keep only good, complete state
+
+
+def fake_run(root: Path, steps=(2, 4)) -> Path:
+    """A run folder with model-folder checkpoints (no training) and LATEST naming the last."""
+    from conftest import toy_model
+    from metatokens.checkpoint import save_pretrained
+
+    run = root / "run"
+    for step in steps:
+        save_pretrained(run / "checkpoints" / f"step-{step:08d}", toy_model(), None, extra={"step": step})
+    (run / "checkpoints" / "LATEST").write_text(f"step-{steps[-1]:08d}\n")
+    return run
+
+
+@pytest.mark.parametrize("pointer", ["../../outside", "../../..", "ABS", "", "step-00000004/../../../outside"])
+def test_latest_must_name_a_checkpoint_inside_the_run(tmp_path, pointer):
+    from conftest import toy_model
+    from metatokens.checkpoint import save_pretrained
+    from metatokens.train import latest_checkpoint, resolve_model_dir
+
+    run = fake_run(tmp_path)
+    save_pretrained(tmp_path / "outside", toy_model(), None)  # a loadable model folder the pointer could reach
+    (run / "checkpoints" / "LATEST").write_text((str(tmp_path / "outside") if pointer == "ABS" else pointer) + "\n")
+    for resolve in (latest_checkpoint, resolve_model_dir):
+        with pytest.raises(CheckpointError, match="LATEST.*refusing to follow") as e:
+            resolve(run)
+        assert "\n" not in str(e.value)
+
+
+def test_latest_skips_incomplete_checkpoints(tmp_path):
+    import shutil
+
+    from metatokens.train import latest_checkpoint
+
+    run = fake_run(tmp_path, steps=(2, 4))
+    (run / "checkpoints" / "step-00000004" / "model.safetensors").unlink()
+    assert latest_checkpoint(run).name == "step-00000002"
+    (run / "checkpoints" / "LATEST").unlink()  # e.g. killed between moving a checkpoint into place and LATEST
+    assert latest_checkpoint(run).name == "step-00000002"
+    shutil.rmtree(run / "checkpoints" / "step-00000002")
+    assert latest_checkpoint(run) is None
+    (run / "checkpoints" / "LATEST").write_text("step-00000004\n")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        latest_checkpoint(run)
+
+
+def test_a_kill_during_pruning_leaves_no_checkpoint_without_weights(tmp_path, monkeypatch):
+    import metatokens.train as train_mod
+
+    run = fake_run(tmp_path, steps=(2, 4, 6))
+
+    def killed_mid_delete(path, ignore_errors=False):
+        (Path(path) / "model.safetensors").unlink()
+        raise KeyboardInterrupt  # the process dies with the folder half deleted
+
+    monkeypatch.setattr(train_mod.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod._prune(run / "checkpoints", keep=2)
+    monkeypatch.undo()
+    steps = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert sorted(p.name for p in steps) == ["step-00000004", "step-00000006"]
+    assert all((p / "model.safetensors").is_file() for p in steps)
+    assert train_mod.latest_checkpoint(run).name == "step-00000006"

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -39,6 +40,7 @@ from .model import GPT
 from .runconfig import TrainConfig
 
 IGNORE = -100
+STEP_NAME = re.compile(r"step-[0-9]{8,}")  # checkpoint folders: step-NNNNNNNN
 KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
 
 
@@ -213,20 +215,46 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, 
     return folder
 
 
+def _step_folders(folder: Path) -> list[Path]:
+    """checkpoints/step-N folders, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if STEP_NAME.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def _prune(folder: Path, keep: int) -> None:
-    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
-    for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete all but the newest `keep` checkpoints. Each is renamed away first, so a kill mid-delete
+    leaves a hidden temporary folder (removed by the next run), never a step-N folder without weights."""
+    for old in _step_folders(folder)[:-keep]:
+        doomed = old.with_name(f".{old.name}.prune-{os.getpid()}")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "LATEST"
-    if not pointer.is_file():
-        return None
-    folder = run_dir / "checkpoints" / pointer.read_text().strip()
-    if not folder.is_dir():
-        raise CheckpointError(f"{pointer}: names {folder.name}, which does not exist")
-    return folder
+    """The checkpoint LATEST names, or the newest complete one when LATEST is missing or names an
+    incomplete folder; None when the run has none. LATEST must be a plain step-N name."""
+    folder = run_dir / "checkpoints"
+    pointer = folder / "LATEST"
+    named = None
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if not STEP_NAME.fullmatch(name):
+            raise CheckpointError(f"{pointer}: {name[:80]!r} is not a checkpoint name like step-00000010; refusing to follow it")
+        named = folder / name
+        if _is_complete(named):
+            return named
+    complete = [p for p in _step_folders(folder) if _is_complete(p)]
+    if complete:
+        return complete[-1]
+    if named is not None:
+        raise CheckpointError(f"{pointer}: names {named.name}, which is missing or incomplete, and no other checkpoint is complete")
+    return None
 
 
 def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = ValueError) -> None:
