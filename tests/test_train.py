@@ -139,6 +139,40 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, 
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"
 
 
+def test_weights_made_non_finite_by_a_checkpoint_step_are_never_saved(corpus, tmp_path, monkeypatch):
+    """The loss of step 3 is finite, but its optimizer step turns the weights NaN: step-3 must not be saved."""
+    import metatokens.train as train_mod
+    from metatokens.checkpoint import load_pretrained
+
+    real_build = train_mod.build_optimizer
+
+    def poisoning_optimizer(model, cfg, device):
+        opt = real_build(model, cfg, device)
+        real_step, calls = opt.step, {"n": 0}
+
+        def step(*args, **kwargs):
+            out = real_step(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+            return out
+
+        opt.step = step
+        return opt
+
+    monkeypatch.setattr(train_mod, "build_optimizer", poisoning_optimizer)
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=6", "train.ckpt_interval=1", "train.keep_last=5")
+    with pytest.raises(TrainingError, match=r"non-finite.*step 3; .*last good checkpoint: .*step-00000002") as e:
+        run_pretrain(cfg, tmp_path / "run", progress=False)
+    assert "\n" not in str(e.value)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000001", "step-00000002"]
+    assert (ckpts / "LATEST").read_text().strip() == "step-00000002"
+    model, _, _ = load_pretrained(ckpts / "step-00000002")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")

@@ -188,8 +188,28 @@ def _full_state(model: GPT, optimizer, d: Dist, fsdp: bool):
     return get_state_dict(model, optimizer, options=opts)
 
 
+def weights_finite(model: torch.nn.Module, d: Dist) -> bool:
+    """Whether every parameter (of every process's shard) is finite: one max-|x| reduction, NaN/inf propagate."""
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
+    local = [t for t in local if t.numel()]
+    bad = 0.0
+    if local:
+        bad = float(not bool(torch.stack(torch._foreach_norm(local, math.inf)).isfinite().all()))
+    (bad,) = d.all_sum(bad)
+    return bad == 0
+
+
 def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, state: dict, d: Dist, cfg: TrainConfig) -> Path:
-    """checkpoints/step-NNNNNNNN: a loadable model folder plus optimizer, RNG and trainer state."""
+    """checkpoints/step-NNNNNNNN: a loadable model folder plus optimizer, RNG and trainer state.
+
+    Non-finite weights are never saved: the run stops, and LATEST keeps naming the last good checkpoint.
+    """
+    if not weights_finite(model, d):
+        last = latest_checkpoint(run_dir)
+        raise TrainingError(
+            f"weights became non-finite (NaN or inf) in the optimizer step of step {step}; stopped without saving "
+            f"(last good checkpoint: {last if last else 'none'}); try a lower train.lr"
+        )
     model_state, optim_state = _full_state(model, optimizer, d, cfg.fsdp)
     rng = _rng_state(d)
     folder = run_dir / "checkpoints" / f"step-{step:08d}"
