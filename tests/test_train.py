@@ -96,6 +96,25 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
         assert abs(resumed["losses"][step] - full["losses"][step]) <= 1e-6, step
 
 
+def test_resume_truncates_metrics_to_the_checkpoint_step(corpus, tmp_path):
+    """Killed after logging steps 5-6 but before their checkpoint, mid-way through writing row 7."""
+    import shutil
+
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=8", "train.ckpt_interval=4", "train.eval_interval=4")
+    cfg.train.max_steps = 6
+    run = tmp_path / "run"
+    run_pretrain(cfg, run, progress=False)
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    (run / "checkpoints" / "LATEST").write_text("step-00000004\n")
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 7, "train_lo')
+    cfg.train.max_steps = 8
+    run_pretrain(cfg, run, resume=True, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 9))
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8]
+
+
 def test_truncated_checkpoint_is_never_loaded(corpus, tmp_path):
     cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=4", "train.ckpt_interval=2")
     run_pretrain(cfg, tmp_path / "run", progress=False)

@@ -397,6 +397,24 @@ class MetricLog:
             self.wandb.finish()
 
 
+def truncate_metrics(file: Path, step: int) -> None:
+    """Keep the rows of metrics.jsonl up to `step`, the step a run resumes from (the steps after it are
+    logged again); a cut-off last line and unreadable rows are dropped. Rewritten atomically."""
+    if not file.is_file():
+        return
+    text = file.read_text(encoding="utf-8", errors="replace")
+    keep = []
+    for line in text.split("\n")[:-1]:  # the last piece is "" or a line cut off before its newline
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line + "\n")
+    if "".join(keep) != text:
+        atomic_write_text(file, "".join(keep))
+
+
 def _valid_targets(y: torch.Tensor) -> int:
     return int((y != IGNORE).sum())
 
@@ -429,6 +447,8 @@ def train_loop(
         raise ValueError(f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({d.world})")
     accum = max(1, cfg.grad_accum // d.world)
     autocast = autocast_for(cfg, d.device)
+    if d.main:
+        truncate_metrics(run_dir / "metrics.jsonl", start)
     log = MetricLog(run_dir, cfg, run_info or {}, enabled=d.main)
     peak = peak_flops(cfg, d.device)
     fpt = flops_per_token(model)
