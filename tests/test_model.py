@@ -145,20 +145,28 @@ def test_loss_ignores_meta_targets():
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
-def test_meta_pos_zero_ape_meta_input_ignores_position():
-    model = toy_model(pos_encoding="ape", meta_pos="zero")
+@pytest.mark.parametrize("meta_pos", ["keep", "zero"])
+def test_ape_meta_input_position_follows_meta_pos(meta_pos):
+    """The model's input vectors (seen where they leave the embedding), against wte + wpe by hand:
+    a meta-token gets its position vector with keep and none with zero; text always gets it."""
+    model = toy_model(pos_encoding="ape", meta_pos=meta_pos)
     seen = []
     handle = model.drop.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     a = torch.tensor([[10, 11, META, 12, 13, 14]])
     b = torch.tensor([[10, 11, 12, 13, META, 14]])
-    model(a), model(b)
+    with torch.no_grad():
+        model(a), model(b)
     handle.remove()
-    assert torch.equal(seen[0][0, 2], model.wte.weight[META].detach())  # no position vector added
-    assert torch.equal(seen[0][0, 2], seen[1][0, 4])
-    assert torch.equal(seen[0][0, 1], model.wte.weight[11].detach() + model.wpe.weight[1].detach())
-    keep = toy_model(pos_encoding="ape", meta_pos="keep")
-    x = keep.wte(a) + keep.wpe(torch.arange(6))
-    assert not torch.equal(x[0, 2], keep.wte.weight[META])
+    wte, wpe = model.wte.weight.detach(), model.wpe.weight.detach()
+    if meta_pos == "keep":
+        assert torch.equal(seen[0][0, 2], wte[META] + wpe[2])
+        assert torch.equal(seen[1][0, 4], wte[META] + wpe[4])
+    else:
+        assert torch.equal(seen[0][0, 2], wte[META]) and torch.equal(seen[1][0, 4], wte[META])
+    for x, ids in zip(seen, (a, b)):
+        for t, token in enumerate(ids[0].tolist()):
+            if token != META:
+                assert torch.equal(x[0, t], wte[token] + wpe[t])
 
 
 def reference_rotate(x, positions, theta):
