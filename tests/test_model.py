@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import META, mixed_batch, toy_model
 from metatokens.config import ConfigError, ModelConfig, model_shape
-from metatokens.model import GPT, KVCache
+from metatokens.model import GPT, Block, KVCache, PosInfo
 
 POS_VARIANTS = list(itertools.product(["ape", "rope", "none"], ["keep", "zero"]))
 
@@ -35,44 +35,118 @@ def test_sparse_equals_dense_outputs_and_gradients(pos_encoding, meta_pos):
     loss_d.backward()
     for (name, p_s), p_d in zip(sparse.named_parameters(), dense.parameters()):
         assert torch.isfinite(p_s.grad).all(), name
-        assert (p_s.grad - p_d.grad).abs().max() <= 1e-5, name
+        assert_close_to_scale(p_s.grad, p_d.grad, 2e-5, name)
     # the meta sublayers really were exercised: their weights received gradient
     assert sparse.h[0].meta_attn.c_attn.weight.grad.abs().sum() > 0
 
 
-def dense_meta_reference(layer, x, is_meta, scale):
-    """The paper's formula written out for one head group: softmax(QK^T*scale + M + P) V, no RoPE."""
+def assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "") -> None:
+    """|got - want| <= rtol * max |want| everywhere. A tolerance that follows the tensor's size:
+    meta-attention gradients can be 1e-4 in size, where an absolute 1e-5 would pass a 10% error."""
+    error, size = (got - want).abs().max().item(), want.abs().max().item()
+    assert error <= rtol * size, f"{what}: max error {error:.3g} against max size {size:.3g} (rtol {rtol})"
+
+
+def randomize(model: GPT, seed: int = 1) -> GPT:
+    """Random values for every parameter, biases and LayerNorms included, large enough that attention
+    is far from uniform. At initialisation biases are zero and q.k is near 0, so a bias leaking to
+    non-meta positions, a wrong mask or a missing rotation would change almost nothing."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.1 * noise if ".ln_" in name and name.endswith("weight") else (0.2 if p.dim() > 1 else 0.1) * noise)
+    return model
+
+
+def loop_meta_attention(layer, x, is_meta, scale, theta=None):
+    """MetaAttn(x) written from the method's equations, one query at a time, with no mask tensor:
+    at a meta position i, y_i = c_proj(sum_j softmax_j(q_i . k_j * scale) v_j) over the meta
+    positions j <= i of its row (causal, meta-tokens only); at a non-meta position, nothing (0).
+    With `theta`, q_i and k_j are first rotated by RoPE at their absolute positions i and j
+    (meta_pos=keep); without it they stay as projected (NoPE, APE, or RoPE with meta_pos=zero)."""
     B, T, C = x.shape
     nh = layer.n_head
-    q, k, v = layer.c_attn(x).split(C, 2)
-    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
-    out = torch.zeros(B, T, C)
+    q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in layer.c_attn(x).split(C, 2))  # (B, nh, T, hs)
+    if theta is not None:
+        q, k = (torch.stack([torch.stack([reference_rotate(t[b, h], torch.arange(T), theta) for h in range(nh)])
+                             for b in range(B)]) for t in (q, k))
+    rows = []
     for b in range(B):
+        row = []
         for i in range(T):
-            keys = [j for j in range(i + 1) if is_meta[b, i] and is_meta[b, j]]
+            keys = [j for j in range(i + 1) if is_meta[b, j]] if is_meta[b, i] else []
             if not keys:
-                continue  # no admissible key: the sublayer contributes nothing here
-            s = (q[b, :, i : i + 1] @ k[b, :, keys].transpose(-1, -2)) * scale
-            y = (s.softmax(-1) @ v[b, :, keys]).transpose(0, 1).reshape(1, C)
-            out[b, i] = layer.c_proj(y)[0]
-    return out
+                row.append(torch.zeros(C))  # no admissible key: the sublayer contributes nothing here
+                continue
+            s = (q[b, :, i : i + 1] @ k[b, :, keys].transpose(-1, -2)) * scale  # (nh, 1, keys)
+            row.append(layer.c_proj((s.softmax(-1) @ v[b, :, keys]).transpose(0, 1).reshape(C)))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+# NoPE, and RoPE whose meta q/k are rotated (keep) or not (zero). APE's meta-attention is NoPE's:
+# its positions enter with the embeddings only, which test_ape_meta_input_position_follows_meta_pos checks.
+REFERENCE_CASES = [("none", "keep"), ("rope", "keep"), ("rope", "zero")]
+
+
+def reference_theta(model: GPT):
+    cfg = model.config
+    return cfg.rope_theta if cfg.pos_encoding == "rope" and cfg.meta_pos == "keep" else None
 
 
 @pytest.mark.parametrize("impl", ["sparse", "dense"])
-def test_meta_attention_matches_loop_reference_and_is_zero_off_meta(impl):
-    model = set_impl(toy_model(pos_encoding="none"), impl)
+@pytest.mark.parametrize("pos_encoding,meta_pos", REFERENCE_CASES)
+def test_meta_attention_matches_loop_reference_and_is_zero_off_meta(pos_encoding, meta_pos, impl):
+    model = set_impl(randomize(toy_model(pos_encoding=pos_encoding, meta_pos=meta_pos)), impl)
     layer = model.h[0].meta_attn
+    assert layer.c_proj.bias.abs().min() > 0.001  # a bias that reached non-meta positions would show
     idx = mixed_batch()
     is_meta = idx == META
-    x = torch.randn(*idx.shape, model.config.n_embd)
-    from metatokens.model import PosInfo
-
-    pos = PosInfo(torch.arange(idx.size(1)), None, True, 1 / math.sqrt(model.config.head_dim))
-    with torch.no_grad():
-        got = layer(x, is_meta, pos)
-        ref = dense_meta_reference(layer, x, is_meta, pos.logit_scale)
-    assert (got - ref).abs().max() <= 1e-5
+    x = torch.randn(*idx.shape, model.config.n_embd, requires_grad=True)
+    scale = 1 / math.sqrt(model.config.head_dim)
+    pos = PosInfo(torch.arange(idx.size(1)), model.rotary, meta_pos == "keep", scale)
+    got = layer(x, is_meta, pos)
+    ref = loop_meta_attention(layer, x, is_meta, scale, reference_theta(model))
+    assert_close_to_scale(got, ref, 1e-5, "output")
     assert torch.equal(got[~is_meta], torch.zeros_like(got[~is_meta]))  # exactly zero, bias included
+    assert ref[is_meta].abs().min(-1).values.min() > 0  # ... while every meta position gets something
+    # gradients of a random function of the output, for the input and every weight of the sublayer
+    cotangent = torch.randn_like(ref)
+    inputs = [x, *layer.parameters()]
+    grads = torch.autograd.grad(got, inputs, cotangent)
+    ref_grads = torch.autograd.grad(ref, inputs, cotangent)
+    for name, g, r in zip(["x", *(n for n, _ in layer.named_parameters())], grads, ref_grads):
+        assert_close_to_scale(g, r, 1e-5, name)
+
+
+@pytest.mark.parametrize("impl", ["sparse", "dense"])
+@pytest.mark.parametrize("pos_encoding,meta_pos", REFERENCE_CASES)
+def test_model_equals_blocks_with_loop_reference_meta_attention(pos_encoding, meta_pos, impl, monkeypatch):
+    """The whole model against the same model whose blocks add the loop reference as their meta
+    sublayer (x + MetaAttn(LN x), added at meta positions only): logits, loss and every gradient."""
+    model = set_impl(randomize(toy_model(pos_encoding=pos_encoding, meta_pos=meta_pos)), impl)
+    reference = copy.deepcopy(model)
+    idx = mixed_batch()
+    targets = torch.roll(idx, -1, 1)
+    logits, loss = model(idx, targets)
+    loss.backward()
+    scale, theta = 1 / math.sqrt(model.config.head_dim), reference_theta(model)
+
+    def reference_block(block, x, is_meta, pos, cache=None):
+        x = x + block.attn(block.ln_1(x), pos)
+        x = x + loop_meta_attention(block.meta_attn, block.ln_meta(x), is_meta, scale, theta)
+        return x + block.mlp(block.ln_2(x))
+
+    monkeypatch.setattr(Block, "forward", reference_block)
+    ref_logits, ref_loss = reference(idx, targets)
+    ref_loss.backward()
+    assert_close_to_scale(logits, ref_logits, 1e-5, "logits")
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+        assert_close_to_scale(p.grad, r.grad, 2e-5, name)
+    for block in model.h:  # the meta sublayers mattered: their gradients are of the self-attention's size
+        assert block.meta_attn.c_attn.weight.grad.abs().max() > 0.1 * block.attn.c_attn.weight.grad.abs().max()
 
 
 def test_no_nan_in_gradients_for_rows_without_meta():
@@ -103,8 +177,6 @@ def test_causality_for_both_attentions(pos_encoding, impl):
 def test_meta_attention_sublayer_is_causal_on_its_own():
     model = toy_model(pos_encoding="none")
     layer = model.h[0].meta_attn
-    from metatokens.model import PosInfo
-
     T = 12
     is_meta = torch.ones(1, T, dtype=torch.bool)
     x = torch.randn(1, T, model.config.n_embd)
@@ -210,8 +282,6 @@ def test_meta_pos_zero_rope_leaves_meta_q_k_unrotated(monkeypatch):
 
 def _pos_args(model, idx):
     """Rebuild the PosInfo the model uses, to call a sublayer directly."""
-    from metatokens.model import PosInfo
-
     T = idx.size(1)
     is_meta = idx == META
     pos = PosInfo(torch.arange(T), model.rotary, model.config.meta_pos == "keep", 1 / math.sqrt(model.config.head_dim))
