@@ -55,7 +55,10 @@ def randomize(model: GPT, seed: int = 1) -> GPT:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if ".ln_" in name and name.endswith("weight") else (0.2 if p.dim() > 1 else 0.1) * noise)
+            if ".ln_" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)  # LayerNorm gains
+            else:
+                p.copy_((0.2 if p.dim() > 1 else 0.1) * noise)  # matrices and embeddings; biases
     return model
 
 
@@ -320,6 +323,30 @@ def test_kv_cache_chunks_equal_full_forward(pos_encoding, meta_pos):
     assert cache.length == 30
     # the meta cache holds exactly the meta positions of each row
     assert cache.layers[0].meta_count.tolist() == (idx == META).sum(1).tolist()
+
+
+def test_kv_cache_step_reads_meta_counts_once_not_in_every_layer(monkeypatch):
+    """A cached step with a meta-token reads tensor values on the host once (the meta counts, for
+    every layer's cache size), not once per layer: on a GPU each read waits for the device."""
+    model = toy_model(pos_encoding="rope", n_layer=4)
+    idx = mixed_batch(T=12)
+    cache = KVCache.empty(model.config.n_layer)
+    with torch.no_grad():
+        model(idx, cache=cache)
+        reads = []
+        for name in ("__int__", "__bool__", "__float__", "__index__", "item", "tolist"):
+            def counted(t, *args, _real=getattr(torch.Tensor, name), _name=name):
+                reads.append(_name)
+                return _real(t, *args)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        step = torch.full((idx.size(0), 1), META)
+        logits, _ = model(step, cache=cache)
+        monkeypatch.undo()
+    assert reads == ["tolist"]
+    full, _ = model(torch.cat((idx, step), 1))
+    assert (logits[:, 0] - full[:, -1]).abs().max() <= 1e-5
+    assert cache.layers[-1].meta_count.tolist() == ((idx == META).sum(1) + 1).tolist()
 
 
 @pytest.mark.parametrize(

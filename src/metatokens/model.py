@@ -80,6 +80,11 @@ class KVCache:
     def empty(cls, n_layer: int) -> "KVCache":
         return cls([LayerCache() for _ in range(n_layer)])
 
+    @property
+    def meta_count(self) -> torch.Tensor | None:
+        """(B,) meta-tokens cached per row so far: the same in every layer, which all cache them."""
+        return self.layers[0].meta_count
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Reorder the batch rows of every layer (beam search); positions stay as they are."""
         for layer in self.layers:
@@ -96,18 +101,22 @@ class MetaIndex:
     counts: torch.Tensor  # (B,) meta-tokens per row
     width: int  # M = max(counts): meta-tokens are padded to (B, M) for attention
     positions: torch.Tensor  # (N,) absolute positions
+    cache_slots: int = 0  # with a KV cache: the most meta-tokens a row holds once this step is cached
     rotary_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (N, 1, hs/2) cos, sin; made by the first block
 
     @classmethod
-    def of(cls, is_meta: torch.Tensor, positions: torch.Tensor) -> "MetaIndex":
+    def of(cls, is_meta: torch.Tensor, positions: torch.Tensor, cached: torch.Tensor | None = None) -> "MetaIndex":
+        """`cached`: (B,) meta-tokens a KV cache already holds per row. Every layer caches the same
+        meta positions, so the size their meta caches need is found here, once per step."""
         T = is_meta.size(1)
-        flat = is_meta.flatten().nonzero().squeeze(1)  # the one host sync of the sparse path
+        flat = is_meta.flatten().nonzero().squeeze(1)  # host sync: the number of meta-tokens
         if not flat.numel():  # most decode steps: nothing else to compute
             return cls(flat, flat, flat, flat, 0, flat)
         counts = is_meta.sum(1)
         rank = is_meta.cumsum(1).flatten().index_select(0, flat) - 1
-        width = int(counts.max())
-        return cls(flat, flat // T, rank, counts, width, positions.index_select(0, flat % T))
+        after = counts if cached is None else cached + counts
+        width, cache_slots = torch.stack((counts.max(), after.max())).tolist()  # the other host sync
+        return cls(flat, flat // T, rank, counts, width, positions.index_select(0, flat % T), cache_slots)
 
     @property
     def slot(self) -> torch.Tensor:  # (N,) row of each meta-token in the padded (B * M) layout
@@ -124,7 +133,7 @@ class PosInfo:
     logit_scale: float  # 1/sqrt(hs) times YaRN's temperature, applied once
     cos: torch.Tensor | None = field(default=None)  # self-attention tables, (B|1, 1, T, hs/2)
     sin: torch.Tensor | None = field(default=None)
-    meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; blocks find it otherwise
+    meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; a sublayer called alone finds it
 
 
 class CausalSelfAttention(nn.Module):
@@ -179,15 +188,25 @@ class MetaAttention(nn.Module):
         return apply_rotary(t, cos.unsqueeze(-2), sin.unsqueeze(-2))
 
     def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
-        """The sublayer on its own: (B, T, C) -> (B, T, C), zero at non-meta positions."""
+        """The sublayer on its own: (B, T, C) -> (B, T, C), exactly zero at non-meta positions."""
+        return self.add_to(x.new_zeros(x.shape), x, is_meta, pos, cache)
+
+    def add_to(self, residual, x, is_meta, pos: PosInfo, cache: LayerCache | None = None, norm=None):
+        """residual + MetaAttn(norm(x)), with `norm` (the block's LayerNorm) applied first if given.
+
+        This is where the dense or the sparse path is chosen; a KV cache always takes the sparse
+        one. The sublayer is zero off meta positions, so the sparse path normalises, projects and
+        adds only at the meta rows, and returns `residual` itself for a batch without any.
+        """
         if self.impl == "dense" and cache is None:
-            return self._dense(x, is_meta, pos)
-        index = pos.meta if pos.meta is not None else MetaIndex.of(is_meta, pos.positions)
-        out = x.new_zeros(x.shape).flatten(0, 1)  # (B*T, C)
-        if index.width:
-            y = self.attend(x.flatten(0, 1).index_select(0, index.flat), index, pos, cache)
-            out = out.index_copy(0, index.flat, y.to(out.dtype))
-        return out.view_as(x)
+            return residual + self._dense(x if norm is None else norm(x), is_meta, pos)
+        index = pos.meta or MetaIndex.of(is_meta, pos.positions, None if cache is None else cache.meta_count)
+        if not index.width:
+            return residual
+        xm = x.flatten(0, 1).index_select(0, index.flat)  # (N, C)
+        y = self.attend(xm if norm is None else norm(xm), index, pos, cache)
+        # autocast may give a bf16 y
+        return residual.flatten(0, 1).index_add(0, index.flat, y.to(residual.dtype)).view_as(residual)
 
     def _dense(self, x, is_meta, pos: PosInfo) -> torch.Tensor:
         B, T, C = x.shape
@@ -247,7 +266,7 @@ class MetaAttention(nn.Module):
             cache.meta_k = k.new_zeros(B, nh, 0, hs)
             cache.meta_v = v.new_zeros(B, nh, 0, hs)
         before = cache.meta_count.clone()
-        need = int((before + index.counts).max())
+        need = index.cache_slots  # the same for every layer: found once per step, no host sync here
         if need > cache.meta_k.size(2):  # grow geometrically so decoding stays amortised O(1)
             extra = max(need, 2 * cache.meta_k.size(2)) - cache.meta_k.size(2)
             cache.meta_k = torch.cat((cache.meta_k, k.new_zeros(B, nh, extra, hs)), 2)
@@ -285,20 +304,8 @@ class Block(nn.Module):
     def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None):
         x = x + self.attn(self.ln_1(x), pos, cache)
         if hasattr(self, "meta_attn"):
-            x = self._meta_residual(x, is_meta, pos, cache)
+            x = self.meta_attn.add_to(x, x, is_meta, pos, cache, norm=self.ln_meta)  # x + MetaAttn(LNm x)
         return x + self.mlp(self.ln_2(x))
-
-    def _meta_residual(self, x, is_meta, pos: PosInfo, cache: LayerCache | None):
-        """x + MetaAttn(LNm x). The sublayer is zero off meta positions, so the sparse path
-        normalises, projects and adds only at the meta rows, and skips a batch without any."""
-        if self.meta_attn.impl == "dense" and cache is None:
-            return x + self.meta_attn(self.ln_meta(x), is_meta, pos)
-        index = pos.meta if pos.meta is not None else MetaIndex.of(is_meta, pos.positions)
-        if not index.width:
-            return x
-        flat = x.flatten(0, 1)  # (B*T, C)
-        y = self.meta_attn.attend(self.ln_meta(flat.index_select(0, index.flat)), index, pos, cache)
-        return flat.index_add(0, index.flat, y.to(x.dtype)).view_as(x)  # autocast may give bf16 y
 
 
 class GPT(nn.Module):
@@ -364,8 +371,8 @@ class GPT(nn.Module):
             pe = self.wpe(positions)[None]  # (1, T, C)
             x = x + (pe.masked_fill(is_meta[..., None], 0.0) if zero_meta_pos else pe)
         pos = PosInfo(positions, self.rotary, not zero_meta_pos, 1.0 / math.sqrt(cfg.head_dim))
-        if cfg.meta_attention and (cfg.meta_impl == "sparse" or cache is not None):
-            pos.meta = MetaIndex.of(is_meta, positions)
+        if cfg.meta_attention:  # where the meta-tokens are (and the meta caches' size), once for all blocks
+            pos.meta = MetaIndex.of(is_meta, positions, None if cache is None else cache.meta_count)
         if self.rotary is not None:
             pos.logit_scale *= self.rotary.logit_scale
             cos, sin = self.rotary(positions, is_meta if zero_meta_pos else None)
