@@ -41,7 +41,8 @@ def write_corpus(folder: Path) -> None:
     """30 documents of random sentences; `random.Random(seed)` draws the same words everywhere."""
     rng = random.Random(0)
     for i in range(30):
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "." for _ in range(60)]
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+                     for _ in range(60)]
         (folder / f"doc{i:02d}.txt").write_text(" ".join(sentences), encoding="utf-8")
 
 
@@ -77,7 +78,8 @@ def test_first_20_toy_losses_match_the_stored_ones(tmp_path):
     moved = [(step, want, got) for step, (want, got) in enumerate(zip(golden, losses), 1)
              if abs(got - want) > ATOL + RTOL * abs(want)]
     assert not moved, (
-        "toy pre-training losses moved (step, stored, now): " + ", ".join(f"({s}, {w:.6f}, {g:.6f})" for s, w, g in moved)
+        "toy pre-training losses moved (step, stored, now): "
+        + ", ".join(f"({s}, {w:.6f}, {g:.6f})" for s, w, g in moved)
         + "; if the change is meant, regenerate with REGENERATE_GOLDEN=1 (see this file's docstring)"
     )
     assert losses[-1] < losses[0] - 0.5  # and the run did learn: the numbers are of a working loop
