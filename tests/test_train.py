@@ -359,3 +359,103 @@ def test_a_kill_during_pruning_leaves_no_checkpoint_without_weights(tmp_path, mo
     assert sorted(p.name for p in steps) == ["step-00000004", "step-00000006"]
     assert all((p / "model.safetensors").is_file() for p in steps)
     assert train_mod.latest_checkpoint(run).name == "step-00000006"
+
+
+def test_new_run_refuses_a_folder_that_is_not_a_run(corpus, tmp_path):
+    base = ["pretrain", "--config", "toy", "--no-progress", "--set", f"data.source={corpus}",
+            "--set", f"data.cache_dir={tmp_path / 'c'}", "--set", "data.vocab_size=300", "--set", "train.max_steps=2"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own file\n")
+    code, err = run_cli(*base, "--out", str(mine))
+    assert code == 2 and err.count("\n") == 1 and "not empty (notes.txt)" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    code, err = run_cli(*base, "--out", str(mine), "--resume")
+    assert code == 2 and err.count("\n") == 1 and "nothing to resume" in err, err
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(*base, "--out", str(tmp_path / "file"))
+    assert code == 2 and err.count("\n") == 1 and "not a folder" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(corpus, tmp_path, monkeypatch, existing):
+    import metatokens.model as model_mod
+
+    def broken(self, idx, targets=None, **kw):
+        raise RuntimeError("boom")
+
+    out = tmp_path / "run"
+    if existing:
+        out.mkdir()  # an empty folder the user made stays, empty
+    monkeypatch.setattr(model_mod.GPT, "forward", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), out, progress=False)
+    assert (sorted(out.iterdir()) == []) if existing else not out.exists()
+    monkeypatch.undo()
+    run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), out, progress=False)  # the folder is usable
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(corpus, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "tokenizer.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 1, "train_loss": 9.0}\n{"step": 2, "tra')
+    run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=3"), out, progress=False)
+    assert sorted(losses(out)) == [1, 2, 3] and losses(out)[1] != 9.0
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["max_steps"] == 3
+
+
+def test_stale_temporary_folders_of_killed_saves_are_removed_on_resume(corpus, tmp_path):
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=2", "train.ckpt_interval=1")
+    run = tmp_path / "run"
+    run_pretrain(cfg, run, progress=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that is no longer alive
+    ckpts = run / "checkpoints"
+    stale = [f".step-00000003.tmp-{dead.pid}", f".step-00000001.prune-{dead.pid}", f".step-00000002.old-{dead.pid}"]
+    for name in stale:
+        (ckpts / name).mkdir()
+        (ckpts / name / "model.safetensors").write_bytes(b"x" * 100)
+    (ckpts / f".LATEST.tmp-{dead.pid}").write_text("step-00000003\n")
+    alive = ckpts / ".step-00000003.tmp-1"  # pid 1 is alive: another process's save in progress
+    alive.mkdir()
+    others = [ckpts / f".notes.tmp-{dead.pid}", run / f".step-00000003.tmp-{dead.pid}"]  # not ours / not in checkpoints/
+    others[0].write_text("x")
+    others[1].mkdir()
+    cfg.train.max_steps = 3
+    run_pretrain(cfg, run, resume=True, progress=False)
+    assert not any((ckpts / name).exists() for name in stale) and not (ckpts / f".LATEST.tmp-{dead.pid}").exists()
+    assert alive.is_dir() and all(p.exists() for p in others)
+    assert (ckpts / "LATEST").read_text().strip() == "step-00000003"
+
+
+def test_one_process_at_a_time_per_run_folder(corpus, tmp_path):
+    """While a pretrain runs, a second pretrain or a finetune on its folder is refused in one line; once
+    the first is killed (SIGKILL), no stale lock is in the way."""
+    run = tmp_path / "run"
+    common = ["--config", "toy", "--no-progress", "--out", str(run), "--set", f"data.source={corpus}",
+              "--set", f"data.cache_dir={tmp_path / 'c'}", "--set", "data.vocab_size=300",
+              "--set", "data.max_documents=null", "--set", "data.val_fraction=0.1", "--set", "train.log_interval=1",
+              "--set", "train.eval_interval=0", "--set", "train.ckpt_interval=0"]
+    pretrain = [sys.executable, "-m", "metatokens", "pretrain", *common]
+    first = subprocess.Popen([*pretrain, "--max-steps", "100000"], env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        metrics = run / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.2)
+        assert first.poll() is None
+        finetune = [sys.executable, "-m", "metatokens", "finetune", "--init", str(tmp_path / "any"), "--out", str(run)]
+        for argv in ([*pretrain, "--max-steps", "3"], finetune):
+            proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert f"in use by another metatokens process (pid {first.pid})" in proc.stderr
+    finally:
+        first.kill()
+        first.wait()
+    summary = run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), run, progress=False)
+    assert summary["step"] == 2 and sorted(losses(run)) == [1, 2]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "run.json", "tokenizer.json"]

@@ -441,7 +441,7 @@ def run_finetune(
         held_out = {task: _held_out(spec, p, tokenizer, meta, task) for task, p in zip(tasks, plans)}
 
     # Everything that can fail on bad input has run; only now does the run folder appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, resume, FinetuneError, create=True)  # makes and locks the folder
     if isinstance(model, GPT):
         model_settings = model.config.to_dict()
     else:

@@ -22,7 +22,8 @@ from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokeni
 from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import IGNORE, Dist, TrainingError, check_run_dir, resolve_model_dir, setup_distributed, train_loop
+from .train import (IGNORE, Dist, TrainingError, abandon_run_dir, check_run_dir, release_run_dir, resolve_model_dir,
+                    setup_distributed, train_loop)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -98,10 +99,23 @@ def _check_resume(run_dir: Path, cfg: RunConfig, tok_hash: str) -> None:
 
 def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init: str | None = None,
                  progress: bool = True) -> dict[str, Any]:
+    """Pre-train into the run folder `out` (new or empty, or with resume a run folder; locked meanwhile).
+
+    A new run that fails before its first checkpoint leaves nothing behind.
+    """
     d = setup_distributed(cfg.train.device)
     run_dir = Path(out)
     check_run_dir(run_dir, resume)
+    try:
+        return _pretrain(cfg, run_dir, d, resume=resume, init=init, progress=progress)
+    except BaseException:
+        abandon_run_dir(run_dir)
+        raise
+    finally:
+        release_run_dir(run_dir)
 
+
+def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str | None, progress: bool) -> dict[str, Any]:
     init_model = None
     if resume:
         tokenizer = MetaTokenizer.from_file(run_dir / "tokenizer.json")
@@ -119,13 +133,17 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
     if resume:
         _check_resume(run_dir, cfg, tok_hash)
     packed = get_data(cfg, tokenizer, d, progress)
-
-    # Everything that can fail on bad input has run; only now does the run folder appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
+    loader = MetaBlockLoader(packed.train, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
+                             k=cfg.data.k, meta_id=tokenizer.meta_token_id, seed=cfg.train.seed,
+                             rank=d.rank, world_size=d.world)
+    evaluate = make_evaluator(cfg, packed, tokenizer.meta_token_id, d)
+
+    # Everything that can fail on bad input has run; only now does the run folder appear.
+    check_run_dir(run_dir, resume, create=True)
     info = {"config": cfg.to_dict(), "tokenizer_sha256": tok_hash, "init": init, "world_size": d.world,
             "data": {k: packed.meta.get(k) for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")},
             "params": model.num_params(), "torch": torch.__version__}
@@ -134,9 +152,5 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
         print(f"{run_dir}: {model.num_params():,} parameters, {packed.meta.get('train_tokens', len(packed.train)):,} "
               f"training tokens, {d.world} process(es) on {d.device}")
-    loader = MetaBlockLoader(packed.train, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,
-                             k=cfg.data.k, meta_id=tokenizer.meta_token_id, seed=cfg.train.seed,
-                             rank=d.rank, world_size=d.world)
-    evaluate = make_evaluator(cfg, packed, tokenizer.meta_token_id, d)
     return train_loop(model, loader, cfg.train, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume,
                       d=d, progress=progress, run_info=info)

@@ -39,6 +39,11 @@ from .fileio import atomic_write_text
 from .model import GPT
 from .runconfig import TrainConfig
 
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
+
 IGNORE = -100
 STEP_NAME = re.compile(r"step-[0-9]{8,}")  # checkpoint folders: step-NNNNNNNN
 KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
@@ -277,13 +282,196 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = ValueError) -> None:
-    """A new run needs a folder without checkpoints; --resume needs one with them."""
+# ----------------------------------------------------------------------------- run folders
+
+LOCK_FILE = ".lock"
+# What pre-training and fine-tuning write in a run folder; a folder holding anything else is not a run's.
+RUN_FILES = frozenset({"run.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard",
+                       "resolved-config.yaml", LOCK_FILE})
+# Left in checkpoints/ by a killed save (atomic_folder, atomic_write_text) or prune.
+_TEMP_NAME = re.compile(r"\.(?:step-[0-9]{8,}|LATEST)\.(?:tmp|old|prune)-(?P<pid>[0-9]+)")
+
+
+class RunDirError(ValueError):
+    """A run folder cannot be used as asked (in use, not a run, nothing to resume). The message is one line."""
+
+
+@dataclass
+class _Claim:
+    fd: int  # the open lock file, flock'ed by this process
+    new: bool = False  # a new run (not --resume)
+    created: bool = False  # this process made the folder
+    before: frozenset[str] = frozenset()  # what the folder held when this process locked it
+
+
+_CLAIMS: dict[Path, _Claim] = {}  # run folders this process holds, by resolved path
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _lock_run_dir(run_dir: Path, error: type[Exception]) -> _Claim:
+    """An exclusive flock on run_dir/.lock, held by this process until release_run_dir (the kernel drops
+    it when the process dies, so a killed run never leaves a stale lock). Another holder is refused."""
+    key = run_dir.resolve()
+    held = _CLAIMS.get(key)
+    if held is not None and _same_file(held.fd, run_dir / LOCK_FILE):
+        return held
+    if held is not None:  # the folder was removed or replaced under a lock this process still held
+        release_run_dir(run_dir)
+    if fcntl is None:  # no flock on this platform: run unlocked
+        fd = os.open(os.devnull, os.O_RDONLY)
+    else:
+        while True:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                who = f" (pid {owner})" if owner.isdigit() else ""
+                raise error(f"{run_dir} is in use by another metatokens process{who}; wait for it to end or choose "
+                            "another --out") from None
+            if _same_file(fd, run_dir / LOCK_FILE):
+                break
+            os.close(fd)  # a holder removed the file between our open and lock: lock the current one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    claim = _CLAIMS[key] = _Claim(fd, before=frozenset(p.name for p in run_dir.iterdir()) - {LOCK_FILE})
+    return claim
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Drop this process's lock on a run folder, and its lock file; a no-op when it holds none."""
+    run_dir = Path(run_dir)
+    claim = _CLAIMS.pop(run_dir.resolve(), None)
+    if claim is None:
+        return
+    if fcntl is not None and _same_file(claim.fd, run_dir / LOCK_FILE):
+        with contextlib.suppress(OSError):
+            os.unlink(run_dir / LOCK_FILE)
+    os.close(claim.fd)
+
+
+def _abandoned_start(run_dir: Path, names: list[str]) -> bool:
+    """A run killed before its first checkpoint: run.json and other run files, no checkpoint."""
+    if "run.json" not in names or not set(names) <= RUN_FILES:
+        return False
+    ckpts = run_dir / "checkpoints"
+    return not ckpts.is_dir() or all(p.name == "LATEST" or STEP_NAME.fullmatch(p.name) or _TEMP_NAME.fullmatch(p.name)
+                                     for p in ckpts.iterdir())
+
+
+def _validate_run_dir(run_dir: Path, resume: bool, error: type[Exception]) -> None:
     has_ckpt = latest_checkpoint(run_dir) is not None if run_dir.is_dir() else False
     if has_ckpt and not resume:
         raise error(f"{run_dir} already holds a run with checkpoints; pass --resume to continue it or choose another --out")
     if resume and not has_ckpt:
         raise error(f"{run_dir}: nothing to resume (no checkpoints); drop --resume to start a new run")
+    if not resume and run_dir.is_dir():
+        names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+        if names and not _abandoned_start(run_dir, names):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise error(f"{run_dir} is not empty ({shown}) and is not a metatokens run folder; choose a new or "
+                        "empty --out (nothing in it was changed)")
+
+
+def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirError, *, create: bool = False) -> None:
+    """A new run needs a new or empty folder (or one left by a run killed before its first checkpoint);
+    --resume needs a run folder with checkpoints.
+
+    The folder is locked for this process (the main one under torchrun) as soon as it exists, until
+    train_loop ends or release_run_dir; a second process on it is refused. create=True makes the folder
+    (call it right before the run's first write) and checks again under the lock.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise error(f"{run_dir}: exists and is not a folder; choose another --out")
+    if os.environ.get("RANK", "0") != "0":  # torchrun: the main process checks, locks and writes
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            _validate_run_dir(run_dir, resume, error)
+        return
+    created = False
+    if create:
+        try:
+            run_dir.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            pass
+    if not run_dir.is_dir():
+        _validate_run_dir(run_dir, resume, error)
+        return
+    held = run_dir.resolve() in _CLAIMS
+    claim = _lock_run_dir(run_dir, error)
+    claim.new, claim.created = not resume, claim.created or created
+    try:
+        _validate_run_dir(run_dir, resume, error)
+    except BaseException:
+        if not held:
+            release_run_dir(run_dir)
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+        raise
+
+
+def abandon_run_dir(run_dir: Path) -> None:
+    """Undo a new run that failed before its first checkpoint: remove the run files this process wrote
+    (only names of RUN_FILES that were not there when it locked the folder), and the folder itself when
+    this process made it. A resumed run, or one with a checkpoint, is left as it is. Releases the lock."""
+    run_dir = Path(run_dir)
+    claim = _CLAIMS.get(run_dir.resolve())
+    try:
+        keep = claim is None or not claim.new or latest_checkpoint(run_dir) is not None
+    except CheckpointError:
+        keep = True
+    if not keep:
+        for name in sorted(RUN_FILES - claim.before - {LOCK_FILE}):
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_symlink() or path.exists():
+                path.unlink(missing_ok=True)
+    release_run_dir(run_dir)
+    if not keep and claim.created:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only if empty
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove what killed saves and prunes left in a run's checkpoints/ folder (.step-N.tmp-PID, .old-PID,
+    .prune-PID, .LATEST.tmp-PID) once the process that made it is gone (or is this one: it is not saving)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None:
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and pid > 0 and _pid_alive(pid):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -432,9 +620,31 @@ def train_loop(
     progress: bool = True,
     run_info: dict | None = None,
 ) -> dict[str, Any]:
-    """Train `model` for cfg.max_steps optimiser steps; returns a summary of the run."""
+    """Train `model` for cfg.max_steps optimiser steps; returns a summary of the run.
+
+    The run folder is locked for the run (see check_run_dir); a new run that fails before its first
+    checkpoint removes what it wrote. Stale temporary folders of killed saves are removed first.
+    """
     d = d or Dist()
     run_dir = Path(run_dir)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        claim = _lock_run_dir(run_dir, RunDirError)
+        claim.new = not resume
+        remove_stale_temps(run_dir / "checkpoints")
+    try:
+        return _train(model, batches, cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume, d=d,
+                      progress=progress, run_info=run_info)
+    except BaseException:
+        if d.main:
+            abandon_run_dir(run_dir)
+        raise
+    finally:
+        if d.main:
+            release_run_dir(run_dir)
+
+
+def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, progress, run_info) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + d.rank)
     wrapped = parallelize(model, cfg, d)
     optimizer = build_optimizer(model, cfg, d.device)
