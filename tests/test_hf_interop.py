@@ -352,3 +352,63 @@ def test_bad_inputs_give_one_line_errors(run_cli, gpt2_dir, tmp_path):
         assert code == 2, (argv, err)
         assert len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
         assert not (tmp_path / argv[-1]).exists()
+
+
+# ------------------------------------------------------------------------------------ never write over what is not ours
+
+
+def refused(run_cli, argv, needle):
+    code, _, err = run_cli(*argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+
+
+def test_export_replaces_only_an_earlier_export_and_never_its_source(run_cli, meta_run, tmp_path):
+    import shutil
+
+    source = tmp_path / "run" / "checkpoints" / "step-00000001"  # a run folder, as training leaves it
+    shutil.copytree(meta_run[0], source)
+    (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step-00000001\n")
+    (tmp_path / "run" / "run.json").write_text("{}")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for flags in ([], ["--overwrite"]):
+        refused(run_cli, ["export", "--checkpoint", tmp_path / "run", "--out", mine, *flags], "not the output of an earlier")
+        refused(run_cli, ["export", "--checkpoint", tmp_path / "run", "--out", tmp_path / "file", *flags], "not a folder")
+        for out in (tmp_path / "run", source, tmp_path / "run" / "checkpoints"):
+            refused(run_cli, ["export", "--checkpoint", tmp_path / "run", "--out", out, *flags], "is or holds the source")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (tmp_path / "file").read_text() == "keep me too"
+    load_pretrained(source)  # the source is untouched
+    hf = tmp_path / "hf"
+    assert run_cli("export", "--checkpoint", tmp_path / "run", "--out", hf)[0] == 0
+    refused(run_cli, ["export", "--checkpoint", tmp_path / "run", "--out", hf], "pass --overwrite")
+    assert run_cli("export", "--checkpoint", tmp_path / "run", "--out", hf, "--overwrite")[0] == 0
+    (hf / "my_notes.txt").write_text("added by the user")
+    refused(run_cli, ["export", "--checkpoint", tmp_path / "run", "--out", hf, "--overwrite"], "not the output of an earlier")
+    assert (hf / "my_notes.txt").is_file() and (hf / "model.safetensors").is_file()
+
+
+def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gpt2_dir, meta_run, tmp_path):
+    import shutil
+
+    source = tmp_path / "gpt2"
+    shutil.copytree(gpt2_dir, source)
+    before = sorted(p.name for p in source.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    other_model = tmp_path / "model"  # a metatokens model folder that import-gpt2 did not write
+    shutil.copytree(meta_run[0], other_model)
+    for flags in ([], ["--overwrite"]):
+        for out in (mine, other_model):
+            refused(run_cli, ["import-gpt2", "--from", source, "--out", out, *flags], "not the output of an earlier")
+        refused(run_cli, ["import-gpt2", "--from", source, "--out", source, *flags], "is or holds the source")
+        refused(run_cli, ["import-gpt2", "--from", source, "--out", tmp_path, *flags], "is or holds the source")
+    assert sorted(p.name for p in source.iterdir()) == before and (mine / "notes.txt").read_text() == "keep me"
+    load_pretrained(other_model)
+    out = tmp_path / "imported"
+    assert run_cli("import-gpt2", "--from", source, "--out", out)[0] == 0
+    refused(run_cli, ["import-gpt2", "--from", source, "--out", out], "pass --overwrite")
+    assert run_cli("import-gpt2", "--from", source, "--out", out, "--overwrite", "--no-meta")[0] == 0
+    assert not load_pretrained(out)[0].config.meta_attention

@@ -75,15 +75,60 @@ def _require_transformers() -> None:
 
 # Files an exported folder may hold; anything else (a pickle above all) is a bug.
 EXPORT_SUFFIXES = (".json", ".safetensors", ".py", ".md")
+# Written last into an exported folder: the files the export wrote, so that only such a folder is replaced.
+EXPORT_MARKER = "metatokens_export.json"
+EXPORT_FORMAT = "metatokens-export"
+# What import-gpt2 writes: a model folder whose config.json records the import.
+IMPORT_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json"})
 
 
-def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+def _is_export(folder: Path) -> bool:
+    """An earlier `metatokens export` output: its marker lists every file in the folder."""
+    try:
+        marker = json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    files = marker.get("files") if isinstance(marker, dict) and marker.get("format") == EXPORT_FORMAT else None
+    return isinstance(files, list) and {p.name for p in folder.iterdir()} <= {*map(str, files), EXPORT_MARKER}
+
+
+def _is_import(folder: Path) -> bool:
+    """An earlier `metatokens import-gpt2` output: only its files, and a config.json that records the import."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("format") == "metatokens" and "imported_from_gpt2" in config
+            and {p.name for p in folder.iterdir()} <= IMPORT_FILES)
+
+
+def _check_out_dir(out: Path, *, command: str, overwrite: bool, sources: list[Path], ours) -> None:
+    """Refuse an --out that holds anything but an earlier output of `command` (which --overwrite replaces),
+    that is not a folder, or that is or holds one of `sources`. Nothing is written here."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise HFInteropError(f"{out}: exists and is not a folder; choose another --out")
+    target = out.resolve()
+    for source in sources:
+        source = source.resolve()
+        if source == target or target in source.parents:
+            raise HFInteropError(f"{out}: is or holds the source {source}; writing there would delete it, choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not ours(out):
+        raise HFInteropError(f"{out}: exists, is not empty and is not the output of an earlier `metatokens {command}`; "
+                             "choose another --out (nothing was changed)")
+    if not overwrite:
+        raise HFInteropError(f"{out}: holds an earlier `metatokens {command}` output; pass --overwrite to replace it")
+
+
+def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write a transformers folder for a metatokens model folder (or run folder: its latest checkpoint).
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` (the
     model code travels in it), or without remote code once `metatokens.hf_model` is imported; and
     with `AutoTokenizer.from_pretrained(out)` when the checkpoint has a tokenizer. Weights are
-    safetensors. The folder is written under a temporary name and renamed into place.
+    safetensors. The folder is written under a temporary name and renamed into place. An existing
+    `out` must be empty, or an earlier export, replaced only with overwrite=True (never the checkpoint).
     """
     _require_transformers()
     from transformers import GenerationConfig
@@ -94,7 +139,10 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
     from .hf_model import MetaTokensForCausalLM
     from .train import resolve_model_dir
 
-    model, tokenizer, _ = load_pretrained(resolve_model_dir(checkpoint), "cpu")
+    out = Path(out)
+    source = resolve_model_dir(checkpoint)
+    _check_out_dir(out, command="export", overwrite=overwrite, sources=[Path(checkpoint), source], ours=_is_export)
+    model, tokenizer, _ = load_pretrained(source, "cpu")
     model.eval()
     vocab_limit = tokenizer.vocab_size if tokenizer is not None else None
     hf = MetaTokensForCausalLM.from_gpt(model, vocab_limit=vocab_limit)
@@ -112,7 +160,10 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
         stray = sorted(p.name for p in tmp.iterdir() if not p.name.endswith(EXPORT_SUFFIXES))
         if stray:
             raise HFInteropError(f"export produced unexpected files {stray}; refusing to write non-safetensors weights")
-    return Path(out)
+        files = sorted(p.name for p in tmp.iterdir()) + [EXPORT_MARKER]
+        marker = {"format": EXPORT_FORMAT, "metatokens_version": __version__, "files": files}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    return out
 
 
 def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | None = None) -> None:
@@ -318,13 +369,15 @@ def import_gpt2(
     meta_attention: bool = True,
     vocab_multiple: int = 64,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Build a metatokens model folder from a Hugging Face GPT-2 checkpoint (folder or Hub name).
 
     Tokenizer: GPT-2's BPE plus `<|meta|>` appended (id 50257 for GPT-2 itself). The embedding is
     padded to a multiple of `vocab_multiple` rows (50304 for GPT-2); generation must not sample
     ids at or above the tokenizer size (metatokens.generate's vocab_limit). With pos_encoding
-    other than "ape" a GPT2ImportWarning says that the learned positions are discarded.
+    other than "ape" a GPT2ImportWarning says that the learned positions are discarded. An existing
+    `out` must be empty, or an earlier import, replaced only with overwrite=True (never the source).
     """
     import warnings
 
@@ -336,7 +389,11 @@ def import_gpt2(
         raise HFInteropError(f"pos_encoding must be ape, rope or none; got {pos_encoding!r}")
     if not isinstance(vocab_multiple, int) or vocab_multiple < 1:
         raise HFInteropError(f"vocab_multiple must be a positive integer, got {vocab_multiple!r}")
+    out = Path(out)
+    check = dict(command="import-gpt2", overwrite=overwrite, ours=_is_import)
+    _check_out_dir(out, sources=[Path(source).expanduser()], **check)
     folder = resolve_gpt2_source(source)
+    _check_out_dir(out, sources=[folder], **check)
     hf_config = _read_gpt2_config(folder)
     tokenizer = MetaTokenizer.from_gpt2(folder)
     # Every id but the meta-token's must have a GPT-2 embedding row.

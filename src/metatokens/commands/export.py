@@ -12,14 +12,16 @@ def add_command(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="metatokens model folder (or run folder: its latest checkpoint)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write: new or empty, or an earlier export "
+                   "with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier export (never anything else)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..hf import export_hf
 
-    out = export_hf(args.checkpoint, args.out)
+    out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
     has_tokenizer = (out / "tokenizer.json").is_file()
     print(f"{out}: transformers model" + (" and tokenizer" if has_tokenizer else " (no tokenizer in the checkpoint)"))
     return 0

@@ -16,7 +16,9 @@ def add_command(sub) -> None:
     )
     p.add_argument("--from", dest="source", required=True, metavar="NAME_OR_PATH",
                    help="GPT-2 folder (config.json, model.safetensors, tokenizer files) or Hub name such as gpt2")
-    p.add_argument("--out", required=True, metavar="RUN", help="model folder to write")
+    p.add_argument("--out", required=True, metavar="RUN", help="model folder to write: new or empty, or an earlier "
+                   "import with --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace RUN if it holds an earlier import (never anything else)")
     p.add_argument("--pos-encoding", choices=("ape", "rope", "none"), default="ape",
                    help="ape keeps GPT-2's learned positions; rope/none discard them (default: ape)")
     p.add_argument("--no-meta", action="store_true",
@@ -34,7 +36,7 @@ def run(args) -> int:
         warnings.simplefilter("always", GPT2ImportWarning)
         out = import_gpt2(
             args.source, args.out, pos_encoding=args.pos_encoding, meta_attention=not args.no_meta,
-            vocab_multiple=args.vocab_multiple, seed=args.seed,
+            vocab_multiple=args.vocab_multiple, seed=args.seed, overwrite=args.overwrite,
         )
     for w in caught:
         if issubclass(w.category, GPT2ImportWarning):
