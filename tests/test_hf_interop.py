@@ -412,3 +412,32 @@ def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gp
     refused(run_cli, ["import-gpt2", "--from", source, "--out", out], "pass --overwrite")
     assert run_cli("import-gpt2", "--from", source, "--out", out, "--overwrite", "--no-meta")[0] == 0
     assert not load_pretrained(out)[0].config.meta_attention
+
+
+def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(exported, meta_run, tmp_path):
+    """An exported folder's Python files are never imported: not even when they were tampered with."""
+    import shutil
+
+    from metatokens.evaluate import EXPORT_MODEL_TYPE, load_model
+
+    assert EXPORT_MODEL_TYPE == metatokens.hf_model.MODEL_TYPE
+    _, model, tok = meta_run
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    sentinel = tmp_path / "remote-code-ran"
+    for name in ("hf_model.py", "model.py", "config.py", "positions.py"):
+        code = (folder / name).read_text()
+        (folder / name).write_text(f"open({str(sentinel)!r}, 'w').close()\n" + code)
+    loaded = load_model(folder)
+    assert isinstance(loaded.model, GPT) and loaded.kind == "metatokens" and loaded.tokenizer.vocab_size == tok.vocab_size
+    idx = prompts(tok, with_meta=True)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx)[0], model(idx)[0])
+    script = ("import sys; from metatokens.evaluate import load_model; m = load_model(sys.argv[1]); "
+              "print(type(m.model).__name__, m.kind, 'transformers' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["GPT", "metatokens", "False"]
+    assert not sentinel.exists()

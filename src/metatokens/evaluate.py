@@ -63,6 +63,7 @@ from .tokenizer import MetaTokenizer, TokenizerError
 IGNORE = -100
 Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95% intervals
 HF_MARKER = "metatokens_hf.json"  # written beside a fine-tuned Hugging Face model's own files
+EXPORT_MODEL_TYPE = "metatokens"  # config.json "model_type" of `metatokens export` folders (hf_model.MODEL_TYPE)
 
 
 class EvaluationError(ValueError):
@@ -162,7 +163,8 @@ def load_hf_model(name_or_path: str | Path) -> nn.Module:
     try:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32)
+        # Never the code a folder or Hub repository brings: without this, transformers asks whether to run it.
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_path}: cannot load a Hugging Face causal LM ({' '.join(str(err).split())[:300]})") from None
     return model
@@ -267,12 +269,61 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", name: str |
         if tokenizer is None:
             raise CheckpointError(f"{model_dir}: the model folder has no tokenizer.json")
         kind = "metatokens"
+    elif config.get("model_type") == EXPORT_MODEL_TYPE:  # ours, exported: never through transformers' remote code
+        model, tokenizer = load_export(model_dir, config, device)
+        kind = "metatokens"
     else:
         model = HFCausalLM(load_hf_model(model_dir)).to(device)
         tokenizer = load_hf_tokenizer(model_dir)
         kind = "hf"
     model.eval()
     return LoadedModel(name or _model_name(path, model_dir), str(path), model, tokenizer, kind, _run_info(model_dir))
+
+
+def load_export(folder: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> tuple[GPT, MetaTokenizer]:
+    """A `metatokens export` folder (or a transformers save of one) as our GPT and tokenizer: the settings
+    from its config.json, the weights read with safetensors. The folder's Python files are never run."""
+    import dataclasses
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .checkpoint import check_tokenizer, load_tokenizer
+    from .config import ConfigError, ModelConfig
+
+    file = folder / "config.json"
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"tie_embeddings"}
+    settings = {k: v for k, v in config.items() if k in names}
+    settings["tie_embeddings"] = bool(config.get("tie_word_embeddings", True))
+    try:
+        model = GPT(ModelConfig.from_dict(settings, source=str(file)))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    index = folder / "model.safetensors.index.json"
+    try:
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        else:
+            files = [folder / name for name in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))]
+        state: dict[str, torch.Tensor] = {}
+        for weights in files:
+            state.update(load_file(str(weights)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as err:
+        raise CheckpointError(f"{folder}: cannot read the exported weights ({' '.join(str(err).split())[:300]})") from None
+    if not all(k.startswith("model.") for k in state):
+        raise CheckpointError(f"{folder}: weights are not those of a metatokens export (names without the model. prefix)")
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if model.config.tie_embeddings and "wte.weight" in state:
+        state.setdefault("lm_head.weight", state["wte.weight"])  # transformers saves a tied matrix once
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder}: the weights do not fit its config.json ({' '.join(str(err).split())[:300]})") from None
+    if not (folder / "tokenizer.json").is_file():
+        raise CheckpointError(f"{folder}: the exported folder has no tokenizer.json")
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    check_tokenizer(model.config, tokenizer, str(file))
+    return model.to(device), tokenizer
 
 
 def unique_names(models: Sequence[LoadedModel]) -> None:
