@@ -385,13 +385,13 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(
     def broken(self, idx, targets=None, **kw):
         raise RuntimeError("boom")
 
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"
     if existing:
-        out.mkdir()  # an empty folder the user made stays, empty
+        out.mkdir(parents=True)  # an empty folder the user made stays, empty
     monkeypatch.setattr(model_mod.GPT, "forward", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), out, progress=False)
-    assert (sorted(out.iterdir()) == []) if existing else not out.exists()
+    assert (sorted(out.iterdir()) == []) if existing else not (tmp_path / "runs").exists()
     monkeypatch.undo()
     run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), out, progress=False)  # the folder is usable
 

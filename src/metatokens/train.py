@@ -300,7 +300,7 @@ class RunDirError(ValueError):
 class _Claim:
     fd: int  # the open lock file, flock'ed by this process
     new: bool = False  # a new run (not --resume)
-    created: bool = False  # this process made the folder
+    created: tuple[Path, ...] = ()  # the folder and parents this process made, deepest first
     before: frozenset[str] = frozenset()  # what the folder held when this process locked it
 
 
@@ -332,12 +332,14 @@ def _lock_run_dir(run_dir: Path, error: type[Exception]) -> _Claim:
             fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 owner = os.read(fd, 32).decode("ascii", "replace").strip()
                 os.close(fd)
                 who = f" (pid {owner})" if owner.isdigit() else ""
                 raise error(f"{run_dir} is in use by another metatokens process{who}; wait for it to end or choose "
                             "another --out") from None
+            except OSError:  # a file system without flock (some network mounts): run unlocked
+                break
             if _same_file(fd, run_dir / LOCK_FILE):
                 break
             os.close(fd)  # a holder removed the file between our open and lock: lock the current one
@@ -399,11 +401,12 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
         else:
             _validate_run_dir(run_dir, resume, error)
         return
-    created = False
+    created: tuple[Path, ...] = ()
     if create:
+        missing = tuple(p for p in (run_dir, *run_dir.parents) if not p.exists())
         try:
             run_dir.mkdir(parents=True)
-            created = True
+            created = missing
         except FileExistsError:
             pass
     if not run_dir.is_dir():
@@ -417,16 +420,14 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
     except BaseException:
         if not held:
             release_run_dir(run_dir)
-            if created:
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
+            _remove_empty(created)
         raise
 
 
 def abandon_run_dir(run_dir: Path) -> None:
     """Undo a new run that failed before its first checkpoint: remove the run files this process wrote
-    (only names of RUN_FILES that were not there when it locked the folder), and the folder itself when
-    this process made it. A resumed run, or one with a checkpoint, is left as it is. Releases the lock."""
+    (only names of RUN_FILES that were not there when it locked the folder), and the folder (and parents)
+    when this process made it. A resumed run, or one with a checkpoint, is left as it is. Releases the lock."""
     run_dir = Path(run_dir)
     claim = _CLAIMS.get(run_dir.resolve())
     try:
@@ -441,9 +442,16 @@ def abandon_run_dir(run_dir: Path) -> None:
             elif path.is_symlink() or path.exists():
                 path.unlink(missing_ok=True)
     release_run_dir(run_dir)
-    if not keep and claim.created:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only if empty
+    if not keep:
+        _remove_empty(claim.created)
+
+
+def _remove_empty(folders: tuple[Path, ...]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            return
 
 
 def _pid_alive(pid: int) -> bool:
