@@ -441,3 +441,28 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["GPT", "metatokens", "False"]
     assert not sentinel.exists()
+
+
+def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
+    import shutil
+
+    from metatokens.checkpoint import CheckpointError
+    from metatokens.evaluate import load_model
+    from metatokens.hf import EXPORT_MARKER
+
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum differs"):
+        load_model(folder)
+    shutil.copy(exported / "model.safetensors", weights)
+    marker = json.loads((folder / EXPORT_MARKER).read_text())
+    marker.pop("sha256")
+    (folder / EXPORT_MARKER).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match="no sha256"):
+        load_model(folder)
+    (folder / EXPORT_MARKER).unlink()  # as in a transformers save of a loaded export: nothing to check against
+    assert load_model(folder).kind == "metatokens"

@@ -285,9 +285,6 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     from its config.json, the weights read with safetensors. The folder's Python files are never run."""
     import dataclasses
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .checkpoint import check_tokenizer, load_tokenizer
     from .config import ConfigError, ModelConfig
 
@@ -299,17 +296,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
         model = GPT(ModelConfig.from_dict(settings, source=str(file)))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    index = folder / "model.safetensors.index.json"
-    try:
-        if (folder / "model.safetensors").is_file():
-            files = [folder / "model.safetensors"]
-        else:
-            files = [folder / name for name in sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))]
-        state: dict[str, torch.Tensor] = {}
-        for weights in files:
-            state.update(load_file(str(weights)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as err:
-        raise CheckpointError(f"{folder}: cannot read the exported weights ({' '.join(str(err).split())[:300]})") from None
+    state = _export_weights(folder)
     if not all(k.startswith("model.") for k in state):
         raise CheckpointError(f"{folder}: weights are not those of a metatokens export (names without the model. prefix)")
     state = {k.removeprefix("model."): v for k, v in state.items()}
@@ -324,6 +311,38 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     tokenizer = load_tokenizer(folder / "tokenizer.json")
     check_tokenizer(model.config, tokenizer, str(file))
     return model.to(device), tokenizer
+
+
+def _export_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights of an exported folder, checked against the SHA-256 its marker records
+    (a transformers save of a loaded export has no marker, and nothing to check against)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .checkpoint import sha256_file
+    from .hf import EXPORT_MARKER
+
+    marker = folder / EXPORT_MARKER
+    try:
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        else:
+            index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            files = [folder / name for name in sorted(set(index["weight_map"].values()))]
+        digests = json.loads(marker.read_text(encoding="utf-8")).get("sha256") if marker.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{folder}: cannot read the exported weights ({' '.join(str(err).split())[:300]})") from None
+    if marker.is_file() and not (isinstance(digests, dict) and digests):
+        raise CheckpointError(f"{marker}: no sha256 of the weights, so they cannot be verified; the file was edited or damaged")
+    state: dict[str, torch.Tensor] = {}
+    for weights in files:
+        try:
+            if digests is not None and digests.get(weights.name) != sha256_file(weights):
+                raise CheckpointError(f"{weights}: checksum differs from {EXPORT_MARKER}; the file is truncated or corrupted")
+            state.update(load_file(str(weights)))
+        except (OSError, SafetensorError) as err:
+            raise CheckpointError(f"{weights}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
+    return state
 
 
 def unique_names(models: Sequence[LoadedModel]) -> None:

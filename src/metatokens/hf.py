@@ -75,7 +75,8 @@ def _require_transformers() -> None:
 
 # Files an exported folder may hold; anything else (a pickle above all) is a bug.
 EXPORT_SUFFIXES = (".json", ".safetensors", ".py", ".md")
-# Written last into an exported folder: the files the export wrote, so that only such a folder is replaced.
+# Written last into an exported folder: the files the export wrote (so that only such a folder is
+# replaced) and the SHA-256 of its weights (checked when metatokens loads it).
 EXPORT_MARKER = "metatokens_export.json"
 EXPORT_FORMAT = "metatokens-export"
 # What import-gpt2 writes: a model folder whose config.json records the import.
@@ -134,7 +135,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = Fals
     from transformers import GenerationConfig
 
     from . import __version__
-    from .checkpoint import load_pretrained
+    from .checkpoint import load_pretrained, sha256_file
     from .fileio import atomic_folder
     from .hf_model import MetaTokensForCausalLM
     from .train import resolve_model_dir
@@ -161,7 +162,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = Fals
         if stray:
             raise HFInteropError(f"export produced unexpected files {stray}; refusing to write non-safetensors weights")
         files = sorted(p.name for p in tmp.iterdir()) + [EXPORT_MARKER]
-        marker = {"format": EXPORT_FORMAT, "metatokens_version": __version__, "files": files}
+        digests = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+        marker = {"format": EXPORT_FORMAT, "metatokens_version": __version__, "files": files, "sha256": digests}
         (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return out
 
