@@ -4,11 +4,9 @@ import contextlib
 import io
 import json
 
-import pytest
 
 from metatokens import cli
 from metatokens.commands.plot import run_labels
-from metatokens.report import _mean_over_seeds
 
 
 def write_run(folder, losses):
@@ -35,36 +33,6 @@ def test_plot_cli_writes_a_png_with_names_and_refuses_a_wrong_count(tmp_path):
         code = cli.main(["plot", *runs, "--out", str(tmp_path / "bad.png"), "--names", "only-one"])
     assert code != 0 and "--names has 1 names for 2 runs" in err.getvalue()
     assert len(err.getvalue().strip().splitlines()) == 1 and not (tmp_path / "bad.png").exists()
-
-
-def test_mean_over_seeds_gives_mean_and_one_standard_deviation():
-    def model(em, tok):
-        return {"name": "m", "results": [{"length": 8, "exact_match": em, "token_accuracy": tok,
-                                          "exact_match_ci95": [0, 1], "token_accuracy_ci95": [0, 1]}]}
-
-    merged = _mean_over_seeds([[model(0.2, 0.6)], [model(0.4, 1.0)]])
-    row = merged[0]["results"][0]
-    sd_em, sd_tok = (0.2 ** 2 / 2) ** 0.5, (0.4 ** 2 / 2) ** 0.5  # sample sd of two values a, b: |a - b| / sqrt(2)
-    assert row["exact_match"] == pytest.approx(0.3) and row["token_accuracy"] == pytest.approx(0.8)
-    assert row["exact_match_ci95"] == pytest.approx([0.3 - sd_em, 0.3 + sd_em])
-    assert row["token_accuracy_ci95"] == pytest.approx([0.8 - sd_tok, 1.0])  # clipped at 100%
-
-
-def test_mean_over_seeds_matches_by_name_and_length_and_marks_single_seed_points():
-    def row(length, em, skipped=False):
-        r = {"length": length, "exact_match": None if skipped else em, "token_accuracy": None if skipped else em,
-             "exact_match_ci95": [0.0, 1.0], "token_accuracy_ci95": [0.0, 1.0]}
-        return {**r, "skipped": "too long"} if skipped else r
-
-    seed0 = [{"name": "a", "results": [row(8, 0.2), row(16, 0, skipped=True)]},
-             {"name": "b", "results": [row(8, 0.6)]}]
-    seed1 = [{"name": "b", "results": [row(8, 0.8)]},  # other order, and "a" missing: must not mix a with b
-             {"name": "a", "results": [row(16, 0.5)]}]
-    merged = {m["name"]: {r["length"]: r for r in m["results"]} for m in _mean_over_seeds([seed0, seed1])}
-    assert merged["b"][8]["exact_match"] == pytest.approx(0.7)
-    assert merged["a"][8]["exact_match"] == pytest.approx(0.2) and merged["a"][8]["single_seed"]
-    assert merged["a"][16]["exact_match"] == pytest.approx(0.5) and not merged["a"][16].get("skipped")
-    assert merged["a"][16]["exact_match_ci95"] == [0.0, 1.0]  # its own interval, not a zero-width bar
 
 
 def test_run_labels_edge_cases(tmp_path):

@@ -1,27 +1,39 @@
-"""The whole study at toy size: every table and figure present, filled from measured values, cached."""
+"""The whole study at toy size: every table, control, interval and Findings row present and filled
+from the stages' values; caching; parallel stages and seeds merged from separate invocations; and
+verdicts from hand-made stage results."""
 
+import copy
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from metatokens import reproduce
-from metatokens.reproduce import MODELS, TASKS, Pipeline
+from metatokens.study import design, pipeline
+from metatokens.study.design import SCALES, TASKS
+from metatokens.study.pipeline import Pipeline, StudyError
+from metatokens.study.report import StudyResults, controls, findings, render_report
+from metatokens.study.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
+
+L = SCALES["toy"].ft_len
+MODELS = SCALES["toy"].models
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     lines: list[str] = []
-    pipe = Pipeline(out, "toy", progress=False, log=lines.append)
-    report = pipe.run()
+    pipe = Pipeline(out, "toy", seeds=2, progress=False, log=lines.append)
+    report = pipe.run(only_seeds=[0])
     return out, report.read_text(), pipe, lines
 
 
-def stage(out: Path, name: str) -> dict:
-    return json.loads((out / "stages" / "seed0" / name / "stage.json").read_text())["result"]
+def stage(out: Path, name: str, seed: int = 0) -> dict:
+    return json.loads((out / "stages" / f"seed{seed}" / name / "stage.json").read_text())["result"]
 
 
 def section(text: str, heading: str) -> str:
@@ -30,114 +42,253 @@ def section(text: str, heading: str) -> str:
     return text[start: end if end != -1 else None]
 
 
+def row_of(text: str, first_cell: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_every_section_table_and_figure_is_present(study):
     out, text, pipe, _ = study
-    for heading in ("## 1. Pre-training", "## 2. Task accuracy", "## 3. Length generalisation", "## 4. Ablations",
-                    "## 5. Attention sharpening", "## 6. Residual stream", "## 7. Rate-distortion",
+    for heading in ("## Findings", "### Controls", "## 1. Pre-training", "## 2. Task accuracy", "## 3. Length generalisation",
+                    "## 4. Ablations", "## 5. Attention sharpening", "## 6. Residual stream", "## 7. Rate-distortion",
                     "## Stages, commands and wall time", "## Environment"):
         assert heading in text, heading
     assert "missing" not in text
+    assert "Smoke test" in text and "carry no evidence" in text  # toy and demo say so
+    assert "seeds 1 not finished yet" in text  # the study has two seeds; only seed 0 ran here
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(figures) >= 9  # loss, 4 accuracy plots, ablation, entropy, residual, rate-distortion
+    assert len(figures) == 11  # differences, loss, learning curves, 4 accuracy plots, ablation, entropy, residual, RD
     for rel in figures:
         png = out / rel
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, rel
-    assert len(pipe.records) == len(MODELS) * (1 + 2 * len(TASKS)) + 2 * len(TASKS) + 3
-    assert not any(rec.cached for rec in pipe.records)  # a first run: every stage was run now
-    total = sum(rec.wall_s for rec in pipe.records) / 60
-    assert f"Wall time of all stages: {total:.1f} min, of which {total:.1f} min were run now" in text
-    lengths = section(text, "## 3. Length generalisation")
-    assert ("n/a: the prompts" in lengths) == ("| n/a |" in lengths or " n/a " in lengths)
+    assert len(pipe.records) == len(pipe.plan(0)) and not any(rec.cached for rec in pipe.records)
+    n_pre = sum(ms.pretrained for ms in MODELS.values())
+    assert len(pipe.plan(0)) == n_pre + 2 * len(MODELS) + 2 + 3  # pretrain, finetune + evaluate, 2 ablations, 3 analyses
     for rec in pipe.records:
-        assert rec.command.startswith("metatokens ")
-        assert f"| {rec.name} |" in text
+        assert rec.command.startswith("metatokens ") and f"| {rec.name} |" in text
+
+
+def test_every_model_and_control_is_measured_on_the_same_prompts(study):
+    out, text, _, _ = study
+    digests = {}
+    for m, ms in MODELS.items():
+        ev = stage(out, f"evaluate-{m}")
+        for task in TASKS:
+            variants = ["prompts", "no_meta"] if ms.meta else ["prompts"]
+            assert sorted(ev[task]) == sorted(variants)
+            for v in variants:
+                for key in (str(L), str(2 * L)):
+                    c = ev[task][v][key]
+                    if c is None:  # an APE model past its window
+                        continue
+                    assert len(c["exact_per_example"]) == c["n"] == SCALES["toy"].eval_n
+                    assert c["exact_match"] == pytest.approx(sum(c["exact_per_example"]) / c["n"])
+                    digests.setdefault((task, key), set()).add(c["prompts"])
+            rope = m not in ("gpt2", "meta-ape")
+            assert (f"{4 * L}+yarn" in ev[task]["prompts"]) == rope
+    assert all(len(d) == 1 for d in digests.values()), "every model scored the same test prompts"
 
 
 def test_tables_hold_the_measured_values(study):
     out, text, _, _ = study
     pre = section(text, "## 1. Pre-training")
-    for m, label in MODELS.items():
-        measured = stage(out, f"pretrain-{m}")
-        row = next(line for line in pre.splitlines() if line.startswith(f"| {label} |"))
-        assert f"| {measured['val_loss']:.3f} |" in row and f"{measured['params']:,}" in row
+    for m, ms in MODELS.items():
+        if ms.pretrained:
+            measured = stage(out, f"pretrain-{m}")
+            cells = row_of(pre, ms.label)
+            assert cells[5] == f"{measured['val_loss']:.3f}" and cells[2] == f"{measured['params']:,}"
+        else:
+            assert f"| {ms.label} |" not in pre
     acc = section(text, "## 2. Task accuracy")
-    L = reproduce.SCALES["toy"].ft_len
-    for task in TASKS:
-        row = next(line for line in acc.splitlines() if line.startswith(f"| {task} |"))
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        for j, m in enumerate(MODELS):
-            ours = stage(out, f"evaluate-{m}-{task}")["exact_match"][str(L)]
-            assert cells[1 + 2 * j] == f"{100 * ours:.1f}"  # our measurement
-            paper = reproduce.PAPER_ACCURACY[task][m]
-            assert cells[2 + 2 * j] == ("—" if paper is None else f"{paper:.1f}")  # the paper's, beside it
-        # token accuracy and answer loss: the second table of section 2, first the three accuracies, then the losses
-        row = [line for line in acc.splitlines() if line.startswith(f"| {task} |")][1]
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        for j, m in enumerate(MODELS):
-            measured = stage(out, f"evaluate-{m}-{task}")
-            assert cells[1 + j] == f"{100 * measured['token_accuracy'][str(L)]:.1f}"
-            assert cells[1 + len(MODELS) + j] == f"{measured['answer_loss'][str(L)]:.3f}"
-            assert 0 <= measured["token_accuracy"][str(L)] <= 1 and measured["answer_loss"][str(L)] > 0
+    for m, ms in MODELS.items():
+        cells = row_of(acc, ms.label)
+        for j, task in enumerate(TASKS):
+            ours = stage(out, f"evaluate-{m}")[task]["prompts"][str(L)]["exact_match"]
+            assert cells[1 + 2 * j] == f"{100 * ours:.1f}"
+            paper = design.PAPER_ACCURACY[task].get(m) if m in design.PAPER_MODELS else None
+            assert cells[2 + 2 * j] == ("—" if paper is None else f"{paper:.1f}")
+        if ms.meta:
+            removed = row_of(acc, f"{ms.label} — meta-tokens removed from the test prompts")
+            for j, task in enumerate(TASKS):
+                ours = stage(out, f"evaluate-{m}")[task]["no_meta"][str(L)]["exact_match"]
+                assert removed[1 + 2 * j] == f"{100 * ours:.1f}"
+    majority = row_of(acc, "*majority answer*")
+    for j, task in enumerate(TASKS):
+        assert majority[1 + 2 * j] == f"{100 * stage(out, 'evaluate-gpt2')['baselines'][task][str(L)]['majority']:.1f}"
     abl = section(text, "## 4. Ablations")
     for m in ("meta-ape", "meta-rope"):
         for task in TASKS:
-            measured = stage(out, f"ablate-{m}-{task}")
-            row = next(line for line in abl.splitlines() if line.startswith(f"| {MODELS[m]} | {task} |"))
-            cells = [c.strip() for c in row.strip("|").split("|")]
-            variants = ("full", "zero_meta_pos", "zero_meta_embed")
-            assert cells[2:5] == [f"{100 * measured[v]['exact_match']:.1f}" for v in variants]
-            assert cells[5] == " / ".join(f"{measured[v]['answer_loss']:.3f}" for v in variants)
+            measured = stage(out, f"ablate-{m}")[task]
+            line = next(x for x in abl.splitlines() if x.startswith(f"| {MODELS[m].label} | {design.TASK_LABELS[task]} |"))
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[2:5] == [f"{100 * measured[v]['exact_match']:.1f}" for v in ("full", "zero_meta_pos",
+                                                                                       "zero_meta_embed")]
     ent = stage(out, "analyze-entropy")
     assert f"{ent['entropy_difference']['mean']:.3f}" in section(text, "## 5.")
-    yarn = stage(out, "evaluate-meta-rope-list_recall")
-    assert f"{4 * L}+yarn" in yarn["exact_match"] and yarn["yarn_scale"] == pytest.approx(4 * L / 256)
+    assert "held out" in section(text, "## 7.") and "label prior" in section(text, "## 7.")
+
+
+def test_findings_and_controls_rows_are_filled_from_the_stages(study):
+    out, text, _, _ = study
+    found = section(text, "## Findings")
+    # the first claim, computed here from the two evaluate stages' per-prompt results
+    a = np.array(stage(out, "evaluate-meta-ape")["list_recall"]["prompts"][str(L)]["exact_per_example"])
+    b = np.array(stage(out, "evaluate-gpt2")["list_recall"]["prompts"][str(L)]["exact_per_example"])
+    cells = row_of(found, "List Recall: Meta+APE beats GPT-2 (APE) at L (exact match, points)")
+    assert cells[2].startswith(f"{100 * (a - b).mean():+.1f} [")
+    assert cells[3].strip("*") in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+    claims = [x for x in found.split("### Controls")[0].splitlines() if x.startswith("| ") and "---" not in x][1:]
+    assert len(claims) == 19  # 6 accuracy, 2 length, 2 YaRN, 4 ablation, 2 entropy, 1 residual, 2 rate-distortion
+    assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive)\*\*", c) for c in claims)
+    assert "n/a" not in "\n".join(claims)
+    ctrl = section(text, "### Controls")
+    for question in ("the meta-tokens alone", "not its extra parameters", "with vs without meta-tokens in the test",
+                     "the marker alone", "what pre-training adds"):
+        line = next(x for x in ctrl.splitlines() if question in x)
+        assert line.count("[") == len(TASKS)  # an interval for every task
 
 
 def test_rerun_is_cached_and_a_changed_setting_reruns_only_what_depends_on_it(study, monkeypatch):
-    out, text, _, _ = study
-    lines: list[str] = []
-    again = Pipeline(out, "toy", progress=False, log=lines.append)
-    again.run()
-    assert all(r.cached for r in again.records)
-
-    toy = dataclasses.replace(reproduce.SCALES["toy"], analysis_n=3)
-    monkeypatch.setitem(reproduce.SCALES, "toy", toy)
-    changed = Pipeline(out, "toy", progress=False, log=lines.append)
-    changed.run()
-    rerun = {r.name.split("/")[1].split("-")[0] for r in changed.records if not r.cached}
-    assert rerun == {"analyze"}  # pre-training, fine-tuning, evaluation and ablations are reused
+    out, _, _, _ = study
+    again = Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None)
+    again.run(only_seeds=[0])
+    assert again.records and all(r.cached for r in again.records)
+    toy = dataclasses.replace(SCALES["toy"], analysis_n=3)
+    monkeypatch.setitem(SCALES, "toy", toy)
+    changed = Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None)
+    changed.run(only_seeds=[0])
+    assert {r.name.split("/")[1].split("-")[0] for r in changed.records if not r.cached} == {"analyze"}
     assert json.loads((out / "stages/seed0/analyze-entropy/entropy.json").read_text())["n_examples"] == 3
+    monkeypatch.undo()  # back to the toy scale for the tests that follow: the analyses run again
+    Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None).run(only_seeds=[0])
+
+
+def test_a_seed_run_in_parallel_processes_is_merged_into_the_report(study):
+    """Seed 1 run on its own, as a separate invocation, with two stage processes at once: the report
+    then merges seeds 0 and 1, and each stage's record says it ran."""
+    out, _, _, _ = study
+    proc = subprocess.run([sys.executable, "-m", "metatokens", "reproduce", "--scale", "toy", "--out", str(out),
+                           "--seeds", "2", "--seed", "1", "--jobs", "2", "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "running (1 thread(s)" in proc.stdout or "running (" in proc.stdout
+    text = (out / "REPORT.md").read_text()
+    assert "2 seed(s): 0, 1" in text and "not finished yet" not in text
+    seed0, seed1 = stage(out, "pretrain-meta-rope", 0), stage(out, "pretrain-meta-rope", 1)
+    assert seed0["val_loss"] != seed1["val_loss"]  # another seed, another run
+    mean = (seed0["val_loss"] + seed1["val_loss"]) / 2
+    std = abs(seed0["val_loss"] - seed1["val_loss"]) / 2 ** 0.5
+    assert f"{mean:.3f} ± {std:.3f}" in section(text, "## 1. Pre-training")
+    assert (out / "stages" / "seed1" / "finetune-meta-rope.log").is_file()
+
+
+def test_one_stage_needs_its_inputs(tmp_path):
+    pipe = Pipeline(tmp_path, "toy", progress=False, log=lambda s: None)
+    with pytest.raises(StudyError, match="needs seed0/finetune-meta-rope"):
+        pipe.run_stage("seed0/evaluate-meta-rope")
+    with pytest.raises(StudyError, match="no stage"):
+        pipe.run_stage("seed0/nonsense")
+    with pytest.raises(StudyError, match="outside the study's seeds"):
+        pipe.run(only_seeds=[3])
 
 
 def test_interrupted_training_stage_resumes(tmp_path):
     pipe = Pipeline(tmp_path, "toy", progress=False, log=lambda s: None)
     from metatokens.runconfig import load_run_config
 
-    cfg = load_run_config("tiny", reproduce.SCALES["toy"].pretrain_overrides + ["train.ckpt_interval=3"])
+    cfg = load_run_config("tiny", list(SCALES["toy"].pretrain_overrides) + ["train.ckpt_interval=3"])
     calls = []
 
-    def body(folder, resume):
+    def body(folder, resume, inputs):
         calls.append(resume)
         return pipe._pretrain(cfg, folder, resume)
 
+    spec = pipeline.StageSpec(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, key="k")
     cfg.train.max_steps = 3  # "interrupted" after 3 of 6 steps: a checkpoint exists, no stage.json
-    pipe.stage(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, (1, 1))
+    pipe.execute(spec, {})
     (tmp_path / "stages/seed0/pretrain-x/stage.json").unlink()
     cfg.train.max_steps = 6
-    rec = pipe.stage(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, (1, 1))
+    rec = pipe.execute(spec, {})
     assert calls == [False, True] and rec.result["step"] == 6
 
 
-def test_seeds_report_mean_and_spread(study):
-    out, _, _, _ = study
-    pipe = Pipeline(out, "toy", seeds=2, progress=False, log=lambda s: None)
-    text = pipe.run().read_text()
-    assert "2 seed(s) (mean ± standard deviation over seeds)" in text
-    for task in TASKS:
-        assert f"![{task}: exact match and token accuracy by length, mean ± standard deviation over 2 seeds]" in text
-    seed0, seed1 = (json.loads((out / "stages" / s / "pretrain-meta-rope" / "stage.json").read_text())["result"]
-                    for s in ("seed0", "seed1"))
-    mean = (seed0["val_loss"] + seed1["val_loss"]) / 2
-    std = abs(seed0["val_loss"] - seed1["val_loss"]) / 2 ** 0.5
-    assert f"| {mean:.3f} ± {std:.3f} |" in text
-    assert all(r.cached for r in pipe.records if r.name.startswith(("seed0/pretrain", "seed0/finetune")))
+# ----------------------------------------------------------------------------- statistics and verdicts
+
+
+def test_paired_bootstrap_matches_a_hand_computation():
+    rng = np.random.default_rng(1)
+    a = [(rng.random(200) < 0.7).astype(int) for _ in range(3)]
+    b = [(rng.random(200) < 0.4).astype(int) for _ in range(3)]
+    c = contrast([paired(a, b)], reps=3000)
+    assert c["diff"] == pytest.approx(np.mean([(x - y).mean() for x, y in zip(a, b)]))
+    lo, hi = c["ci95"]
+    assert lo < c["diff"] < hi and 0.15 < lo and hi < 0.45  # true difference 0.3
+    # one seed: the interval is close to the normal one of the paired differences
+    d = (a[0] - b[0]).astype(float)
+    one = contrast([paired(a[:1], b[:1])], reps=4000)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+    assert one["ci95"][0] == pytest.approx(d.mean() - half, abs=0.02)
+    assert one["ci95"][1] == pytest.approx(d.mean() + half, abs=0.02)
+    # prompts that all tie do not give a zero-width interval: the pseudo-pairs keep it honest
+    tie = contrast([paired([[0] * 100], [[0] * 100])])
+    assert tie["diff"] == 0 and -0.05 < tie["ci95"][0] < -0.01 and 0.01 < tie["ci95"][1] < 0.05
+    few = contrast([paired([[0] * 4], [[0] * 4])])
+    assert few["ci95"][0] <= -0.3 and few["ci95"][1] >= 0.3
+    with pytest.raises(ValueError, match="differ in length"):
+        paired([[1, 0]], [[1]])
+    # a difference of differences: two terms, weights +1 and -1
+    dd = contrast([paired([[1] * 50], [[0] * 50]), paired([[1] * 50], [[1] * 50], -1.0)])
+    assert dd["diff"] == pytest.approx(1.0)
+    assert contrast([single([[1, 1, 0, 0]])])["diff"] == pytest.approx(0.5)
+
+
+def test_verdict_reads_the_interval():
+    assert verdict([0.01, 0.2]) == REPRODUCED
+    assert verdict([-0.2, -0.01]) == NOT_REPRODUCED  # contrary
+    assert verdict([-0.1, 0.1]) == INCONCLUSIVE
+    assert verdict([-0.02, 0.03], rule_out=0.05) == NOT_REPRODUCED  # a 5-point effect is ruled out
+    assert verdict([-0.02, 0.08], rule_out=0.05) == INCONCLUSIVE
+    assert verdict([-0.3, -0.1], direction=-1) == REPRODUCED  # a claimed drop
+    assert verdict(None) == INCONCLUSIVE and verdict([float("nan"), 1.0]) == INCONCLUSIVE
+
+
+def _hand_made(study) -> StudyResults:
+    """The toy study's stage results with hand-made per-prompt results (100 prompts) for List Recall
+    (meta always right, GPT-2 never: reproduced), Copying (everyone at 0: a 5-point gain ruled out) and
+    Parity (a coin toss each, 6 prompts: inconclusive)."""
+    out, _, pipe, _ = study
+    records = {r.name.split("/")[1]: copy.deepcopy(r) for r in pipe.records if r.name.startswith("seed0/")}
+    rng = np.random.default_rng(0)
+    coin = {m: rng.integers(0, 2, 6).tolist() for m in MODELS}
+    for m, ms in MODELS.items():
+        ev = records[f"evaluate-{m}"].result
+        for task, vec in (("list_recall", [1 if ms.meta else 0] * 100), ("copying", [0] * 100), ("parity", coin[m])):
+            for variant in ev[task]:
+                for key, c in ev[task][variant].items():
+                    if c is not None:
+                        c.update(exact_per_example=vec, n=len(vec), exact_match=sum(vec) / len(vec), prompts=task + key)
+    return StudyResults(out=out, scale_name="toy", scale=SCALES["toy"], seeds={0: records}, requested_seeds=1)
+
+
+def test_hand_made_stage_results_give_the_expected_verdicts(study):
+    res = _hand_made(study)
+    by_claim = {f.claim: f for f in findings(res)}
+    lr = by_claim["List Recall: Meta+RoPE beats GPT-2 (APE) at L (exact match, points)"]
+    assert lr.verdict == REPRODUCED and lr.ours.startswith("+100.0 [")
+    cp = by_claim["Copying: Meta+RoPE beats GPT-2 (APE) at L (exact match, points)"]
+    assert cp.verdict == NOT_REPRODUCED and cp.ours.startswith("+0.0 [") and "not learned" in cp.note
+    par = by_claim["Parity: Meta+APE beats GPT-2 (APE) at L (exact match, points)"]
+    assert par.verdict == INCONCLUSIVE
+    # the controls read the same cells: the marker removed at test time costs List Recall its 100 points
+    ctrl = {(q, t): (c, v) for q, t, c, v in controls(res)}
+    c, v = ctrl["Meta+RoPE vs GPT-2 (RoPE, no meta): the meta-tokens alone", "list_recall"]
+    assert c["diff"] == pytest.approx(1.0) and v == REPRODUCED
+    text = render_report(res)
+    assert "| **reproduced** |" in text and "| **not reproduced** |" in text and "| **inconclusive** |" in text
+
+
+def test_pairing_refuses_results_on_different_prompts(study):
+    res = _hand_made(study)
+    res.seeds[0]["evaluate-gpt2"].result["list_recall"]["prompts"][str(L)]["prompts"] = "other prompts"
+    with pytest.raises(ValueError, match="different prompts"):
+        findings(res)

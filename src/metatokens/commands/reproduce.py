@@ -4,30 +4,53 @@ from __future__ import annotations
 
 
 def add_command(sub) -> None:
-    from ..reproduce import SCALES
+    from ..study.design import SCALES
 
     p = sub.add_parser(
         "reproduce",
         help="pre-train, fine-tune, evaluate and analyse; write REPORT.md beside the paper's numbers",
         description="Runs every stage of the study (cached: a re-run continues where it stopped and re-runs "
-                    "only what a changed setting reaches). Scales: " + "; ".join(f"{k}: {v.budget}" for k, v in SCALES.items()),
+                    "only what a changed setting reaches), then writes REPORT.md from every seed whose stages "
+                    "have all finished. Scales: " + "; ".join(f"{k}: {v.budget}" for k, v in SCALES.items()),
     )
     p.add_argument("--scale", default="demo", choices=list(SCALES), help="study size (default demo)")
     p.add_argument("--out", default="report", help="report folder (default report/)")
-    p.add_argument("--seeds", type=int, default=1, help="repeat the study with N seeds; report mean and spread")
+    p.add_argument("--seeds", type=int, default=1, help="the study's seeds are 0..N-1 (default 1); the report "
+                   "gives mean and spread, and intervals over prompts and seeds")
+    p.add_argument("--seed", type=int, action="append", dest="only_seeds", metavar="S",
+                   help="run only seed S of the study now (repeatable); the report still merges every finished seed")
+    p.add_argument("--jobs", default="auto", help="stages run at once in separate processes (default auto: 2 on a CPU "
+                   "with 2+ cores, 1 on a GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still print)")
+    p.add_argument("--stage", help="run this one stage (seed0/finetune-meta-rope, ...) and stop; its input stages "
+                   "must have finished (used by --jobs)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import sys
     from pathlib import Path
 
-    from ..reproduce import Pipeline
+    from ..study.pipeline import Pipeline, StudyError, default_jobs
 
     if args.seeds < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {args.seeds}")
-    pipe = Pipeline(Path(args.out), args.scale, seeds=args.seeds, device=args.device, progress=not args.no_progress)
-    report = pipe.run()
+        raise StudyError(f"--seeds must be a positive integer, got {args.seeds}")
+    if args.jobs == "auto":
+        jobs = default_jobs(args.device)
+    else:
+        try:
+            jobs = int(args.jobs)
+        except ValueError:
+            raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}") from None
+        if jobs < 1:
+            raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
+    progress = not args.no_progress and sys.stderr.isatty()
+    pipe = Pipeline(Path(args.out), args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
+    if args.stage:
+        rec = pipe.run_stage(args.stage)
+        print(f"{rec.name}: done in {rec.wall_s:.0f} s")
+        return 0
+    report = pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

@@ -1,0 +1,7 @@
+"""The study of `metatokens reproduce`: what it compares (`design`), how it runs (`pipeline`), how
+it compares (`stats`) and what it writes (`report`)."""
+
+from .design import SCALES, TASKS, ModelSpec, Scale
+from .pipeline import Pipeline, StudyError
+
+__all__ = ["SCALES", "TASKS", "ModelSpec", "Pipeline", "Scale", "StudyError"]
