@@ -137,10 +137,32 @@ def test_findings_and_controls_rows_are_filled_from_the_stages(study):
     cells = row_of(found, "List Recall: Meta+APE beats GPT-2 (APE) at L (exact match, points)")
     assert cells[2].startswith(f"{100 * (a - b).mean():+.1f} [")
     assert cells[3].strip("*") in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+    # every accuracy and ablation row, recomputed here from the stages' per-prompt results
+    for task in ("list_recall", "parity", "copying"):
+        for m in ("meta-ape", "meta-rope"):
+            x = np.array(stage(out, f"evaluate-{m}")[task]["prompts"][str(L)]["exact_per_example"])
+            y = np.array(stage(out, "evaluate-gpt2")[task]["prompts"][str(L)]["exact_per_example"])
+            row = row_of(found, f"{design.TASK_LABELS[task]}: {MODELS[m].label} beats GPT-2 (APE) at L (exact match, points)")
+            assert row[2].startswith(f"{100 * (x - y).mean():+.1f} [")
+    for m in ("meta-ape", "meta-rope"):
+        abl = stage(out, f"ablate-{m}")["list_recall"]
+        full = np.array(abl["full"]["exact_per_example"])
+        for variant, claim in (("zero_meta_pos", "meta positional encoding matches or beats the full model (points; "
+                                                  "matches = no more than 5 worse)"),
+                               ("zero_meta_embed", "meta embedding lowers exact match (points)")):
+            row = row_of(found, f"List Recall: zeroing {MODELS[m].label}'s {claim}")
+            assert row[2].startswith(f"{100 * (np.array(abl[variant]['exact_per_example']) - full).mean():+.1f} [")
+    # the gain from L to 2L: (meta - gpt2 at 2L) - (meta - gpt2 at L), where both were measured
+    ev_m, ev_g = stage(out, "evaluate-meta-ape")["list_recall"]["prompts"], stage(out, "evaluate-gpt2")["list_recall"]["prompts"]
+    row = row_of(found, "List Recall: Meta+APE gains more than GPT-2 (APE) from L to 2L (points)")
+    if ev_m[str(2 * L)] is not None and ev_g[str(2 * L)] is not None:
+        gain = [np.mean(np.array(ev_m[k]["exact_per_example"]) - np.array(ev_g[k]["exact_per_example"]))
+                for k in (str(2 * L), str(L))]
+        assert row[2].startswith(f"{100 * (gain[0] - gain[1]):+.1f} [")
     claims = [x for x in found.split("### Controls")[0].splitlines() if x.startswith("| ") and "---" not in x][1:]
     assert len(claims) == 19  # 6 accuracy, 2 length, 2 YaRN, 4 ablation, 2 entropy, 1 residual, 2 rate-distortion
     assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive)\*\*", c) for c in claims)
-    assert "n/a" not in "\n".join(claims)
+    assert "n/a" not in "\n".join(line for line in claims if "from L to 2L" not in line)  # APE may not fit 2L
     ctrl = section(text, "### Controls")
     for question in ("the meta-tokens alone", "not its extra parameters", "with vs without meta-tokens in the test",
                      "the marker alone", "what pre-training adds"):
@@ -171,7 +193,9 @@ def test_a_seed_run_in_parallel_processes_is_merged_into_the_report(study):
                            "--seeds", "2", "--seed", "1", "--jobs", "2", "--no-progress"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "running (1 thread(s)" in proc.stdout or "running (" in proc.stdout
+    lines = proc.stdout.splitlines()
+    first_done = next(i for i, x in enumerate(lines) if ": done in " in x)
+    assert sum(": running (" in x for x in lines[:first_done]) == 2  # two stage processes at once
     text = (out / "REPORT.md").read_text()
     assert "2 seed(s): 0, 1" in text and "not finished yet" not in text
     seed0, seed1 = stage(out, "pretrain-meta-rope", 0), stage(out, "pretrain-meta-rope", 1)
@@ -180,6 +204,24 @@ def test_a_seed_run_in_parallel_processes_is_merged_into_the_report(study):
     std = abs(seed0["val_loss"] - seed1["val_loss"]) / 2 ** 0.5
     assert f"{mean:.3f} ± {std:.3f}" in section(text, "## 1. Pre-training")
     assert (out / "stages" / "seed1" / "finetune-meta-rope.log").is_file()
+
+
+def test_a_failing_stage_in_a_parallel_run_stops_the_study_with_one_line(study):
+    out, _, _, _ = study
+    folder = out / "stages" / "seed1" / "evaluate-gpt2"
+    for p in sorted(folder.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    folder.rmdir()
+    folder.write_text("a file where the stage's folder goes: the stage cannot run")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "metatokens", "reproduce", "--scale", "toy", "--out", str(out),
+                               "--seeds", "2", "--seed", "1", "--jobs", "2", "--no-progress"],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        folder.unlink()
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "seed1/evaluate-gpt2 failed" in err[0] and "evaluate-gpt2.log" in err[0]
 
 
 def test_one_stage_needs_its_inputs(tmp_path):
@@ -236,6 +278,13 @@ def test_paired_bootstrap_matches_a_hand_computation():
     assert few["ci95"][0] <= -0.3 and few["ci95"][1] >= 0.3
     with pytest.raises(ValueError, match="differ in length"):
         paired([[1, 0]], [[1]])
+    # seeds that disagree widen the interval beyond what any one seed's prompts give: a t-interval over seeds
+    spread = [np.r_[np.ones(m), np.zeros(100 - m)] for m in (20, 50, 80)]
+    base = [np.zeros(100)] * 3
+    wide = contrast([paired(spread, base)])
+    one = max((contrast([paired([x], [y])])["ci95"] for x, y in zip(spread, base)), key=lambda c: c[1] - c[0])
+    assert wide["ci95"][1] - wide["ci95"][0] > 2 * (one[1] - one[0])
+    assert wide["ci95_t"] == pytest.approx([0.5 - 4.303 * 0.3 / 3 ** 0.5, 0.5 + 4.303 * 0.3 / 3 ** 0.5])
     # a difference of differences: two terms, weights +1 and -1
     dd = contrast([paired([[1] * 50], [[0] * 50]), paired([[1] * 50], [[1] * 50], -1.0)])
     assert dd["diff"] == pytest.approx(1.0)
@@ -253,20 +302,24 @@ def test_verdict_reads_the_interval():
 
 
 def _hand_made(study) -> StudyResults:
-    """The toy study's stage results with hand-made per-prompt results (100 prompts) for List Recall
-    (meta always right, GPT-2 never: reproduced), Copying (everyone at 0: a 5-point gain ruled out) and
-    Parity (a coin toss each, 6 prompts: inconclusive)."""
+    """The toy study's stage results with hand-made per-prompt results (100 prompts; majority answer
+    50%) for List Recall (meta prompts always right, everything else never: reproduced), Parity (every
+    model right on the same 90 prompts: a 5-point gain ruled out, not reproduced) and Copying
+    (everyone at 0: the task is not learned, inconclusive)."""
     out, _, pipe, _ = study
     records = {r.name.split("/")[1]: copy.deepcopy(r) for r in pipe.records if r.name.startswith("seed0/")}
-    rng = np.random.default_rng(0)
-    coin = {m: rng.integers(0, 2, 6).tolist() for m in MODELS}
     for m, ms in MODELS.items():
         ev = records[f"evaluate-{m}"].result
-        for task, vec in (("list_recall", [1 if ms.meta else 0] * 100), ("copying", [0] * 100), ("parity", coin[m])):
+        for task in ("list_recall", "parity", "copying"):
             for variant in ev[task]:
+                vec = {"list_recall": [1 if ms.meta and variant == "prompts" else 0] * 100,
+                       "parity": [1] * 90 + [0] * 10, "copying": [0] * 100}[task]
                 for key, c in ev[task][variant].items():
                     if c is not None:
                         c.update(exact_per_example=vec, n=len(vec), exact_match=sum(vec) / len(vec), prompts=task + key)
+        for task in TASKS:
+            for key in ev["baselines"][task]:
+                ev["baselines"][task][key] = {"majority": 0.5, "chance": 0.5}
     return StudyResults(out=out, scale_name="toy", scale=SCALES["toy"], seeds={0: records}, requested_seeds=1)
 
 
@@ -275,14 +328,18 @@ def test_hand_made_stage_results_give_the_expected_verdicts(study):
     by_claim = {f.claim: f for f in findings(res)}
     lr = by_claim["List Recall: Meta+RoPE beats GPT-2 (APE) at L (exact match, points)"]
     assert lr.verdict == REPRODUCED and lr.ours.startswith("+100.0 [")
-    cp = by_claim["Copying: Meta+RoPE beats GPT-2 (APE) at L (exact match, points)"]
-    assert cp.verdict == NOT_REPRODUCED and cp.ours.startswith("+0.0 [") and "not learned" in cp.note
     par = by_claim["Parity: Meta+APE beats GPT-2 (APE) at L (exact match, points)"]
-    assert par.verdict == INCONCLUSIVE
+    assert par.verdict == NOT_REPRODUCED and par.ours.startswith("+0.0 [") and not par.note
+    cp = by_claim["Copying: Meta+RoPE beats GPT-2 (APE) at L (exact match, points)"]
+    assert cp.verdict == INCONCLUSIVE and cp.ours.startswith("+0.0 [") and "not learned" in cp.note
     # the controls read the same cells: the marker removed at test time costs List Recall its 100 points
-    ctrl = {(q, t): (c, v) for q, t, c, v in controls(res)}
+    ctrl = {(q, t): (c, v) for q, t, c, v, _ in controls(res)}
+    c, v = ctrl["Meta+RoPE with vs without meta-tokens in the test prompts", "list_recall"]
+    assert c["diff"] == pytest.approx(1.0) and v == REPRODUCED
     c, v = ctrl["Meta+RoPE vs GPT-2 (RoPE, no meta): the meta-tokens alone", "list_recall"]
     assert c["diff"] == pytest.approx(1.0) and v == REPRODUCED
+    c, v = ctrl["Meta+RoPE vs GPT-2 (RoPE, wide): meta-attention, not its extra parameters", "parity"]
+    assert c["diff"] == 0 and v == NOT_REPRODUCED
     text = render_report(res)
     assert "| **reproduced** |" in text and "| **not reproduced** |" in text and "| **inconclusive** |" in text
 

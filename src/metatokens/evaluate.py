@@ -1,6 +1,6 @@
 """Evaluation: synthetic-task accuracy by length bin, and language-modelling loss by position.
 
-Task accuracy (arXiv 2509.16278, sections 5-6; SPEC.md section 5)
+Task accuracy (arXiv 2509.16278, sections 5-6; docs/method.md section 5)
 -----------------------------------------------------------------
 For every length bin, `n` test-split examples of the task are scored in one teacher-forced pass:
 the model reads ``prompt + answer[:-1]`` and, at each answer position, its argmax over the
@@ -360,7 +360,7 @@ def unique_names(models: Sequence[LoadedModel]) -> None:
 
 
 def apply_yarn(model: GPT, scale: float) -> GPT:
-    """Extend a RoPE model's window from L to scale * L with YaRN (SPEC section 3), in place.
+    """Extend a RoPE model's window from L to scale * L with YaRN (docs/method.md section 3), in place.
 
     L is the window the model was pre-trained on: ``yarn.original_max_position_embeddings`` when
     the model already has YaRN (e.g. fine-tuned with it), else ``block_size``. The weights stay;

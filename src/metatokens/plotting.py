@@ -15,7 +15,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise PlotError("plots need matplotlib: pip install 'metatokens[plot]'") from None
+        raise PlotError("plots need matplotlib, a dependency of metatokens: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

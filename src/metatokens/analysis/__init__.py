@@ -1,4 +1,4 @@
-"""Analyses of trained meta-token models (SPEC sections 3 and 7; docs/analysis.md).
+"""Analyses of trained meta-token models (docs/method.md sections 3 and 7; docs/analysis.md).
 
     entropy          attention entropy at meta vs non-meta queries; max-logit boost   (entropy.py)
     ablate           accuracy with the meta-token's position or embedding zeroed       (ablate.py)

@@ -1,4 +1,4 @@
-"""Ablations at meta positions, at inference time (SPEC section 3; the paper's Table 2).
+"""Ablations at meta positions, at inference time (docs/method.md section 3; the paper's Table 2).
 
 The same weights are run three ways: as trained ("full"), with the positional encoding zeroed at
 meta positions (meta_pos="zero": no APE vector there, no RoPE rotation of meta q/k), and with

@@ -1,4 +1,4 @@
-"""Attention sharpening at meta-tokens (SPEC section 7, "Sharpening").
+"""Attention sharpening at meta-tokens (docs/method.md section 7, "Sharpening").
 
 Per example, layer l and head h, with H_i = -sum_j a_ij ln a_ij the entropy of query i's causal
 self-attention:

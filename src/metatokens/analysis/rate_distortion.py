@@ -1,4 +1,4 @@
-"""Rate-distortion of a variational information bottleneck probe (SPEC section 7; Alemi et al. 2017).
+"""Rate-distortion of a variational information bottleneck probe (docs/method.md section 7; Alemi et al. 2017).
 
 On a frozen model, a hidden state h (d numbers) is encoded as q(z|h) = N(mu(h), diag sigma^2(h))
 with linear heads mu and log sigma^2, and decoded by softmax(W z + b) over the answer classes
@@ -15,7 +15,7 @@ H(y) on the training examples); as
 beta falls the probe buys lower distortion with more rate. The curve of a representation that
 holds the answer more plainly lies lower.
 
-Representations (SPEC: the paper's claim is last_meta < last_token, and last_meta_zero_pos
+Representations (the paper's claim is last_meta < last_token, and last_meta_zero_pos
 lower still): the final hidden state (after ln_f, or the residual after block `layer`) at the
 last meta-token, at the last prompt token, and at the last meta-token of a copy of the model
 with meta_pos="zero". Features are centred on the training set's mean and divided by one

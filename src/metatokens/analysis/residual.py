@@ -1,4 +1,4 @@
-"""What the residual stream holds at meta-tokens (SPEC section 7, "Caching").
+"""What the residual stream holds at meta-tokens (docs/method.md section 7, "Caching").
 
 Similarity against distance: for every layer l (0 = the embeddings, l = the output of block l)
 and every meta query i, cos(h_l[i], h_l[j]) for each earlier position j < i, averaged by the

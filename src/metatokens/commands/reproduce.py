@@ -23,6 +23,8 @@ def add_command(sub) -> None:
                    "with 2+ cores, 1 on a GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still print)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: write REPORT.md from the stages that have "
+                   "finished (e.g. committed stage results without their checkpoints)")
     p.add_argument("--stage", help="run this one stage (seed0/finetune-meta-rope, ...) and stop; its input stages "
                    "must have finished (used by --jobs)")
     p.set_defaults(func=run)
@@ -51,6 +53,6 @@ def run(args) -> int:
         rec = pipe.run_stage(args.stage)
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
-    report = pipe.run(args.only_seeds)
+    report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

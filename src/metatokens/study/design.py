@@ -64,7 +64,7 @@ def tiny_models(presets: dict[str, str], wide: str) -> dict[str, ModelSpec]:
 
 PAPER_MODELS = ("gpt2", "meta-ape", "meta-rope")
 
-# The paper's numbers (arXiv 2509.16278; SPEC section 6): fine-tuned at 512 and evaluated at 512 (Fig. 1);
+# The paper's numbers (arXiv 2509.16278; docs/method.md section 6): fine-tuned at 512 and evaluated at 512 (Fig. 1);
 # None where the paper gives no number.
 PAPER_ACCURACY = {
     "list_recall": {"gpt2": 3.6, "meta-ape": 98.7, "meta-rope": 99.3, "gpt-neo": 49.2},
@@ -73,7 +73,7 @@ PAPER_ACCURACY = {
     "copying": {"gpt2": 7.8, "meta-ape": 98.5, "meta-rope": 98.9, "gpt-neo": 16.9},
 }
 PAPER_LENGTH_GAIN = {"gpt2": 3.5, "meta-ape": 28.6, "meta-rope": 10.7}  # train 256 -> eval 512, points
-PAPER_ENTROPY_DIFF, PAPER_LOGIT_BOOST = 1.40, 1.26  # SPEC section 7
+PAPER_ENTROPY_DIFF, PAPER_LOGIT_BOOST = 1.40, 1.26  # docs/method.md section 7
 PAPER_ABLATION = ("zeroing the meta positional encoding: +11 to +39 points on List Recall; zeroing the meta "
                   "embedding hurts badly")
 
@@ -124,8 +124,8 @@ SCALES: dict[str, Scale] = {
                    "train.ckpt_interval=75"),
                   ft_len=120, ft_steps=40, ft_batch=8, ft_lr=1e-3, eval_n=24, analysis_n=16, rd_epochs=3, ft_warmup=5,
                   ft_curve_points=2, ft_curve_n=16, budget="3-5 minutes on 2 CPU cores", smoke_test=True),
-    "tiny": Scale(TINY_MODELS, ("train.max_steps=700", "train.eval_interval=350", "train.ckpt_interval=350"),
-                  ft_len=120, ft_steps=2000, ft_batch=16, ft_lr=2e-3, eval_n=100, analysis_n=50, rd_epochs=5,
+    "tiny": Scale(TINY_MODELS, ("train.max_steps=500", "train.eval_interval=250", "train.ckpt_interval=250"),
+                  ft_len=120, ft_steps=1800, ft_batch=16, ft_lr=2e-3, eval_n=100, analysis_n=50, rd_epochs=5,
                   ft_weights=(3, 1, 1, 3), ft_warmup=100, ft_curve_points=10, ft_curve_n=64,
                   budget="under 60 minutes per seed on 2 CPU cores"),
     "small": Scale(tiny_models(TINY_PRESETS, wide=432),

@@ -70,13 +70,21 @@ class StageSpec:
         return f"seed{self.seed}/{self.name}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_jobs(device: str) -> int:
     """Parallel stage processes: 2 on a CPU with two or more cores (two one-thread processes beat one
     two-thread process on small models), 1 on a GPU."""
     import torch
 
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu else max(1, min(2, os.cpu_count() or 1))
+    return 1 if on_gpu else max(1, min(2, usable_cpus()))
 
 
 @dataclass
@@ -113,7 +121,9 @@ class Pipeline:
                 continue
             command = (f"metatokens pretrain --config {ms.preset} --out stages/seed{seed}/pretrain-{m}/run "
                        + " ".join(f"--set {o}" for o in overrides))
-            specs.append(StageSpec(seed, f"pretrain-{m}", cfg.to_dict(), [], command,
+            settings = cfg.to_dict()
+            settings["train"]["device"] = "auto"  # where a stage runs does not change what it measures
+            specs.append(StageSpec(seed, f"pretrain-{m}", settings, [], command,
                                    lambda f, r, inp, cfg=cfg: self._pretrain(cfg, f, r)))
         tokenizer_from = next(m for m, ms in models.items() if ms.pretrained and ms.meta)
         fine = [m for m in models if not models[m].pretrained] + [m for m in models if models[m].pretrained]
@@ -217,8 +227,34 @@ class Pipeline:
         if bad:
             raise StudyError(f"seed {bad[0]} is outside the study's seeds 0..{self.seeds - 1} (raise --seeds)")
         specs = [s for seed in seeds for s in self.plan(seed)]
+        t0 = time.perf_counter()
         self._run_specs(specs)
+        wall = time.perf_counter() - t0
+        self._log_invocation(seeds, wall)
         return self.write_report()
+
+    def _log_invocation(self, seeds: list[int], wall: float) -> None:
+        """Append this invocation's wall-clock time (and machine) to stages/seed<S>/seed.json of every
+        seed that had a stage run now; the report shows each seed's invocations."""
+        from .report import environment
+
+        ran = {}
+        for r in self.records:
+            if not r.cached:
+                ran.setdefault(int(r.name.split("/")[0].removeprefix("seed")), []).append(r.name)
+        for seed in seeds:
+            if seed not in ran:
+                continue
+            path = self.out / "stages" / f"seed{seed}" / "seed.json"
+            try:
+                log = json.loads(path.read_text()) if path.is_file() else {}
+            except json.JSONDecodeError:
+                log = {}
+            log.setdefault("invocations", []).append(
+                {"wall_s": wall, "seeds_run_together": [s for s in seeds if s in ran], "stages_run": len(ran[seed]),
+                 "jobs": self.jobs, "cpus": usable_cpus(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                 "environment": environment()})
+            atomic_write_text(path, json.dumps(log, indent=1) + "\n")
 
     def _run_specs(self, specs: list[StageSpec]) -> None:
         done: dict[tuple[int, str], StageRecord] = {}
@@ -243,7 +279,7 @@ class Pipeline:
 
     def _run_parallel(self, todo: list[tuple[int, StageSpec]], done: dict, total: int) -> None:
         """Up to `jobs` stages at once, each in its own `metatokens reproduce --stage` process."""
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = max(1, usable_cpus() // self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         running: dict[str, tuple[subprocess.Popen, int, StageSpec, float, Any]] = {}
         failed: list[str] = []
@@ -292,8 +328,13 @@ class Pipeline:
                     self.records.append(rec)
                     self.log(f"[{i}/{total}] {name}: done in {rec.wall_s:.0f} s")
         finally:
-            for proc, *_ in running.values():
+            for proc, *_ in running.values():  # interrupted: stop the stages still running, and wait for them
                 proc.terminate()
+            for proc, *_ in running.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if failed:
             raise StudyError(failed[0] + (f"; {len(failed) - 1} more failed" if len(failed) > 1 else ""))
 
@@ -340,7 +381,7 @@ class Pipeline:
             summary = run_pretrain(cfg, run, resume=resume, progress=self.progress)
         info = json.loads((run / "run.json").read_text())
         rows = _metrics(run)
-        return {"run": str(run), "params": info["params"], "step": summary.get("step"),
+        return {"run": self._rel(run), "params": info["params"], "step": summary.get("step"),
                 "val_loss": summary.get("val_loss"), "val_bpb": summary.get("val_bpb"),
                 "train_tokens": info["data"]["train_tokens"],
                 "curve": {"train": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r],
@@ -360,19 +401,27 @@ class Pipeline:
         run = folder / "run"
         (source,) = inputs.values()
         if ms.pretrained:
-            kwargs: dict[str, Any] = {"init": None if resume else source.result["run"]}
+            kwargs: dict[str, Any] = {"init": None if resume else str(self.run_path(source))}
         else:
             model_overrides = [o for o in (*self.scale.pretrain_overrides, *ms.overrides) if o.startswith("model.")]
             kwargs = {"from_scratch": None if resume else ms.preset, "model_overrides": None if resume else model_overrides,
-                      "tokenizer_path": str(Path(source.result["run"]) / "tokenizer.json")}
+                      "tokenizer_path": str(self.run_path(source) / "tokenizer.json")}
         summary = run_finetune(spec, train, run, resume=resume, progress=self.progress, **kwargs)
         info = json.loads((run / "run.json").read_text())
         rows = _metrics(run)
         curves = {task: [[r["step"], r[f"val_exact_match/{task}"], r[f"val_token_accuracy/{task}"], r[f"val_loss/{task}"]]
                          for r in rows if f"val_exact_match/{task}" in r] for task in TASKS}
-        return {"run": str(run), "params": info["params"], "train_loss": summary.get("train_loss"),
+        return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
                 "step": summary.get("step"), "curves": curves,
                 "train_curve": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r]}
+
+    def _rel(self, path: Path) -> str:
+        """A run folder as stage results keep it: relative to the study folder, so that committed
+        stage results name no machine's paths."""
+        return str(Path(os.path.relpath(path, self.out)))
+
+    def run_path(self, rec: StageRecord) -> Path:
+        return self.out / rec.result["run"]
 
     def _device(self) -> str:
         import torch
@@ -384,7 +433,7 @@ class Pipeline:
         from ..evaluate import apply_yarn, evaluate_task, load_model, write_report
 
         sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
-        loaded = load_model(inputs[f"finetune-{m}"].result["run"], device=self._device())
+        loaded = load_model(self.run_path(inputs[f"finetune-{m}"]), device=self._device())
         loaded.name = ms.label
         variants = [("prompts", "on" if ms.meta else "off")] + ([("no_meta", "off")] if ms.meta else [])
         out: dict[str, Any] = {}
@@ -423,7 +472,7 @@ class Pipeline:
         from ..analysis import ablation_study, markdown_table, plot_ablation
         from ..analysis.common import load_for_analysis, write_json
 
-        model, tok, _ = load_for_analysis(inputs[f"finetune-{m}"].result["run"], self._device())
+        model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
         result = ablation_study(model, tok, list(TASKS), [self.scale.ft_len], n=self.scale.eval_n, seed=seed,
                                 difficulty=self.scale.difficulty, progress=self.progress)
         write_json(folder / "ablate.json", result)
@@ -439,7 +488,7 @@ class Pipeline:
         from ..tasks import make_examples
 
         sc = self.scale
-        model, tok, _ = load_for_analysis(inputs["finetune-meta-rope"].result["run"], self._device())
+        model, tok, _ = load_for_analysis(self.run_path(inputs["finetune-meta-rope"]), self._device())
 
         def examples(n: int, split: str = "test"):
             return make_examples("list_recall", tok, length=sc.ft_len, difficulty=sc.difficulty, n=n, seed=seed,
@@ -448,8 +497,8 @@ class Pipeline:
         if analysis == "entropy":
             result = an.entropy_analysis(model, examples(sc.analysis_n), progress=self.progress)
             an.plot_entropy(result, folder / "entropy.png", title="Meta+RoPE, List Recall")
-            headline = {k: result.get(k) for k in ("entropy_difference", "max_logit_boost", "entropy_meta",
-                                                    "entropy_non_meta")}
+            headline = {k: result.get(k) for k in ("entropy_difference", "entropy_difference_nearby", "max_logit_boost",
+                                                    "entropy_meta", "entropy_non_meta")}
         elif analysis == "residual":
             result = an.residual_analysis(model, tok, examples(sc.analysis_n), progress=self.progress)
             an.plot_residual(result, folder / "residual.png", title="Meta+RoPE, List Recall")

@@ -145,6 +145,8 @@ def gain_contrast(res: StudyResults, a: str, b: str, task: str, short: str, long
         xa, xb = per_seed_examples(res, a, task, key), per_seed_examples(res, b, task, key)
         if xa is None or xb is None:
             return None
+        if xa[1] != xb[1]:
+            raise ValueError(f"{a} and {b} were scored on different {task} prompts at {key}; they cannot be paired")
         terms.append(paired(xa[0], xb[0], weight))
     return contrast(terms)
 
@@ -190,14 +192,23 @@ class Finding:
     note: str = ""
 
 
-def _acc_verdict(c: dict[str, Any] | None, direction: int = 1) -> str:
-    if c is None:
+def _acc_verdict(c: dict[str, Any] | None, direction: int = 1, floor: str = "") -> str:
+    """An accuracy claim's verdict; a comparison where no model learned the task (`floor` says so)
+    cannot test the claim, so it is inconclusive whatever its interval."""
+    if c is None or floor:
         return INCONCLUSIVE
     return verdict(c["ci95"], direction=direction, rule_out=RULE_OUT_POINTS / 100)
 
 
+def _size_note(c: dict[str, Any] | None, v: str, paper_points: float) -> str:
+    """Where the direction is reproduced but the effect is clearly smaller than the paper's."""
+    if v == REPRODUCED and c is not None and 100 * c["ci95"][1] < paper_points:
+        return f"direction reproduced; the effect is smaller than the paper's {paper_points:+.1f}"
+    return ""
+
+
 def findings(res: StudyResults) -> list[Finding]:
-    """One row per claim of the paper (SPEC sections 6-7) that the study tests, with its verdict."""
+    """One row per claim of the paper (docs/method.md sections 6-7) that the study tests, with its verdict."""
     L = res.scale.ft_len
     out: list[Finding] = []
     models = res.scale.models
@@ -207,17 +218,19 @@ def findings(res: StudyResults) -> list[Finding]:
                 continue
             c = compare(res, (m, task, str(L), "prompts"), ("gpt2", task, str(L), "prompts"))
             paper = PAPER_ACCURACY[task][m] - PAPER_ACCURACY[task]["gpt2"]
-            note = _floor_note(res, task, [m, "gpt2"], str(L))
+            floor = _floor_note(res, task, [m, "gpt2"], str(L))
+            v = _acc_verdict(c, floor=floor)
             out.append(Finding(f"{TASK_LABELS[task]}: {models[m].label} beats GPT-2 (APE) at L (exact match, points)",
-                               f"{paper:+.1f} (at 512)", _ci(c), _acc_verdict(c), note))
+                               f"{paper:+.1f} (at 512)", _ci(c), v, floor or _size_note(c, v, paper)))
     for m in ("meta-ape", "meta-rope"):
         if m not in models:
             continue
         c = gain_contrast(res, m, "gpt2", "list_recall", str(L), str(2 * L))
         paper = PAPER_LENGTH_GAIN[m] - PAPER_LENGTH_GAIN["gpt2"]
+        floor = _floor_note(res, "list_recall", [m, "gpt2"], str(L))
+        v = _acc_verdict(c, floor=floor)
         out.append(Finding(f"List Recall: {models[m].label} gains more than GPT-2 (APE) from L to 2L (points)",
-                           f"{paper:+.1f} (256 -> 512)", _ci(c), _acc_verdict(c),
-                           _floor_note(res, "list_recall", [m, "gpt2"], str(L))))
+                           f"{paper:+.1f} (256 -> 512)", _ci(c), v, floor or _size_note(c, v, paper)))
     if "meta-rope" in models:
         for task in ("list_recall", "copying"):
             xs_long = per_seed_examples(res, "meta-rope", task, f"{4 * L}+yarn")
@@ -226,20 +239,25 @@ def findings(res: StudyResults) -> list[Finding]:
             learned = _learned(res, "meta-rope", task, str(L))
             v = INCONCLUSIVE if c is None or not learned else verdict(
                 [x * 100 + YARN_KEEP_POINTS for x in c["ci95"]], rule_out=0.0)
-            note = "" if learned else "Meta+RoPE does not do this task at L, so there is no accuracy to keep"
+            note = ("" if learned else "Meta+RoPE does not do this task at L, so there is no accuracy to keep; ") + (
+                "adapted: the paper fine-tunes inside the YaRN window and tests at 2x; here YaRN is applied at test "
+                "time only, to a model fine-tuned at L")
             out.append(Finding(f"{TASK_LABELS[task]}: Meta+RoPE with YaRN keeps its accuracy at 4L, beyond its window "
                                f"(4L minus L, points; kept = drop under {YARN_KEEP_POINTS:g})",
                                "85-98% up to 2x the window", _ci(c), v, note))
     for m in ("meta-ape", "meta-rope"):
         if m not in models or not res.has(f"ablate-{m}"):
             continue
+        floor = _floor_note(res, "list_recall", [m], str(L))
         c = ablation_contrast(res, m, "list_recall", "zero_meta_pos")
-        out.append(Finding(f"List Recall: zeroing {models[m].label}'s meta positional encoding raises exact match (points)",
-                           "+11 to +39", _ci(c), _acc_verdict(c)))
+        # the paper: the zeroed model "matches or beats" the full one: judged as no worse by 5 points or more
+        v = INCONCLUSIVE if c is None or floor else verdict([x + RULE_OUT_POINTS / 100 for x in c["ci95"]])
+        out.append(Finding(f"List Recall: zeroing {models[m].label}'s meta positional encoding matches or beats the "
+                           f"full model (points; matches = no more than {RULE_OUT_POINTS:g} worse)",
+                           "+11 to +39", _ci(c), v, floor))
         c = ablation_contrast(res, m, "list_recall", "zero_meta_embed")
         out.append(Finding(f"List Recall: zeroing {models[m].label}'s meta embedding lowers exact match (points)",
-                           "large drop", _ci(c), _acc_verdict(c, direction=-1),
-                           _floor_note(res, "list_recall", [m], str(L))))
+                           "large drop", _ci(c), _acc_verdict(c, direction=-1, floor=floor), floor))
     if res.has("analyze-entropy"):
         ent = [res.result(s, "analyze-entropy") for s in res.seed_list]
         for key, paper, what in (("entropy_difference", PAPER_ENTROPY_DIFF,
@@ -265,14 +283,13 @@ def findings(res: StudyResults) -> list[Finding]:
                            "one value per seed: an interval needs two seeds or more" if c and c["ci95"] is None else ""))
     if res.has("analyze-rate-distortion"):
         for a, b, what in (("last_token", "last_meta", "the meta-token's probe has lower held-out distortion than the "
-                            "last token's at every beta (smallest margin over betas, nats)"),
+                            "last token's at every rate both reach (smallest margin, nats)"),
                            ("last_meta", "last_meta_zero_pos", "zeroing the meta-token's position lowers its held-out "
-                            "distortion further, at every beta (smallest margin, nats)")):
+                            "distortion further, at every rate (smallest margin, nats)")):
             vals = []
             for s in res.seed_list:
                 curves = res.result(s, "analyze-rate-distortion")["curves"]
-                key = "test_distortion" if "test_distortion" in curves[a][0] else "distortion"
-                vals.append(min(pa[key] - pb[key] for pa, pb in zip(curves[a], curves[b])))
+                vals.append(min_gap_at_equal_rate(curves[a], curves[b]))
             c = per_seed_interval(vals, None)
             v = INCONCLUSIVE if c is None or c["ci95"] is None else verdict(c["ci95"], rule_out=0.0)
             note = ("one value per seed: an interval needs two seeds or more" if c and c["ci95"] is None else
@@ -283,8 +300,27 @@ def findings(res: StudyResults) -> list[Finding]:
     return out
 
 
-def controls(res: StudyResults) -> list[tuple[str, str, dict[str, Any] | None, str]]:
-    """(question, task, paired difference at L in exact match, verdict) for each control."""
+def min_gap_at_equal_rate(a: list[dict[str, Any]], b: list[dict[str, Any]], points: int = 25) -> float | None:
+    """The smallest held-out distortion gap a - b over the rates both curves reach (linear
+    interpolation of each curve's distortion against its rate); None where their rates do not overlap."""
+    import numpy as np
+
+    key = "test_" if "test_distortion" in a[0] else ""
+    curves = []
+    for c in (a, b):
+        pts = sorted((p[f"{key}rate"], p[f"{key}distortion"]) for p in c)
+        curves.append((np.array([r for r, _ in pts]), np.array([d for _, d in pts])))
+    lo, hi = max(c[0].min() for c in curves), min(c[0].max() for c in curves)
+    if not hi >= lo:
+        return None
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    gap = np.interp(grid, *curves[0]) - np.interp(grid, *curves[1])
+    return float(gap.min())
+
+
+def controls(res: StudyResults) -> list[tuple[str, str, dict[str, Any] | None, str, bool]]:
+    """(question, task, paired difference at L in exact match, verdict, whether no model of the two
+    learned the task) for each control."""
     L, models = str(res.scale.ft_len), res.scale.models
     rows = []
     pairs = [
@@ -302,7 +338,8 @@ def controls(res: StudyResults) -> list[tuple[str, str, dict[str, Any] | None, s
             continue
         for task in TASKS:
             c = compare(res, (a, task, L, va), (b, task, L, vb))
-            rows.append((question, task, c, _acc_verdict(c)))
+            floor = _floor_note(res, task, [a, b], L)
+            rows.append((question, task, c, _acc_verdict(c, floor=floor), bool(floor)))
     return rows
 
 
@@ -525,21 +562,23 @@ def render_report(res: StudyResults) -> str:
         "or more in the paper's direction (for accuracy; for the analyses, when it lies on the other side of 0: a "
         "contrary finding); *inconclusive* otherwise.",
         "",
-        "| claim (paper, SPEC sections 6-7) | paper | ours: difference [95% CI] | verdict | note |",
+        "| claim (paper, docs/method.md sections 6-7) | paper | ours: difference [95% CI] | verdict | note |",
         "|---|---|---|---|---|",
     ]
     for f in found:
         out.append(f"| {f.claim} | {f.paper} | {f.ours} | **{f.verdict}** | {f.note} |")
     out += ["", "### Controls: where a difference comes from", "",
             f"Paired differences in exact match at L = {L} (points, 95% CI); *shown* when the interval is above 0, "
-            f"*ruled out* when it excludes a gain of {RULE_OUT_POINTS:g} points or more.", "",
+            f"*ruled out* when it excludes a gain of {RULE_OUT_POINTS:g} points or more; *not learned*: neither model "
+            "clears the majority answer by 5 points, so the comparison cannot tell.", "",
             "| comparison | " + " | ".join(TASK_LABELS[t] for t in TASKS) + " |",
             "|---|" + "---|" * len(TASKS)]
     words = {REPRODUCED: "shown", NOT_REPRODUCED: "ruled out", INCONCLUSIVE: "inconclusive"}
     for question in dict.fromkeys(q for q, *_ in ctrl):
-        cells = [f"{_ci(c)} {words[v]}" for q, t, c, v in ctrl if q == question]
+        cells = [f"{_ci(c)} {words[v]}" + (" (not learned)" if floor else "") for q, t, c, v, floor in ctrl
+                 if q == question]
         out.append(f"| {question} | " + " | ".join(cells) + " |")
-    forest = [(f"{TASK_LABELS[t]}: {q.split(':')[0]}", c) for q, t, c, _ in ctrl if t in ("list_recall", "copying")]
+    forest = [(f"{TASK_LABELS[t]}: {q.split(':')[0]}", c) for q, t, c, *_ in ctrl if t in ("list_recall", "copying")]
     for m in ("meta-ape", "meta-rope"):
         for task in ("list_recall", "copying"):
             if m in models:
@@ -613,11 +652,22 @@ def render_report(res: StudyResults) -> str:
             mean, _ = mean_std(diffs)
             gain = "n/a" if mean is None else f"{100 * mean:+.1f}"
             yarn = _pct(accs[f"{4 * L}+yarn"]) if any(v is not None for v in accs[f"{4 * L}+yarn"]) else "—"
-            paper = _paper(PAPER_LENGTH_GAIN.get(m), sign=True) if m in PAPER_MODELS else "—"
+            paper = _paper(PAPER_LENGTH_GAIN.get(m), sign=True) if m in PAPER_MODELS and t == "list_recall" else "—"
             out.append(f"| {ms.label} | {TASK_LABELS[t]} | {_pct(accs[str(L)])} | {_pct(accs[str(2 * L)])} | {gain} "
                        f"| {yarn} | {paper} |")
     out += ["", "n/a: not measured (an APE model's prompts plus answers of that length do not fit its learned positions); "
             "—: not applicable (4L: APE models cannot be extended).", ""]
+    out += ["### Paired differences by task and length", "",
+            "Exact match, model A minus model B on the same test prompts (points, 95% CI over prompts and seeds).", "",
+            "| A vs B | task | L | 2L | 4L + YaRN |", "|---|---|---|---|---|"]
+    for a, b in (("meta-ape", "gpt2"), ("meta-rope", "gpt2"), ("meta-rope", "gpt2-rope"), ("meta-rope", "gpt2-rope-wide")):
+        if a not in models or b not in models:
+            continue
+        for t in TASKS:
+            cells = [_ci(compare(res, (a, t, k, "prompts"), (b, t, k, "prompts")))
+                     for k in (str(L), str(2 * L), f"{4 * L}+yarn")]
+            out.append(f"| {models[a].label} vs {models[b].label} | {TASK_LABELS[t]} | " + " | ".join(cells) + " |")
+    out.append("")
     out += [accuracy_figure(res, t) for t in TASKS] + [""]
 
     # 4. ablations
@@ -646,11 +696,15 @@ def render_report(res: StudyResults) -> str:
                 "| quantity | ours | paper |", "|---|---|---|"]
         for key, paper, what in (("entropy_difference", PAPER_ENTROPY_DIFF,
                                   "attention entropy, non-meta minus meta query positions (nats)"),
+                                 ("entropy_difference_nearby", None, "the same, non-meta queries near a meta-token only "
+                                  "(as many keys to attend to)"),
                                  ("max_logit_boost", PAPER_LOGIT_BOOST, "max attention logit, real meta embedding minus zeroed")):
+            if not any(e.get(key) for e in ent):
+                continue
             vals = [e[key]["mean"] if e.get(key) else None for e in ent]
             ci = ent[0][key]["ci95"] if ent[0].get(key) else None
             out.append(f"| {what} | {_num(vals)}" + (f" (95% CI, seed {res.seed_list[0]}: {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-                       + f" | {paper:.2f} |")
+                       + f" | {'—' if paper is None else f'{paper:.2f}'} |")
         out += ["", _figure(res, "analyze-entropy/entropy.png", "Entropy difference by layer and head"), ""]
     if res.has("analyze-residual"):
         out += ["## 6. Residual stream: what a meta-token caches", "",
@@ -680,9 +734,28 @@ def render_report(res: StudyResults) -> str:
                     f"{p.get('test_distortion', float('nan')):.2f}" for p in points) + " |")
             out.append("")
     out += _stage_table(res)
+    runs = [(s, inv) for s in res.seed_list for inv in seed_invocations(res, s)[:1] if inv.get("environment")]
+    out += ["", "## Environment", ""]
+    if runs:
+        out += ["Where each seed's stages ran (their first invocation):", "",
+                "| | " + " | ".join(f"seed {s}" for s, _ in runs) + " |", "|---|" + "---|" * len(runs)]
+        for k in runs[0][1]["environment"]:
+            out.append(f"| {k} | " + " | ".join(str(inv["environment"].get(k, "")) for _, inv in runs) + " |")
+        out += ["", "This report was rendered with:", ""]
     env = environment()
-    out += ["", "## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()] + [""]
+    out += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()] + [""]
     return "\n".join(out) + "\n"
+
+
+def seed_invocations(res: StudyResults, seed: int) -> list[dict[str, Any]]:
+    """The invocations that ran stages of a seed (stages/seed<S>/seed.json), first first."""
+    import json
+
+    path = res.out / "stages" / f"seed{seed}" / "seed.json"
+    try:
+        return json.loads(path.read_text()).get("invocations", []) if path.is_file() else []
+    except (OSError, json.JSONDecodeError):
+        return []
 
 
 def _stage_table(res: StudyResults) -> list[str]:
@@ -691,8 +764,15 @@ def _stage_table(res: StudyResults) -> list[str]:
         recs = list(res.seeds[seed].values())
         total = sum(r.wall_s for r in recs)
         now = sum(r.wall_s for r in recs if not r.cached)
-        lines.append(f"- seed {seed}: {len(recs)} stages, {total / 60:.1f} min of stage time in all "
-                     f"({now / 60:.1f} min run now; stages run in parallel overlap, so the wall time of a seed is less)")
+        wall = ""
+        for k, info in enumerate(seed_invocations(res, seed)):
+            together = [s for s in info.get("seeds_run_together", [seed]) if s != seed]
+            wall += (f"{'**' if k == 0 else ''}wall time {info['wall_s'] / 60:.1f} min{'**' if k == 0 else ''} for "
+                     f"{info['stages_run']} stage(s) ({info['jobs']} stage process(es) at once on {info['cpus']} CPUs, "
+                     f"finished {info['finished']}"
+                     + (f"; run together with seed(s) {', '.join(map(str, together))}" if together else "") + "); ")
+        lines.append(f"- seed {seed}: {wall}{len(recs)} stages, {total / 60:.1f} min of stage time in all "
+                     f"({now / 60:.1f} min of it run by this invocation; stages run in parallel overlap)")
     lines += ["", "Paths are relative to the report folder.", "",
               "| stage | wall time (s) | cached | command |", "|---|---|---|---|"]
     for seed in res.seed_list:

@@ -2,10 +2,15 @@
 
 Every comparison of the study is a *contrast*: a sum of terms ``weight * mean(values)``, where each
 term's values are one number per test prompt (1 or 0 for an exact match, or the difference of two
-models on the same prompt), measured in each seed. The bootstrap resamples seeds with replacement
-and, inside each drawn seed, its prompts with replacement (a two-level bootstrap), independently
-for each term's prompt set but with one seed draw shared by all terms; the 95% interval is the
-2.5 and 97.5 percentiles of the resampled contrast. With one seed only the prompts are resampled.
+models on the same prompt), measured in each seed. Its 95% interval:
+
+* a bootstrap over prompts (percentiles of the resampled contrast, each term's prompts resampled
+  independently; with several seeds, the seeds are resampled too, then the prompts inside each);
+* with two or more seeds, also a t-interval over the seeds' own contrast values (each seed's
+  value already holds its prompts' noise). With three seeds a seed bootstrap is far too narrow
+  (it draws the worst seed three times 1 time in 27, and knows only (S-1)/S of the between-seed
+  variance), so the interval reported is the union of the two: the t-interval, widened where the
+  prompt bootstrap is wider (when every seed gives the same value, say).
 
 Paired differences (model A minus model B on the same prompts) enter as one term whose values are
 ``a_i - b_i``; the pairing removes the prompts' own difficulty from the spread. A difference of
@@ -85,9 +90,14 @@ def contrast(terms: Sequence[Term], *, reps: int = REPS, seed: int = 0) -> dict[
         samples = sum(t.weight * b[draw, cols].mean(axis=1) for t, b in zip(terms, boot))
     else:
         samples = sum(t.weight * b[0] for t, b in zip(terms, boot))
-    lo, hi = np.percentile(samples, [2.5, 97.5])
-    return {"diff": float(point), "ci95": [float(lo), float(hi)], "seeds": n_seeds,
-            "prompts": [int(sum(v.size for v in t.values)) for t in terms]}
+    lo, hi = (float(x) for x in np.percentile(samples, [2.5, 97.5]))
+    out = {"diff": float(point), "ci95": [lo, hi], "ci95_bootstrap": [lo, hi], "seeds": n_seeds,
+           "prompts": [int(sum(v.size for v in t.values)) for t in terms]}
+    if n_seeds > 1:
+        per_seed = [sum(t.weight * t.values[s].mean() for t in terms) for s in range(n_seeds)]
+        t_lo, t_hi = mean_interval(per_seed)
+        out.update(per_seed=[float(x) for x in per_seed], ci95_t=[t_lo, t_hi], ci95=[min(lo, t_lo), max(hi, t_hi)])
+    return out
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -114,6 +124,12 @@ def verdict(ci95: Sequence[float] | None, *, direction: int = 1, rule_out: float
     return INCONCLUSIVE
 
 
+# two-sided 95% (0.975 quantile) Student t for 1..30 degrees of freedom; the normal 1.96 beyond
+T975 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+                       2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+                       2.052, 2.048, 2.045, 2.042], start=1))
+
+
 def mean_interval(values: Sequence[float]) -> list[float] | None:
     """95% t-interval of the mean of a few per-seed values (None below two values)."""
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
@@ -121,7 +137,6 @@ def mean_interval(values: Sequence[float]) -> list[float] | None:
         return None
     from math import sqrt
 
-    # two-sided 97.5% t quantiles for 1..9 degrees of freedom, then the normal one
-    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(x.size - 1, 1.96)
+    t = T975.get(x.size - 1, 1.96)
     half = t * x.std(ddof=1) / sqrt(x.size)
     return [float(x.mean() - half), float(x.mean() + half)]

@@ -1,4 +1,4 @@
-"""The paper's four synthetic long-context tasks (arXiv 2509.16278, section 5 of SPEC.md).
+"""The paper's four synthetic long-context tasks (arXiv 2509.16278, docs/method.md section 5).
 
 >>> examples = make_examples("list_recall", tokenizer, length=512, difficulty="hard", n=100, seed=0)
 
