@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metatokens: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
-        if os.environ.get("METATOKENS_DEBUG"):
+    except (ValueError, OSError, RuntimeError) as err:
+        # our own errors (and bad input, missing files) are one line; a RuntimeError from elsewhere
+        # (PyTorch, say) is a bug or an environment problem and keeps its traceback
+        if os.environ.get("METATOKENS_DEBUG") or (isinstance(err, RuntimeError)
+                                                  and not type(err).__module__.startswith("metatokens")):
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"metatokens {args.command}: error: {msg}", file=sys.stderr)

@@ -7,12 +7,76 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 
 class ConfigError(ValueError):
     """A setting is unknown or impossible. The message is one line."""
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_value(text: str) -> Any:
+    """A `--set key=value` value: YAML (true, null, 12, [1, 2], words), and numbers in every usual
+    spelling, `3e-4` and `1e6` included, which YAML 1.1 reads as strings."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _kind(annotation: str) -> tuple[str, bool]:
+    """('int' | 'float' | 'bool' | 'str' | '', optional) of a simple field annotation."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    if len(parts) == 1 and parts[0] in ("int", "float", "bool", "str"):
+        return parts[0], optional
+    if len(parts) == 1 and parts[0].startswith("Literal["):
+        return "str", optional
+    return "", optional
+
+
+def coerce_fields(obj: Any, section: str) -> Any:
+    """Check (and where it is lossless, convert) every simple field of a settings dataclass to its
+    declared type: 1e6 -> 1000000 for an int, 3 -> 3.0 for a float; a wrong type raises one line
+    naming the field (``train.lr must be a number, got 'abc'``)."""
+    for f in dataclasses.fields(obj):
+        kind, optional = _kind(f.type)
+        value = getattr(obj, f.name)
+        if not kind or (value is None and optional):
+            continue
+        name = f"{section}.{f.name}"
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+        elif kind == "int":
+            if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+                value = float(value)
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        elif kind == "float":
+            if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+                value = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        elif not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        setattr(obj, f.name, value)
+    return obj
 
 
 @dataclass
@@ -127,7 +191,7 @@ class ModelConfig:
             unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
             if unknown:
                 raise ConfigError(f"unknown model key(s): {', '.join(sorted(unknown))}")
-            return cls(yarn=yarn, **data).validate()
+            return coerce_fields(cls(yarn=yarn, **data), "model").validate()
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"{source}: {err}") from None
 

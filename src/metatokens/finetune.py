@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .fileio import atomic_write_text
-from .config import ConfigError
+from .config import ConfigError, parse_value
 from .evaluate import (
     HFCausalLM,
     LoadedModel,
@@ -278,10 +277,7 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], list[str]]:
             continue
         if name not in names:
             raise ConfigError(f"unknown train setting {name!r} (known: {', '.join(sorted(names))})")
-        try:
-            train[name] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            train[name] = text
+        train[name] = parse_value(text)
     return train, model
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import MODEL_SHAPES, ConfigError, ModelConfig
+from .config import MODEL_SHAPES, ConfigError, ModelConfig, coerce_fields, parse_value
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -73,7 +73,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         self.model.validate()
-        t, d = self.train, self.data
+        t, d = coerce_fields(self.train, "train"), coerce_fields(self.data, "data")
         positive = [(t, "batch_size"), (t, "grad_accum"), (t, "max_steps"), (t, "eval_batches"), (t, "log_interval"),
                     (t, "keep_last"), (d, "vocab_size")]
         for section, name in positive:
@@ -141,10 +141,7 @@ def load_run_config(preset: str, overrides: list[str] | None = None) -> RunConfi
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or section not in ("model", "data", "train"):
             raise ConfigError(f"override {item!r} must look like section.key=value (section: model, data or train)")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
+        value = parse_value(text)
         if section == "model":
             model = _merge_model(model, {name: value}, "override")
         else:
