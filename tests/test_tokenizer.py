@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,14 +331,24 @@ def test_from_gpt2_local_folder(tmp_path) -> None:
     assert tok.decode(tok.encode(text)) == text
 
 
+def _write_tiny_gpt2_json(folder) -> None:
+    """The same tokenizer as _write_tiny_gpt2, as GPT-2's tokenizer.json (no <|meta|>) alone."""
+    _write_tiny_gpt2(folder / "vocab-merges")
+    cfg = json.loads(MetaTokenizer.from_gpt2(folder / "vocab-merges").to_json_str())
+    cfg["added_tokens"] = [t for t in cfg["added_tokens"] if t["content"] != META_TOKEN]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(cfg), encoding="utf-8")
+    for name in ("vocab.json", "merges.txt"):
+        (folder / "vocab-merges" / name).unlink()
+    (folder / "vocab-merges").rmdir()
+
+
 def test_from_gpt2_tokenizer_json_folder(tmp_path) -> None:
     # A folder holding a tokenizer.json (as the HF cache does) gives the same ids.
     _write_tiny_gpt2(tmp_path / "files")
     from_files = MetaTokenizer.from_gpt2(tmp_path / "files")
-    cfg = json.loads(from_files.to_json_str())
-    cfg["added_tokens"] = [t for t in cfg["added_tokens"] if t["content"] != META_TOKEN]
-    (tmp_path / "json").mkdir()
-    (tmp_path / "json" / "tokenizer.json").write_text(json.dumps(cfg), encoding="utf-8")
+    _write_tiny_gpt2_json(tmp_path / "json")
+    assert sorted(p.name for p in (tmp_path / "json").iterdir()) == ["tokenizer.json"]
     from_json = MetaTokenizer.from_gpt2(tmp_path / "json")
     assert from_json.meta_token_id == from_files.meta_token_id
     assert from_json.encode_batch(TRICKY_TEXTS) == from_files.encode_batch(TRICKY_TEXTS)
@@ -361,10 +375,157 @@ def test_from_gpt2_matches_transformers(tmp_path) -> None:
         assert ours.encode(text) == theirs(text)["input_ids"]
 
 
+@pytest.fixture(autouse=True)
+def _no_hub_downloads(monkeypatch) -> None:
+    """No test here reaches the network: a from_gpt2() that would download fails the test.
+
+    pytest.fail raises a BaseException, which from_gpt2's `except Exception` cannot turn into a
+    TokenizerError, so a test expecting a TokenizerError still notices the attempted download.
+    """
+    try:
+        import huggingface_hub
+    except ImportError:
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"a test tried to download from the Hugging Face Hub: {args} {kwargs}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in tmp_path (HF_HOME) and no offline variable set; its hub folder."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path / "hf" / "hub"
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.hf_hub_download: 'downloads' the files of a local folder.
+
+    Lays them out as huggingface_hub does (CACHE/models--ORG--NAME/snapshots/COMMIT/FILE plus
+    refs/main) and records every call.
+    """
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, files, missing: tuple[str, ...] = ()) -> None:
+        self.files = files
+        self.missing = missing
+        self.calls: list[dict] = []
+
+    def __call__(self, repo_id, filename, *, revision=None, cache_dir=None, **kwargs):
+        from huggingface_hub.utils import EntryNotFoundError
+
+        self.calls.append({"repo_id": repo_id, "filename": filename, "revision": revision, "cache_dir": cache_dir})
+        if filename in self.missing or not (self.files / filename).is_file():
+            raise EntryNotFoundError(f"404: {filename} is not in {repo_id}")
+        repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+        snapshot = repo / "snapshots" / (revision or self.COMMIT)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(self.COMMIT, encoding="utf-8")
+        shutil.copyfile(self.files / filename, snapshot / filename)
+        return str(snapshot / filename)
+
+
+@pytest.mark.parametrize("var,value", [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "true")])
+def test_from_gpt2_offline_says_how_to_allow_the_download(empty_hf_cache, monkeypatch, var, value) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(TokenizerError) as excinfo:  # and the autouse guard: no download attempted
+        MetaTokenizer.from_gpt2()
+    message = str(excinfo.value)
+    assert "\n" not in message and "GPT-2" in message and str(empty_hf_cache) in message
+    assert f"{var}={value}" in message  # what forbade the download
+    assert "unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE" in message  # how to allow it
+    assert "from_gpt2(path=...)" in message and "hf download gpt2" in message  # or how to do without
+
+
+@pytest.mark.parametrize("hub_offline,transformers_offline", [
+    (None, None), ("1", None), ("0", "1"), (None, "yes"), ("", "1"), ("off", None), ("TRUE", "0"),
+])
+def test_offline_rule_is_huggingface_hubs(monkeypatch, hub_offline, transformers_offline) -> None:
+    # Same variables, precedence and truthy spellings as huggingface_hub.constants (and so datasets).
+    constants = pytest.importorskip("huggingface_hub.constants")
+    from metatokens.tokenizer import _hf_offline_setting
+
+    for var, value in (("HF_HUB_OFFLINE", hub_offline), ("TRANSFORMERS_OFFLINE", transformers_offline)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    theirs = constants._is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    assert (_hf_offline_setting() is not None) == theirs
+
+
+def test_from_gpt2_downloads_tokenizer_json_when_not_cached(tmp_path, empty_hf_cache, monkeypatch) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _write_tiny_gpt2_json(tmp_path / "upstream")
+    hub = FakeHub(tmp_path / "upstream")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    tok = MetaTokenizer.from_gpt2()
+    assert [(c["repo_id"], c["filename"]) for c in hub.calls] == [("openai-community/gpt2", "tokenizer.json")]
+    assert hub.calls[0]["cache_dir"] == str(empty_hf_cache)  # into the cache from_gpt2 searches
+    snapshot = empty_hf_cache / "models--openai-community--gpt2" / "snapshots" / FakeHub.COMMIT
+    assert sorted(p.name for p in snapshot.iterdir()) == ["tokenizer.json"]
+    expected = MetaTokenizer.from_gpt2(path=tmp_path / "upstream")
+    assert tok.to_json_str() == expected.to_json_str()
+    assert tok.encode_batch(TRICKY_TEXTS) == expected.encode_batch(TRICKY_TEXTS)
+    assert (tok.meta_token_id, tok.eos_token_id) == (expected.meta_token_id, expected.eos_token_id)
+    # Next time the cache serves it, offline too: no second download.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert MetaTokenizer.from_gpt2().to_json_str() == expected.to_json_str()
+    assert len(hub.calls) == 1
+
+
+def test_from_gpt2_downloads_vocab_and_merges_without_tokenizer_json(tmp_path, empty_hf_cache, monkeypatch) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _write_tiny_gpt2(tmp_path / "upstream")
+    hub = FakeHub(tmp_path / "upstream")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    tok = MetaTokenizer.from_gpt2()
+    assert [c["filename"] for c in hub.calls] == ["tokenizer.json", "vocab.json", "merges.txt"]
+    assert hub.calls[2]["revision"] == FakeHub.COMMIT  # merges.txt of the same revision as vocab.json
+    expected = MetaTokenizer.from_gpt2(path=tmp_path / "upstream")
+    assert tok.to_json_str() == expected.to_json_str()
+    assert tok.encode_batch(TRICKY_TEXTS) == expected.encode_batch(TRICKY_TEXTS)
+
+
+def test_from_gpt2_download_failure_is_one_line(tmp_path, empty_hf_cache, monkeypatch) -> None:
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no route to host\n(second line of the client's message)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(TokenizerError) as excinfo:
+        MetaTokenizer.from_gpt2()
+    message = str(excinfo.value)
+    assert "\n" not in message and str(empty_hf_cache) in message
+    assert "failed (ConnectionError: no route to host" in message and "from_gpt2(path=...)" in message
+    # A repository without tokenizer.json whose other files are missing too: also one line.
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", FakeHub(tmp_path / "nothing-here"))
+    with pytest.raises(TokenizerError, match="EntryNotFoundError") as excinfo:
+        MetaTokenizer.from_gpt2()
+    assert "\n" not in str(excinfo.value)
+
+
+def test_from_gpt2_without_huggingface_hub(empty_hf_cache, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import huggingface_hub -> ImportError
+    with pytest.raises(TokenizerError) as excinfo:
+        MetaTokenizer.from_gpt2()
+    message = str(excinfo.value)
+    assert "\n" not in message and str(empty_hf_cache) in message
+    assert "pip install huggingface_hub" in message and "from_gpt2(path=...)" in message
+
+
 def test_from_gpt2_not_found(tmp_path, monkeypatch) -> None:
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TokenizerError) as excinfo:
         MetaTokenizer.from_gpt2()
     message = str(excinfo.value)

@@ -14,6 +14,7 @@ loading a file, GPT-2's files, unpickling).
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 from collections.abc import Iterable
@@ -25,6 +26,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from .fileio import atomic_write_text
 
 __all__ = ["EOS_TOKEN", "META_TOKEN", "SPECIAL_TOKENS", "MetaTokenizer", "TokenizerError"]
+
+log = logging.getLogger(__name__)
 
 META_TOKEN = "<|meta|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -41,6 +44,10 @@ _GPT2_DOWNLOAD_HINT = (
     "or fetch them once where the network is reachable, e.g. "
     "`hf download gpt2 tokenizer.json vocab.json merges.txt`"
 )
+# Where from_gpt2() downloads from when the cache lacks the files (the old name "gpt2" redirects here).
+_GPT2_HUB_REPO = "openai-community/gpt2"
+# The variables that put huggingface_hub offline, in its order of precedence.
+_HF_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def _one_line(text: object) -> str:
@@ -157,12 +164,17 @@ class MetaTokenizer:
 
     @classmethod
     def from_gpt2(cls, path: str | os.PathLike[str] | None = None) -> MetaTokenizer:
-        """GPT-2's own BPE plus ``<|meta|>`` (id 50257, vocab 50258), from local files only.
+        """GPT-2's own BPE plus ``<|meta|>`` (id 50257, vocab 50258).
 
         ``path`` is a folder holding ``tokenizer.json`` or ``vocab.json`` +
-        ``merges.txt``.  Without it the local Hugging Face hub cache is searched
-        (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``).
-        The network is never used.
+        ``merges.txt``; it is read as is and the network is never used.  Without
+        it the local Hugging Face hub cache is searched (``HF_HUB_CACHE``, else
+        ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), and when the cache
+        lacks the files they are downloaded into it from the Hub
+        (``openai-community/gpt2``, with ``huggingface_hub``), unless
+        ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, as for ``hf:``
+        corpora.  Offline, without ``huggingface_hub``, or when the download
+        fails, a one-line :class:`TokenizerError` says what to do.
         """
         if path is not None:
             folder = Path(path)
@@ -171,7 +183,8 @@ class MetaTokenizer:
             if not _has_gpt2_files(folder):
                 raise TokenizerError(f"no GPT-2 tokenizer files here; expected {_GPT2_FILES}", folder)
         else:
-            folder = _find_gpt2_in_hf_cache()
+            hub = _hf_hub_cache()
+            folder = _gpt2_in_hf_cache(hub) or _download_gpt2(hub)
         return cls._from_gpt2_folder(folder)
 
     # ------------------------------------------------------------------ persistence
@@ -425,8 +438,8 @@ def _hf_hub_cache() -> Path:
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
 
-def _find_gpt2_in_hf_cache() -> Path:
-    hub = _hf_hub_cache()
+def _gpt2_in_hf_cache(hub: Path) -> Path | None:
+    """The snapshot folder of the cache `hub` that holds GPT-2's tokenizer files, or None."""
     for repo in _GPT2_CACHE_REPOS:
         snapshots = hub / repo / "snapshots"
         if not snapshots.is_dir():
@@ -442,9 +455,73 @@ def _find_gpt2_in_hf_cache() -> Path:
         for snapshot in candidates:
             if _has_gpt2_files(snapshot):
                 return snapshot
-    raise TokenizerError(
-        f"GPT-2 tokenizer files not found in the local Hugging Face cache ({hub}); {_GPT2_DOWNLOAD_HINT}"
-    )
+    return None
+
+
+def _hf_offline_setting() -> str | None:
+    """``"HF_HUB_OFFLINE=1"`` (or the TRANSFORMERS_OFFLINE one) when it puts the Hub offline, else None.
+
+    huggingface_hub's rule (the first non-empty variable decides; 1/ON/YES/TRUE mean offline),
+    read now: huggingface_hub.constants froze it when huggingface_hub was imported.
+    """
+    for var in _HF_OFFLINE_VARS:
+        value = os.environ.get(var)
+        if value:
+            return f"{var}={value}" if value.upper() in {"1", "ON", "YES", "TRUE"} else None
+    return None
+
+
+def _missing_on_hub(exc: BaseException) -> bool:
+    """True when the Hub answered that the file does not exist (not a network or offline failure)."""
+    try:
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError:
+        return False
+    return isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError)
+
+
+def _download_gpt2(hub: Path) -> Path:
+    """Fetch GPT-2's tokenizer files from the Hub into the cache `hub`; returns their snapshot folder."""
+    not_cached = f"GPT-2 tokenizer files not found in the local Hugging Face cache ({hub})"
+    offline = _hf_offline_setting()
+    if offline is not None:
+        raise TokenizerError(
+            f"{not_cached}, and {offline} forbids downloading them; unset {' and '.join(_HF_OFFLINE_VARS)} "
+            f"to let from_gpt2() fetch them from the Hugging Face Hub ({_GPT2_HUB_REPO}), or {_GPT2_DOWNLOAD_HINT}"
+        )
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise TokenizerError(
+            f"{not_cached}, and downloading them needs huggingface_hub: `pip install huggingface_hub` "
+            f"(or metatokens[hf]) to let from_gpt2() fetch them, or {_GPT2_DOWNLOAD_HINT}"
+        ) from None
+
+    def fetch(filename: str, revision: str | None = None) -> Path:
+        # cache_dir: the cache searched above, read from the environment now, not at import time.
+        return Path(huggingface_hub.hf_hub_download(
+            repo_id=_GPT2_HUB_REPO, filename=filename, revision=revision, cache_dir=str(hub)
+        ))
+
+    log.info("GPT-2 tokenizer files not in %s; downloading them from the Hugging Face Hub (%s)", hub, _GPT2_HUB_REPO)
+    try:
+        try:
+            folder = fetch("tokenizer.json").parent
+        except Exception as exc:
+            if not _missing_on_hub(exc):
+                raise
+            # No tokenizer.json in the repository: the two files it is built from, of one revision.
+            folder = fetch("vocab.json").parent
+            fetch("merges.txt", revision=folder.name)
+    except Exception as exc:  # noqa: BLE001 - network, proxy, repository: all end the same way for the user
+        reason = _one_line(f"{type(exc).__name__}: {exc}")[:300]
+        raise TokenizerError(
+            f"{not_cached}, and downloading them from the Hugging Face Hub ({_GPT2_HUB_REPO}) failed ({reason}); "
+            f"check the network (or HF_ENDPOINT, for a mirror), or {_GPT2_DOWNLOAD_HINT}"
+        ) from None
+    if not _has_gpt2_files(folder):
+        raise TokenizerError(f"downloaded from {_GPT2_HUB_REPO}, but {_GPT2_FILES} are not here", folder)
+    return folder
 
 
 def _as_id_list(ids: Any) -> list[int]:
