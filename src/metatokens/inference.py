@@ -15,6 +15,7 @@ last sampled token and the meta-token); the meta-token id itself is never sample
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -138,8 +139,8 @@ def stream_tokens(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if policy.kind != "none" and meta_id is None:
         raise MetaPolicyError(f"meta-token policy {policy} needs a model with a meta_token_id; this one has none")
     since = 0

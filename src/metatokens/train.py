@@ -35,6 +35,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import CheckpointError, load_pretrained, save_pretrained, sha256_file
+from .devices import resolve_device
 from .fileio import atomic_write_text
 from .model import GPT
 from .runconfig import TrainConfig
@@ -82,11 +83,10 @@ class Dist:
 
 
 def setup_distributed(device_spec: str = "auto") -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    if device_spec == "auto":
-        device_spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("train.device is cuda but no CUDA device is available; use --device cpu")
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, NCCL on GPU).
+
+    The device is checked first (cpu, cuda, cuda:N, mps, auto), so a bad one fails before any work."""
+    device_spec = resolve_device(device_spec, "train.device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=torch.device(device_spec))

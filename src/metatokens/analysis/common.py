@@ -22,8 +22,10 @@ class AnalysisError(ValueError):
 def load_for_analysis(checkpoint: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, model folder) from a model folder or a run folder."""
     from ..checkpoint import CheckpointError, load_pretrained
+    from ..devices import resolve_device
     from ..train import resolve_model_dir
 
+    device = resolve_device(device)  # a bad --device, in one line, before the model loads
     folder = resolve_model_dir(checkpoint)
     model, tokenizer, _ = load_pretrained(folder, device)
     if tokenizer is None:

@@ -33,8 +33,8 @@ def add_command(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the test examples / meta-token positions (default 0)")
     p.add_argument("--yarn-scale", type=float, help="evaluate RoPE models with YaRN: window L -> s*L (L = the "
                    "pre-training window); other models as they are")
-    p.add_argument("--batch-size", type=int, default=16, help="examples or rows per forward pass (default 16)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.add_argument("--batch-size", type=int, default=16, help="examples or rows per forward pass, at least 1 (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     t = p.add_argument_group("task accuracy")
     t.add_argument("--lengths", default="64,128,256", help="prompt-length bins, comma-separated (default 64,128,256)")
@@ -61,9 +61,13 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
+    from ..devices import resolve_device
     from ..evaluate import (evaluate_perplexity, evaluate_task, load_model, perplexity_markdown, task_markdown,
                             unique_names, write_report)
 
+    args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and len(names) != len(args.checkpoint):
         raise ValueError(f"--names has {len(names)} names for {len(args.checkpoint)} checkpoints")

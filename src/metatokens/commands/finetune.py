@@ -53,7 +53,11 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
+    from ..devices import resolve_device
     from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
+
+    if args.device:
+        resolve_device(args.device)  # a bad --device fails in one line before any work
 
     train, model_overrides = parse_overrides(args.overrides)
     if args.steps is not None:

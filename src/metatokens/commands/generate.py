@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
+
+# Most tokens one call samples, far past any window we train: a RoPE model has no position limit and its
+# KV cache keeps growing, so an unbounded request would run until memory runs out.
+MAX_NEW_TOKENS = 100_000
 
 
 def add_command(sub) -> None:
@@ -13,14 +18,14 @@ def add_command(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="model folder, or run folder (its latest checkpoint)")
     p.add_argument("--prompt", default="", help='prompt text; with --meta marked, "<|meta|>" marks meta-tokens (default: empty)')
-    p.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="tokens to sample (default: 100)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy (default: 0.8, as nanoGPT's sample.py)")
+    p.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help=f"tokens to sample, at most {MAX_NEW_TOKENS:,} (default: 100)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="a finite number >= 0; 0 = greedy (default: 0.8, as nanoGPT's sample.py)")
     p.add_argument("--top-k", type=int, default=200, metavar="K", help="sample among the K likeliest tokens; 0 = all (default: 200)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="seed for sampling (default: fresh randomness)")
     p.add_argument("--meta", default="none", metavar="POLICY", help="meta-token policy: none, every:N or marked (default: none)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; a reference)")
     p.add_argument("--show-meta", action="store_true", help='print inserted meta-tokens as "<|meta|>"')
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     p.set_defaults(func=run)
 
 
@@ -28,15 +33,19 @@ def run(args) -> int:
     import torch  # here, not at import: every `metatokens` call builds this command's parser
 
     from ..checkpoint import CheckpointError, load_pretrained
+    from ..devices import resolve_device
     from ..inference import MetaPolicy, stream_text
 
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.max_new_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS:,}, got {args.max_new_tokens:,}")
     if args.top_k < 0:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    args.device = resolve_device(args.device)
     from ..train import resolve_model_dir
 
     model, tokenizer, _ = load_pretrained(resolve_model_dir(args.checkpoint), args.device)

@@ -1,0 +1,40 @@
+"""Device strings as the commands accept them: checked once, early, with a one-line error."""
+
+from __future__ import annotations
+
+import re
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps or auto"
+_DEVICE = re.compile(r"(?P<kind>cpu|mps|auto|cuda)(?::(?P<index>[0-9]+))?")
+
+
+class DeviceError(ValueError):
+    """A device string is malformed or names a device this machine does not have. One line."""
+
+
+def resolve_device(spec: object, what: str = "--device") -> str:
+    """The device `spec` names, checked: cpu, cuda, cuda:N, mps, or auto (cuda when present, else cpu).
+
+    `what` names the setting in the message (--device, train.device). Returns the resolved string
+    ("auto" becomes "cuda" or "cpu"); raises DeviceError before any model or data is touched.
+    """
+    import torch
+
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = spec.strip() if isinstance(spec, str) else None
+    match = _DEVICE.fullmatch(text) if text else None
+    if match is None or (match["index"] is not None and match["kind"] != "cuda"):
+        raise DeviceError(f"{what} {spec!r} is not a device; use {DEVICE_FORMS}")
+    kind = match["kind"]
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{what} is {text} but no CUDA device is available; use --device cpu")
+        count = torch.cuda.device_count()
+        if match["index"] is not None and int(match["index"]) >= count:
+            raise DeviceError(f"{what} is {text} but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"{what} is mps but MPS is not available on this machine; use --device cpu")
+    return text
