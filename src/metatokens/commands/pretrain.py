@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from ..runconfig import list_presets, load_run_config
@@ -40,9 +41,10 @@ def run(args) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     preset = args.config
-    if preset is None and args.resume and (Path(args.out) / "run.json").is_file():
-        preset = _saved_preset(Path(args.out))
-    cfg = load_run_config(preset or "tiny", overrides)
+    with tempfile.TemporaryDirectory(prefix="metatokens-") as tmp:
+        if preset is None and args.resume and (Path(args.out) / "run.json").is_file():
+            preset = _saved_preset(Path(args.out), Path(tmp))
+        cfg = load_run_config(preset or "tiny", overrides)
     summary = run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress)
     keys = [k for k in ("train_loss", "val_loss", "val_bpb") if k in summary]
     if os.environ.get("RANK", "0") == "0":
@@ -50,13 +52,12 @@ def run(args) -> int:
     return 0
 
 
-def _saved_preset(run_dir: Path) -> str:
-    """Write the run's saved settings as a YAML file beside it and return its path."""
+def _saved_preset(run_dir: Path, tmp: Path) -> str:
+    """Write the run's saved settings as a YAML file in `tmp` (nothing is added to the run folder) and
+    return its path."""
     import yaml
 
-    from ..fileio import atomic_write_text
-
     saved = json.loads((run_dir / "run.json").read_text())["config"]
-    path = run_dir / "resolved-config.yaml"
-    atomic_write_text(path, yaml.safe_dump({k: saved[k] for k in ("model", "data", "train")}, sort_keys=False))
+    path = tmp / "resolved-config.yaml"
+    path.write_text(yaml.safe_dump({k: saved[k] for k in ("model", "data", "train")}, sort_keys=False), encoding="utf-8")
     return str(path)
