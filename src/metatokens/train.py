@@ -493,16 +493,45 @@ def resolve_model_dir(path: str | Path) -> Path:
     return latest
 
 
-def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) -> dict:
-    """Restore model, optimizer and this rank's RNG from a checkpoint folder; return trainer state."""
+CHECKPOINT_EXTRA = ("optimizer.pt", "rng.safetensors")  # written by save_checkpoint, checksummed in trainer_state.json
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """trainer_state.json of a checkpoint, checked: a JSON object with the step, the data position and
+    the SHA-256 of optimizer.pt and rng.safetensors, which must match those files."""
     state_file = folder / "trainer_state.json"
     try:
-        state = json.loads(state_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{state_file}: unreadable ({' '.join(str(err).split())}); the checkpoint is incomplete") from None
-    for name, digest in state.get("sha256", {}).items():
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{state_file}: unreadable ({_one_line(err)}); the checkpoint is incomplete or damaged") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_file}: not a JSON object; the file is damaged")
+    step, sums = state.get("step"), state.get("sha256")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{state_file}: no valid step (got {step!r}); the file is damaged")
+    if not isinstance(state.get("data"), dict):
+        raise CheckpointError(f"{state_file}: no data position; the file is damaged")
+    if not isinstance(sums, dict) or any(not isinstance(sums.get(name), str) for name in CHECKPOINT_EXTRA):
+        raise CheckpointError(f"{state_file}: no SHA-256 of {' and '.join(CHECKPOINT_EXTRA)}, so they cannot be "
+                              "verified; the file was edited or damaged")
+    for name, digest in sums.items():
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{state_file}: names {name!r} in its checksums; the file is damaged")
         if not (folder / name).is_file() or sha256_file(folder / name) != digest:
             raise CheckpointError(f"{folder / name}: missing, truncated or corrupted (checksum differs)")
+    return state
+
+
+def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) -> dict:
+    """Restore model, optimizer and this rank's RNG from a checkpoint folder; return trainer state.
+
+    Every file is read before any state is restored; a damaged or unfitting one is named in a
+    CheckpointError (one line)."""
+    state = read_trainer_state(folder)
     if hasattr(model, "load_folder_state"):  # models that are not GPT read their own folder format
         model_state = model.load_folder_state(folder)
     else:
@@ -510,7 +539,17 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
         if saved.config != model.config:
             raise TrainingError(f"{folder}: the checkpoint's model settings differ from this run's; refusing to resume")
         model_state = saved.state_dict()
-    optim_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    optim_file, rng_file = (folder / name for name in CHECKPOINT_EXTRA)
+    try:
+        optim_state = torch.load(optim_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors of many kinds; weights_only never runs code
+        raise CheckpointError(f"{optim_file}: cannot load the optimizer state ({_one_line(err)})") from None
+    if not isinstance(optim_state, dict) or not {"state", "param_groups"} <= set(optim_state):
+        raise CheckpointError(f"{optim_file}: not an optimizer state (no state / param_groups)")
+    try:
+        rng = load_file(str(rng_file))
+    except Exception as err:  # SafetensorError, OSError, ...
+        raise CheckpointError(f"{rng_file}: cannot load the RNG state ({_one_line(err)})") from None
     if fsdp and d.world > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -518,12 +557,17 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
                        options=StateDictOptions(full_state_dict=True))
     else:
         model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-    rng = load_file(str(folder / "rng.safetensors"))
-    if f"rank{d.rank}.cpu" in rng:
-        torch.set_rng_state(rng[f"rank{d.rank}.cpu"])
-        if d.device.type == "cuda" and f"rank{d.rank}.cuda" in rng:
-            torch.cuda.set_rng_state(rng[f"rank{d.rank}.cuda"], d.device)
+        try:
+            optimizer.load_state_dict(optim_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{optim_file}: does not fit this run's optimizer ({_one_line(err)})") from None
+    try:
+        if f"rank{d.rank}.cpu" in rng:
+            torch.set_rng_state(rng[f"rank{d.rank}.cpu"])
+            if d.device.type == "cuda" and f"rank{d.rank}.cuda" in rng:
+                torch.cuda.set_rng_state(rng[f"rank{d.rank}.cuda"], d.device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{rng_file}: not a valid RNG state ({_one_line(err)})") from None
     return state
 
 
@@ -659,7 +703,11 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     start = 0
     if resume and (folder := latest_checkpoint(run_dir)) is not None:
         state = load_checkpoint(folder, model, optimizer, d, cfg.fsdp)
-        batches.load_state_dict(state["data"])
+        try:
+            batches.load_state_dict(state["data"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"{folder / 'trainer_state.json'}: its data position does not fit this run "
+                                  f"({' '.join(str(err).split())[:200]})") from None
         start = state["step"]
     if d.world > 1 and cfg.grad_accum % d.world:
         raise ValueError(f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({d.world})")
