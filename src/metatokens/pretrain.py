@@ -23,8 +23,8 @@ from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokeni
 from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import (IGNORE, Dist, TrainingError, abandon_run_dir, check_run_dir, release_run_dir, resolve_model_dir,
-                    setup_distributed, train_loop)
+from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_run_dir, read_run_json,
+                    release_run_dir, resolve_model_dir, setup_distributed, train_loop)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -90,11 +90,14 @@ def make_evaluator(cfg: RunConfig, packed: PackedData, meta_id: int, d: Dist):
 
 
 def _check_resume(run_dir: Path, cfg: RunConfig, tok_hash: str) -> None:
-    saved = json.loads((run_dir / "run.json").read_text())
+    saved = read_run_json(run_dir, "config", "tokenizer_sha256")
     if saved["tokenizer_sha256"] != tok_hash:
         raise TrainingError(f"{run_dir}: resuming with a different tokenizer than the run was started with; refusing")
-    if saved["config"]["model"] != cfg.model.to_dict():
-        changed = sorted(k for k, v in cfg.model.to_dict().items() if saved["config"]["model"].get(k) != v)
+    model = saved["config"].get("model")
+    if not isinstance(model, dict):
+        raise RunDirError(f"{run_dir / 'run.json'}: no model settings under config; the run's settings are damaged")
+    if model != cfg.model.to_dict():
+        changed = sorted(k for k, v in cfg.model.to_dict().items() if model.get(k) != v)
         raise TrainingError(f"{run_dir}: resuming with different model settings ({', '.join(changed)}); refusing")
 
 
@@ -119,6 +122,7 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
 def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str | None, progress: bool) -> dict[str, Any]:
     init_model = None
     if resume:
+        read_run_json(run_dir, "config", "tokenizer_sha256")  # a damaged run.json is named before any work
         tokenizer = MetaTokenizer.from_file(run_dir / "tokenizer.json")
     elif init:
         init_model, tokenizer, _ = load_pretrained(resolve_model_dir(init))

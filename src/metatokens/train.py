@@ -493,6 +493,23 @@ def resolve_model_dir(path: str | Path) -> Path:
     return latest
 
 
+def read_run_json(run_dir: str | Path, *keys: str) -> dict[str, Any]:
+    """A run folder's run.json as a dict holding `keys`; anything else is a RunDirError naming the file."""
+    file = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{file}: missing; is {run_dir} a metatokens run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{file}: unreadable, not valid JSON ({_one_line(err)}); the run's settings are damaged") from None
+    if not isinstance(info, dict):
+        raise RunDirError(f"{file}: not a JSON object; the run's settings are damaged")
+    missing = [k for k in keys if not isinstance(info.get(k), (dict, str))]
+    if missing:
+        raise RunDirError(f"{file}: no {', '.join(missing)}; the run's settings are damaged")
+    return info
+
+
 CHECKPOINT_EXTRA = ("optimizer.pt", "rng.safetensors")  # written by save_checkpoint, checksummed in trainer_state.json
 
 

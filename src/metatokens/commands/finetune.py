@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def add_command(sub) -> None:
@@ -55,9 +56,12 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
+    from ..train import read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
+    if args.resume and (Path(args.out) / "run.json").exists():
+        read_run_json(args.out, "finetune", "train", "tokenizer_sha256")  # a damaged run.json, named
 
     train, model_overrides = parse_overrides(args.overrides)
     if args.steps is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -57,7 +56,13 @@ def _saved_preset(run_dir: Path, tmp: Path) -> str:
     return its path."""
     import yaml
 
-    saved = json.loads((run_dir / "run.json").read_text())["config"]
+    from ..train import RunDirError, read_run_json
+
+    saved = read_run_json(run_dir, "config")["config"]
+    missing = [k for k in ("model", "data", "train") if not isinstance(saved.get(k), dict)]
+    if missing:
+        raise RunDirError(f"{run_dir / 'run.json'}: no {', '.join(missing)} settings under config; the run's "
+                          "settings are damaged")
     path = tmp / "resolved-config.yaml"
     path.write_text(yaml.safe_dump({k: saved[k] for k in ("model", "data", "train")}, sort_keys=False), encoding="utf-8")
     return str(path)
