@@ -23,8 +23,8 @@ from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokeni
 from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_run_dir, read_run_json,
-                    release_run_dir, resolve_model_dir, setup_distributed, train_loop)
+from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_resume_steps, check_run_dir,
+                    read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -123,6 +123,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
     init_model = None
     if resume:
         read_run_json(run_dir, "config", "tokenizer_sha256")  # a damaged run.json is named before any work
+        check_resume_steps(run_dir, cfg.train.max_steps, "train.max_steps", allow_equal=True)
         tokenizer = MetaTokenizer.from_file(run_dir / "tokenizer.json")
     elif init:
         init_model, tokenizer, _ = load_pretrained(resolve_model_dir(init))

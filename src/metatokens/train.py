@@ -510,6 +510,27 @@ def read_run_json(run_dir: str | Path, *keys: str) -> dict[str, Any]:
     return info
 
 
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """The step of a run's latest checkpoint (from its trainer_state.json); None when it has none or
+    the file cannot be read (resuming reports that)."""
+    try:
+        latest = latest_checkpoint(Path(run_dir))
+        step = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))["step"] if latest else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def check_resume_steps(run_dir: str | Path, max_steps: int, flag: str = "--max-steps", *, allow_equal: bool = False) -> None:
+    """A resume that asks for `max_steps` must move the run forward: refuse (RunDirError, one line) when
+    the latest checkpoint is already past it (or at it, unless allow_equal: a finished run resumed is a
+    no-op), before any data or model is prepared."""
+    step = checkpoint_step(run_dir)
+    if step is not None and (max_steps < step or (max_steps == step and not allow_equal)):
+        rule = "cannot be below it" if allow_equal else "must be above it"
+        raise RunDirError(f"{run_dir}: the run is already at step {step}; {flag} {rule} (got {max_steps})")
+
+
 CHECKPOINT_EXTRA = ("optimizer.pt", "rng.safetensors")  # written by save_checkpoint, checksummed in trainer_state.json
 
 
@@ -693,6 +714,7 @@ def train_loop(
 
     The run folder is locked for the run (see check_run_dir); a new run that fails before its first
     checkpoint removes what it wrote. Stale temporary folders of killed saves are removed first.
+    A resume whose cfg.max_steps lies below the checkpoint's step is refused (RunDirError).
     """
     d = d or Dist()
     run_dir = Path(run_dir)
@@ -720,6 +742,9 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     start = 0
     if resume and (folder := latest_checkpoint(run_dir)) is not None:
         state = load_checkpoint(folder, model, optimizer, d, cfg.fsdp)
+        if state["step"] > cfg.max_steps:  # before anything in the run folder changes
+            raise RunDirError(f"{run_dir}: the run is already at step {state['step']}; train.max_steps cannot be "
+                              f"below it (got {cfg.max_steps})")
         try:
             batches.load_state_dict(state["data"])
         except (KeyError, TypeError, ValueError, IndexError) as err:

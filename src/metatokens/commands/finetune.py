@@ -56,12 +56,14 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
-    from ..train import read_run_json
+    from ..train import check_resume_steps, read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
     if args.resume and (Path(args.out) / "run.json").exists():
         read_run_json(args.out, "finetune", "train", "tokenizer_sha256")  # a damaged run.json, named
+        if args.steps is not None:
+            check_resume_steps(args.out, args.steps)
 
     train, model_overrides = parse_overrides(args.overrides)
     if args.steps is not None:

@@ -20,7 +20,8 @@ def add_command(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, tokenizer)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. --set train.lr=3e-4 --set model.n_layer=6 (repeatable)")
-    p.add_argument("--max-steps", type=int, help="shortcut for --set train.max_steps=N")
+    p.add_argument("--max-steps", type=int, help="shortcut for --set train.max_steps=N (with --resume: above the "
+                   "run's step)")
     p.add_argument("--device", help="shortcut for --set train.device=DEVICE: cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--init", help="start from the weights of a model or run folder (continued pre-training)")
@@ -31,9 +32,12 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..pretrain import run_pretrain
+    from ..train import check_resume_steps
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
+    if args.resume and args.max_steps is not None:
+        check_resume_steps(args.out, args.max_steps)
     overrides = list(args.overrides)
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
