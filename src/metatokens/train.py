@@ -54,6 +54,20 @@ class TrainingError(RuntimeError):
     """The run cannot continue (non-finite loss, mismatched resume); the message is one line."""
 
 
+class RunStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after a checkpoint was saved: it is not finished (continue with
+    resume). A KeyboardInterrupt, so callers that do not catch it stop as on Ctrl-C. The message is one line."""
+
+    def __init__(self, step: int, signum: int, checkpoint: Path):
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM)."""
+        return 128 + self.signum
+
+
 class BatchSource(Protocol):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -613,10 +627,12 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."""
+    """SIGINT/SIGTERM set a flag (and `signum`, the signal); the loop saves a checkpoint after the
+    current step and raises RunStopped."""
 
     def __init__(self) -> None:
         self.stop = False
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
@@ -628,7 +644,7 @@ class _StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.stop:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.stop = True
+        self.stop, self.signum = True, signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
@@ -714,6 +730,7 @@ def train_loop(
 
     The run folder is locked for the run (see check_run_dir); a new run that fails before its first
     checkpoint removes what it wrote. Stale temporary folders of killed saves are removed first.
+    SIGINT / SIGTERM save a checkpoint after the current step and raise RunStopped (a KeyboardInterrupt).
     A resume whose cfg.max_steps lies below the checkpoint's step is refused (RunDirError).
     """
     d = d or Dist()
@@ -784,7 +801,7 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     model.train()
-    step = start
+    step, stopped_by = start, None
     with _StopFlag() as flag:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -840,14 +857,12 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
                     run_eval(step)
                 checkpoint(step)
             if stop:
-                summary["interrupted"] = True
-                if d.main:
-                    (bar.write if bar is not None else print)(
-                        f"stopped at step {step}; checkpoint saved in {run_dir}; continue with --resume"
-                    )
+                stopped_by = flag.signum or signal.SIGTERM  # under torchrun: a process the signal did not reach
                 break
     if bar is not None:
         bar.close()
     log.close()
+    if stopped_by is not None:  # saved, not finished: the caller must not take the run as done
+        raise RunStopped(step, stopped_by, run_dir / "checkpoints" / f"step-{step:08d}")
     summary["step"] = step
     return summary

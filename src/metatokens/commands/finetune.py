@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
@@ -56,7 +57,7 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
-    from ..train import check_resume_steps, read_run_json
+    from ..train import RunStopped, check_resume_steps, read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
@@ -84,10 +85,16 @@ def run(args) -> int:
             raise FinetuneError(f"--task-weights must be comma-separated positive integers, got {args.task_weights!r}") from None
     spec = TaskSpec(task=args.task, weights=weights, max_len=args.max_len, difficulty=args.difficulty, curriculum=args.curriculum,
                     phases=args.phases, meta=args.meta, seed=args.seed, eval_n=args.eval_n, yarn_scale=args.yarn_scale)
-    summary = run_finetune(spec, make_train_config(**train), args.out, init=args.init, from_scratch=args.from_scratch,
-                           hf_model=args.hf_model, tokenizer_path=args.tokenizer, model_overrides=model_overrides,
-                           resume=args.resume, resume_steps=args.steps if args.resume else None,
-                           progress=not args.no_progress)
+    try:
+        summary = run_finetune(spec, make_train_config(**train), args.out, init=args.init, from_scratch=args.from_scratch,
+                               hf_model=args.hf_model, tokenizer_path=args.tokenizer, model_overrides=model_overrides,
+                               resume=args.resume, resume_steps=args.steps if args.resume else None,
+                               progress=not args.no_progress)
+    except RunStopped as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"metatokens finetune: {stop}; continue with: metatokens finetune --out {args.out} --resume",
+                  file=sys.stderr)
+        return stop.exit_code
     keys = [k for k in ("train_loss", "val_loss", "val_exact_match", "val_token_accuracy") if k in summary]
     if os.environ.get("RANK", "0") == "0":
         print(f"{args.out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in keys))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def add_command(sub) -> None:
     p.add_argument("--max-steps", type=int, help="shortcut for --set train.max_steps=N (with --resume: above the "
                    "run's step)")
     p.add_argument("--device", help="shortcut for --set train.device=DEVICE: cpu, cuda, cuda:N, mps or auto")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
+                   "(a run stopped by SIGINT/SIGTERM saves one, then exits with 130/143)")
     p.add_argument("--init", help="start from the weights of a model or run folder (continued pre-training)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -32,7 +34,7 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..pretrain import run_pretrain
-    from ..train import check_resume_steps
+    from ..train import RunStopped, check_resume_steps
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
@@ -48,7 +50,13 @@ def run(args) -> int:
         if preset is None and args.resume and (Path(args.out) / "run.json").is_file():
             preset = _saved_preset(Path(args.out), Path(tmp))
         cfg = load_run_config(preset or "tiny", overrides)
-    summary = run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress)
+    try:
+        summary = run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress)
+    except RunStopped as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"metatokens pretrain: {stop}; continue with: metatokens pretrain --out {args.out} --resume",
+                  file=sys.stderr)
+        return stop.exit_code
     keys = [k for k in ("train_loss", "val_loss", "val_bpb") if k in summary]
     if os.environ.get("RANK", "0") == "0":
         print(f"{args.out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in keys))
