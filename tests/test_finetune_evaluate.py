@@ -226,6 +226,16 @@ def test_curriculum_phases_grow_and_split_the_batches(tok):
     assert all(e.info["difficulty"] == "hard" for e in batches.examples(8))
 
 
+def test_finetune_takes_pretrains_max_steps_flag():
+    """One flag vocabulary: `finetune --max-steps N` as `pretrain --max-steps N` (`--steps` still works)."""
+    from metatokens.cli import build_parser
+
+    parser = build_parser()
+    base = ["finetune", "--out", "x", "--init", "y"]
+    assert parser.parse_args([*base, "--max-steps", "7"]).steps == 7
+    assert parser.parse_args([*base, "--steps", "8"]).steps == 8
+
+
 def test_mixture_slots_share_the_cycle_evenly():
     from metatokens.finetune import mixture_slots
 

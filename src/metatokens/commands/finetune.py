@@ -41,7 +41,8 @@ def add_command(sub) -> None:
                       help="use the tasks' meta-token variant (auto: when the model was pre-trained with meta-tokens)")
     task.add_argument("--eval-n", type=int, default=64, help="held-out examples scored at each evaluation (default 64)")
     opt = p.add_argument_group("optimisation (defaults: metatokens.finetune.FINETUNE_TRAIN)")
-    opt.add_argument("--steps", type=int, help="optimiser steps (default 500)")
+    opt.add_argument("--max-steps", "--steps", dest="steps", type=int, help="optimiser steps (default 500; the same "
+                     "flag as pretrain's --max-steps, --steps also works)")
     opt.add_argument("--batch-size", type=int, help="examples per micro-batch (default 16)")
     opt.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; the final one is a tenth of it)")
     opt.add_argument("--seed", type=int, default=0, help="seeds the example stream, the model init and dropout (default 0)")
