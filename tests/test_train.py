@@ -260,6 +260,14 @@ def run_cli(*args) -> tuple[int, str]:
         (["--set", "model.n_layers=2"], "unknown model key(s): n_layers"),
         (["--config", "no-such-preset"], "unknown preset 'no-such-preset'"),
         (["--set", "data.k=1.5"], "data.k must be in [0, 1)"),
+        (["--set", "train.lr=abc"], "train.lr must be a number, got 'abc'"),
+        (["--set", "data.k=abc"], "data.k must be a number, got 'abc'"),
+        (["--set", "data.source=[1,2]"], "data.source must be a string, got [1, 2]"),
+        (["--set", "train.seed=abc"], "train.seed must be an integer, got 'abc'"),
+        (["--set", "model.dropout=abc"], "model.dropout must be a number, got 'abc'"),
+        (["--set", "train.compile=maybe"], "train.compile must be true or false, got 'maybe'"),
+        (["--set", "train.batch_size=2.5"], "train.batch_size must be an integer, got 2.5"),
+        (["--set", "train.lr=nan"], "train.lr must be a number, got 'nan'"),
     ],
 )
 def test_cli_bad_input_one_line_and_nothing_written(tmp_path, args, needle):
@@ -271,6 +279,30 @@ def test_cli_bad_input_one_line_and_nothing_written(tmp_path, args, needle):
     assert code == 2
     assert err.count("\n") == 1 and needle in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("1e6", 1e6), ("1.0e6", 1e6), ("-2E-3", -2e-3), ("7", 7),
+                                        ("true", True), ("rope", "rope"), ("null", None), ("[1, 2]", [1, 2])])
+def test_set_values_parse_numbers_in_every_usual_spelling(text, value):
+    from metatokens.config import parse_value
+
+    assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+def test_set_numbers_become_the_fields_types():
+    from metatokens.runconfig import load_run_config
+
+    cfg = load_run_config("toy", ["train.lr=3e-4", "train.max_steps=1e3", "data.k=1e-1", "train.grad_clip=1"])
+    assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 1000 and type(cfg.train.max_steps) is int
+    assert cfg.data.k == 0.1 and type(cfg.train.grad_clip) is float
+
+
+def test_a_nan_stop_is_one_line_and_a_non_zero_exit(tmp_path):
+    """The NaN guard's TrainingError reaches the user as one line (it was a traceback)."""
+    code, err = run_cli("pretrain", "--config", "toy", "--out", str(tmp_path / "run"), "--no-progress", "--max-steps", "40",
+                        "--set", "train.lr=30", "--set", "train.min_lr=0", "--set", "train.warmup_steps=0",
+                        "--set", "train.ckpt_interval=1")
+    assert code == 2 and err.count("\n") == 1 and "last good checkpoint" in err, err
 
 
 def test_cli_empty_corpus_fails_cleanly(tmp_path):
