@@ -379,8 +379,9 @@ def _figure(res: StudyResults, rel: str, alt: str) -> str:
 
 
 def _colors(n: int):
-    plt = __import__("metatokens.plotting", fromlist=["pyplot"]).pyplot()
-    cmap = plt.get_cmap("tab10")
+    from ..plotting import pyplot
+
+    cmap = pyplot().get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
