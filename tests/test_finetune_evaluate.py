@@ -11,15 +11,9 @@ from torch import nn
 from metatokens import cli
 from metatokens.checkpoint import save_pretrained
 from metatokens.config import ModelConfig
-from metatokens.evaluate import (
-    EvaluationError,
-    LoadedModel,
-    apply_yarn,
-    evaluate_task,
-    load_model,
-    score_examples,
-    wilson_interval,
-)
+from metatokens.evaluate import evaluate_task, score_examples, wilson_interval
+from metatokens.loading import EvaluationError, LoadedModel, load_model
+from metatokens.yarn import apply_yarn
 from metatokens.finetune import TaskBatches, TaskSpec, make_train_config, run_finetune
 from metatokens.generate import generate
 from metatokens.model import GPT

@@ -418,7 +418,7 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
     """An exported folder's Python files are never imported: not even when they were tampered with."""
     import shutil
 
-    from metatokens.evaluate import EXPORT_MODEL_TYPE, load_model
+    from metatokens.loading import EXPORT_MODEL_TYPE, load_model
 
     assert EXPORT_MODEL_TYPE == metatokens.hf_model.MODEL_TYPE
     _, model, tok = meta_run
@@ -433,7 +433,7 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
     idx = prompts(tok, with_meta=True)
     with torch.no_grad():
         assert torch.equal(loaded.model(idx)[0], model(idx)[0])
-    script = ("import sys; from metatokens.evaluate import load_model; m = load_model(sys.argv[1]); "
+    script = ("import sys; from metatokens.loading import load_model; m = load_model(sys.argv[1]); "
               "print(type(m.model).__name__, m.kind, 'transformers' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, stdin=subprocess.DEVNULL,
@@ -447,7 +447,7 @@ def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
     import shutil
 
     from metatokens.checkpoint import CheckpointError
-    from metatokens.evaluate import load_model
+    from metatokens.loading import load_model
     from metatokens.hf import EXPORT_MARKER
 
     folder = tmp_path / "hf"

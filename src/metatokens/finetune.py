@@ -39,19 +39,10 @@ import torch
 
 from .fileio import atomic_write_text
 from .config import ConfigError, parse_value
-from .evaluate import (
-    HFCausalLM,
-    LoadedModel,
-    apply_yarn,
-    collate,
-    load_hf_model,
-    load_hf_tokenizer,
-    load_model,
-    needed_positions,
-    pretrain_rate,
-    score_examples,
-    uses_meta,
-)
+from .evaluate import collate, needed_positions, score_examples
+from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
+from .loading import LoadedModel, load_model, pretrain_rate, uses_meta
+from .yarn import apply_yarn
 from .model import GPT
 from .runconfig import RunConfig, TrainConfig
 from .tasks import Example, Phase, TaskError, curriculum, get_task, iter_examples, make_examples

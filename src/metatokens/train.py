@@ -8,7 +8,7 @@ logs, atomic checkpoints with exact resume, and clean stops on SIGINT/SIGTERM.
 
 The model is a `GPT`, or any module with the same `forward(idx, targets) -> (logits, loss)` that
 also has `save_folder(folder, tokenizer, *, extra, write_extra)` and `load_folder_state(folder)`
-for its checkpoints (the Hugging Face baseline adapter in evaluate.py).
+for its checkpoints (`metatokens.hf.HFCausalLM`, the Hugging Face baseline adapter).
 
 Losses are normalised by the number of target tokens in the whole optimiser step (all
 micro-batches, all processes), so accumulation and data parallelism give the same gradient as

@@ -11,7 +11,8 @@ from collections import Counter
 
 import torch
 
-from metatokens.evaluate import apply_yarn, load_model, uses_meta
+from metatokens.loading import load_model, uses_meta
+from metatokens.yarn import apply_yarn
 from metatokens.generate import generate
 from metatokens.tasks import make_examples
 

@@ -62,8 +62,9 @@ def add_command(sub) -> None:
 
 def run(args) -> int:
     from ..devices import resolve_device
-    from ..evaluate import (evaluate_perplexity, evaluate_task, load_model, perplexity_markdown, task_markdown,
-                            unique_names, write_report)
+    from ..evaluate import evaluate_task, task_markdown, write_report
+    from ..loading import load_model, unique_names
+    from ..perplexity import evaluate_perplexity, perplexity_markdown
 
     args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
     if args.batch_size < 1:

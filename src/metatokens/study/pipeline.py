@@ -430,7 +430,9 @@ class Pipeline:
 
     def _evaluate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord],
                   yarn: float | None) -> dict[str, Any]:
-        from ..evaluate import apply_yarn, evaluate_task, load_model, write_report
+        from ..evaluate import evaluate_task, write_report
+        from ..loading import load_model
+        from ..yarn import apply_yarn
 
         sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
         loaded = load_model(self.run_path(inputs[f"finetune-{m}"]), device=self._device())

@@ -1,0 +1,241 @@
+"""Loading a model to evaluate, and which prompts it gets.
+
+`load_model` takes a metatokens model folder or run folder (its latest checkpoint), a
+`metatokens export` folder, or a Hugging Face causal LM folder, and returns a `LoadedModel`: the
+network in eval mode, its tokenizer and what the reports say about it (name, kind, positions,
+meta-token, the run's run.json). Our own exports are read with our classes and safetensors, their
+SHA-256 checked against the export's marker; no Python file of a folder is ever run. Hugging Face
+models go through `metatokens.hf.HFCausalLM`, which gives them our model interface.
+
+`uses_meta` and `pretrain_rate` decide from a model's run.json whether it reads the tasks' meta-token
+prompts and at which rate its pre-training injected meta-tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_pretrained
+from .model import GPT
+from .tokenizer import MetaTokenizer
+
+EXPORT_MODEL_TYPE = "metatokens"  # config.json "model_type" of `metatokens export` folders (hf_model.MODEL_TYPE)
+
+
+class EvaluationError(ValueError):
+    """An evaluation cannot run as asked (length beyond a model's positions, bad options). One line."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate, with what the reports need to say about it."""
+
+    name: str
+    path: str
+    model: nn.Module  # GPT or HFCausalLM, in eval mode
+    tokenizer: MetaTokenizer
+    kind: str  # "metatokens" or "hf"
+    run_info: dict[str, Any] = field(default_factory=dict)  # the run's run.json, when found
+
+    @property
+    def pos_encoding(self) -> str:
+        return self.model.config.pos_encoding if isinstance(self.model, GPT) else "hf"
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.model.config.max_positions if isinstance(self.model, GPT) else self.model.max_positions
+
+    @property
+    def meta_token_id(self) -> int | None:
+        return self.model.config.meta_token_id if isinstance(self.model, GPT) else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size if isinstance(self.model, GPT) else self.model.vocab_size
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "path": self.path, "kind": self.kind, "pos_encoding": self.pos_encoding}
+        if isinstance(self.model, GPT):
+            cfg = self.model.config
+            info.update(block_size=cfg.block_size, meta_attention=cfg.meta_attention,
+                        yarn=None if cfg.yarn is None else {"factor": cfg.yarn.factor,
+                                                            "original_max_position_embeddings": cfg.yarn.original_max_position_embeddings})
+        info["max_positions"] = self.max_positions
+        return info
+
+
+def _run_info(model_dir: Path) -> dict[str, Any]:
+    """run.json of the run a model folder belongs to (run/checkpoints/step-N or the run itself)."""
+    for candidate in (model_dir, model_dir.parent.parent if model_dir.parent.name == "checkpoints" else None):
+        if candidate is not None and (candidate / "run.json").is_file():
+            try:
+                return json.loads((candidate / "run.json").read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                return {}
+    return {}
+
+
+def _model_name(path: Path, model_dir: Path) -> str:
+    if model_dir.parent.name == "checkpoints" and model_dir.parent.parent.resolve() == path.resolve():
+        return path.resolve().name  # a run folder: its name
+    if model_dir.parent.name == "checkpoints":
+        return f"{model_dir.parent.parent.name}/{model_dir.name}"
+    return path.resolve().name
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> LoadedModel:
+    """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one)."""
+    from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
+    from .train import resolve_model_dir
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model or run folder")
+    model_dir = resolve_model_dir(path)
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{model_dir / 'config.json'}: unreadable ({' '.join(str(err).split())})") from None
+    if config.get("format") == "metatokens" or "model_type" not in config:
+        model, tokenizer, _ = load_pretrained(model_dir, device)
+        if tokenizer is None:
+            raise CheckpointError(f"{model_dir}: the model folder has no tokenizer.json")
+        kind = "metatokens"
+    elif config.get("model_type") == EXPORT_MODEL_TYPE:  # ours, exported: never through transformers' remote code
+        model, tokenizer = load_export(model_dir, config, device)
+        kind = "metatokens"
+    else:
+        model = HFCausalLM(load_hf_model(model_dir)).to(device)
+        tokenizer = load_hf_tokenizer(model_dir)
+        kind = "hf"
+    model.eval()
+    return LoadedModel(name or _model_name(path, model_dir), str(path), model, tokenizer, kind, _run_info(model_dir))
+
+
+def load_export(folder: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> tuple[GPT, MetaTokenizer]:
+    """A `metatokens export` folder (or a transformers save of one) as our GPT and tokenizer: the settings
+    from its config.json, the weights read with safetensors. The folder's Python files are never run."""
+    import dataclasses
+
+    from .checkpoint import check_tokenizer, load_tokenizer
+    from .config import ConfigError, ModelConfig
+
+    file = folder / "config.json"
+    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"tie_embeddings"}
+    settings = {k: v for k, v in config.items() if k in names}
+    settings["tie_embeddings"] = bool(config.get("tie_word_embeddings", True))
+    try:
+        model = GPT(ModelConfig.from_dict(settings, source=str(file)))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    state = _export_weights(folder)
+    if not all(k.startswith("model.") for k in state):
+        raise CheckpointError(f"{folder}: weights are not those of a metatokens export (names without the model. prefix)")
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if model.config.tie_embeddings and "wte.weight" in state:
+        state.setdefault("lm_head.weight", state["wte.weight"])  # transformers saves a tied matrix once
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder}: the weights do not fit its config.json ({' '.join(str(err).split())[:300]})") from None
+    if not (folder / "tokenizer.json").is_file():
+        raise CheckpointError(f"{folder}: the exported folder has no tokenizer.json")
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    check_tokenizer(model.config, tokenizer, str(file))
+    return model.to(device), tokenizer
+
+
+def _export_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The safetensors weights of an exported folder, checked against the SHA-256 its marker records
+    (a transformers save of a loaded export has no marker, and nothing to check against)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .checkpoint import sha256_file
+    from .hf import EXPORT_MARKER
+
+    marker = folder / EXPORT_MARKER
+    try:
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        else:
+            index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            files = [folder / name for name in sorted(set(index["weight_map"].values()))]
+        digests = json.loads(marker.read_text(encoding="utf-8")).get("sha256") if marker.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{folder}: cannot read the exported weights ({' '.join(str(err).split())[:300]})") from None
+    if marker.is_file() and not (isinstance(digests, dict) and digests):
+        raise CheckpointError(f"{marker}: no sha256 of the weights, so they cannot be verified; the file was edited or damaged")
+    state: dict[str, torch.Tensor] = {}
+    for weights in files:
+        try:
+            if digests is not None and digests.get(weights.name) != sha256_file(weights):
+                raise CheckpointError(f"{weights}: checksum differs from {EXPORT_MARKER}; the file is truncated or corrupted")
+            state.update(load_file(str(weights)))
+        except (OSError, SafetensorError) as err:
+            raise CheckpointError(f"{weights}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
+    return state
+
+
+def unique_names(models: Sequence[LoadedModel]) -> None:
+    """Make the display names distinct (same run name from different folders)."""
+    seen: dict[str, int] = {}
+    for m in models:
+        if m.name in seen:
+            seen[m.name] += 1
+            m.name = f"{m.name} ({seen[m.name]})"
+        else:
+            seen[m.name] = 1
+
+
+# ----------------------------------------------------------------------------- which prompts a model gets
+
+
+def uses_meta(loaded: LoadedModel, choice: str = "auto") -> bool:
+    """Whether a model gets the tasks' meta-token variant.
+
+    auto: what its fine-tuning used (run.json), else whether its pre-training injected meta-tokens
+    (data.k > 0), else whether it has meta-attention. Hugging Face models never do.
+    """
+    if choice not in ("auto", "on", "off"):
+        raise EvaluationError(f"meta must be auto, on or off, got {choice!r}")
+    if loaded.kind == "hf" or loaded.meta_token_id is None:
+        if choice == "on":
+            raise EvaluationError(f"{loaded.name} has no meta-token; use --meta auto or off")
+        return False
+    if choice != "auto":
+        return choice == "on"
+    info = loaded.run_info
+    if isinstance(info.get("finetune"), dict) and "meta" in info["finetune"]:
+        return bool(info["finetune"]["meta"])
+    k = pretrain_rate(info)
+    if k is not None:
+        return k > 0
+    return bool(loaded.model.config.meta_attention)
+
+
+def auto_meta_rate(m: LoadedModel) -> float:
+    """The pre-training rate of the run; 0.1 (the paper's) for a meta model without a run.json."""
+    if m.kind == "hf" or m.meta_token_id is None:
+        return 0.0
+    k = pretrain_rate(m.run_info)
+    if k is None:
+        return 0.1 if m.model.config.meta_attention else 0.0
+    return k
+
+
+def pretrain_rate(run_info: dict[str, Any]) -> float | None:
+    """Meta-tokens per token of the pre-training (data.k), from a pre-training or fine-tuning run.json."""
+    if isinstance(run_info.get("finetune"), dict) and run_info["finetune"].get("pretrain_k") is not None:
+        return float(run_info["finetune"]["pretrain_k"])
+    data = (run_info.get("config") or {}).get("data") if isinstance(run_info.get("config"), dict) else None
+    if isinstance(data, dict) and data.get("k") is not None:
+        return float(data["k"])
+    return None

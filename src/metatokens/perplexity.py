@@ -1,0 +1,209 @@
+"""Perplexity by position (`evaluate_perplexity`).
+
+Documents are tokenised and joined with EOS, as in pre-training, and cut into ``context``-token
+rows laid out exactly like pre-training rows (`metatokens.data.inject`: ``round(k * context)``
+meta-tokens at uniformly random positions, text shifted right, no loss on meta targets). Loss and
+perplexity per text token are reported overall and by position bucket within the row.
+
+Models: metatokens model folders or run folders (their latest checkpoint), and Hugging Face
+causal LMs through `HFCausalLM`, an adapter that gives them our model interface (the GPT-Neo
+baseline of the paper). Hugging Face models never see meta-tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data.packing import tokenizer_hash
+from .evaluate import answer_logits
+from .loading import EvaluationError, LoadedModel, auto_meta_rate
+from .model import GPT
+from .plotting import pyplot, save_figure
+from .tokenizer import MetaTokenizer
+from .train import IGNORE
+from .yarn import apply_yarn
+
+
+def _token_stream(tokenizer: MetaTokenizer, source: str, need: int, *, every: int, max_documents: int | None,
+                  text_field: str, hf_config: str | None, split: str) -> tuple[torch.Tensor, int]:
+    """EOS-joined tokens of every `every`-th document until `need` tokens (pre-training's layout)."""
+    from .data.corpora import iter_documents
+
+    ids: list[int] = []
+    used = 0
+    for i, doc in enumerate(iter_documents(source, text_field=text_field, hf_config=hf_config, split=split,
+                                           max_documents=max_documents)):
+        if i % every:
+            continue
+        ids.extend(tokenizer.encode(doc))
+        ids.append(tokenizer.eos_token_id)
+        used += 1
+        if len(ids) >= need:
+            break
+    return torch.tensor(ids, dtype=torch.long), used
+
+
+def parse_meta_rate(spec: str | float | None) -> float | str:
+    """'auto', 'none' (0) or a rate k in [0, 1) as in pre-training's data.k."""
+    if spec is None or spec == "auto":
+        return "auto"
+    if spec in ("none", "off"):
+        return 0.0
+    try:
+        k = float(spec)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"--meta-every must be auto, none or a rate k in [0, 1) (e.g. 0.1), got {spec!r}") from None
+    if not 0 <= k < 1:
+        raise EvaluationError(f"--meta-every rate must be in [0, 1), got {k}")
+    return k
+
+
+@torch.no_grad()
+def evaluate_perplexity(
+    models: Sequence[LoadedModel],
+    source: str,
+    *,
+    context: int | None = None,
+    buckets: int = 8,
+    meta: str | float = "auto",
+    rows: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    every: int = 1,
+    max_documents: int | None = None,
+    text_field: str = "text",
+    hf_config: str | None = None,
+    split: str = "train",
+    yarn_scale: float | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Loss and perplexity per text token, overall and by position bucket (module docstring)."""
+    from .data.inject import num_meta, val_batches
+
+    if not models:
+        raise EvaluationError("no models to evaluate")
+    for name, value in (("buckets", buckets), ("rows", rows), ("every", every), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
+    rate = parse_meta_rate(meta)
+    if yarn_scale is not None:
+        for m in models:
+            if m.pos_encoding == "rope":
+                apply_yarn(m.model, yarn_scale)
+
+    settings = []
+    for m in models:
+        n = context or (m.model.config.block_size if isinstance(m.model, GPT) else m.max_positions)
+        if not n:
+            raise EvaluationError(f"{m.name}: give --context (the model has no window of its own)")
+        if m.max_positions is not None and n > m.max_positions:
+            raise EvaluationError(f"{m.name} ({m.pos_encoding}, {m.max_positions} learned positions) cannot read a context "
+                                  f"of {n}; use --context {m.max_positions} or less, or a RoPE/NoPE model")
+        k = rate if rate != "auto" else auto_meta_rate(m)
+        if k > 0 and m.meta_token_id is None:
+            raise EvaluationError(f"{m.name} has no meta-token; use --meta-every none")
+        if buckets > n:
+            raise EvaluationError(f"buckets ({buckets}) must not exceed the context ({n})")
+        num_meta(n, k)  # checks the rate leaves room for text
+        settings.append((m, n, k))
+
+    streams: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+    results = []
+    for m, n, k in settings:
+        key = (tokenizer_hash(m.tokenizer), n)
+        if key not in streams:
+            streams[key] = _token_stream(m.tokenizer, source, rows * n + 1, every=every, max_documents=max_documents,
+                                         text_field=text_field, hf_config=hf_config, split=split)
+        tokens, documents = streams[key]
+        if len(tokens) <= n + 1:
+            raise EvaluationError(f"{source}: only {len(tokens)} tokens, fewer than one context of {n}; use more documents or a smaller --context")
+        edges = [round(i * n / buckets) for i in range(buckets + 1)]
+        loss_sum = torch.zeros(n, dtype=torch.float64)
+        count = torch.zeros(n, dtype=torch.long)
+        meta_id = m.meta_token_id if m.meta_token_id is not None else 0
+        # One call picks exactly `rows` evenly spaced rows; they are then scored batch_size at a time.
+        (x_all, y_all), = val_batches(tokens.numpy(), n, rows, k, meta_id, seed=seed, max_batches=1)
+        batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
+        iterator = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc=f"perplexity {m.name}", unit="batch", dynamic_ncols=True)
+        for x, y in iterator:
+            x, y = x.to(device), y.to(device)
+            keep = y != IGNORE
+            where = keep.nonzero(as_tuple=True)
+            logits = answer_logits(m.model, x, where)
+            nll = F.cross_entropy(logits, y[where], reduction="none").double().cpu()
+            loss_sum.index_add_(0, where[1].cpu(), nll)
+            count.index_add_(0, where[1].cpu(), torch.ones_like(where[1].cpu()))
+        total_loss = float(loss_sum.sum() / max(int(count.sum()), 1))
+        bucket_rows = []
+        for lo, hi in zip(edges, edges[1:]):
+            c = int(count[lo:hi].sum())
+            loss = float(loss_sum[lo:hi].sum() / c) if c else None
+            bucket_rows.append({"positions": [lo, hi - 1], "tokens": c, "loss": loss,
+                                "perplexity": math.exp(loss) if loss is not None else None})
+        results.append({**m.describe(), "context": n, "meta_rate": k, "meta_per_row": num_meta(n, k),
+                        "rows": sum(len(x) for x, _ in batches), "documents": documents, "tokens": int(count.sum()),
+                        "loss": total_loss, "perplexity": math.exp(total_loss), "buckets": bucket_rows})
+    return {
+        "kind": "perplexity",
+        "source": source,
+        "every": every,
+        "seed": seed,
+        "yarn_scale": yarn_scale,
+        "note": "loss per text token (meta targets carry no loss), natural log; models with different tokenizers "
+                "are not comparable token for token",
+        "models": results,
+    }
+
+
+def _every(r: int) -> str:
+    return "every document" if r == 1 else f"every {r}th document"
+
+
+def perplexity_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"### Perplexity on {result['source']} ({_every(result['every'])}, seed {result['seed']})",
+        "",
+        "| model | positions | context | meta-tokens per row | text tokens | loss | perplexity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in result["models"]:
+        pos = m["pos_encoding"] + (f" + YaRN x{m['yarn']['factor']:g}" if m.get("yarn") else "")
+        lines.append(f"| {m['name']} | {pos} | {m['context']} | {m['meta_per_row']} (k={m['meta_rate']:g}) | {m['tokens']} | "
+                     f"{m['loss']:.4f} | {m['perplexity']:.2f} |")
+    lines += ["", "Perplexity by position within the context:", ""]
+    first = result["models"][0]["buckets"]
+    header = " | ".join(f"{b['positions'][0]}-{b['positions'][1]}" for b in first)
+    lines += [f"| model | {header} |", "|---|" + "---|" * len(first)]
+    for m in result["models"]:
+        cells = " | ".join("n/a" if b["perplexity"] is None else f"{b['perplexity']:.2f}" for b in m["buckets"])
+        lines.append(f"| {m['name']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def perplexity_plot(result: dict[str, Any], out: Path) -> Path:
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in result["models"]:
+        pts = [((b["positions"][0] + b["positions"][1]) / 2, b["perplexity"]) for b in m["buckets"] if b["perplexity"]]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{m['name']} (k={m['meta_rate']:g})")
+    ax.set_xlabel("position within the context (bucket centre)")
+    ax.set_ylabel("perplexity per text token")
+    ax.set_title(f"perplexity by position: {result['source']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+    return out
