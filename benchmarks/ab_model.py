@@ -1,6 +1,6 @@
 """A/B two versions of the metatokens package in one process: training and decoding, meta and plain.
 
-Used to measure each performance change to model.py before/after, side by side. Point --old at a
+Used to measure each performance change to the model (metatokens/model/gpt.py) before/after, side by side. Point --old at a
 copy of an older package folder (e.g. `git worktree add /tmp/old HEAD~1`, then
 --old /tmp/old/src/metatokens); the current checkout is "new".
 
@@ -29,7 +29,10 @@ def load_package(folder: str, name: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return importlib.import_module(f"{name}.model"), importlib.import_module(f"{name}.config")
+    try:  # the layout since the model package (metatokens/model/), else the flat one before it
+        return importlib.import_module(f"{name}.model.gpt"), importlib.import_module(f"{name}.model.config")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"{name}.model"), importlib.import_module(f"{name}.config")
 
 
 def main() -> None:
@@ -45,7 +48,7 @@ def main() -> None:
     device = setup(args)
     print_machine(device, args)
     versions = {"old": load_package(args.old, "metatokens_old"),
-                "new": (importlib.import_module("metatokens.model"), importlib.import_module("metatokens.config"))}
+                "new": (importlib.import_module("metatokens.model.gpt"), importlib.import_module("metatokens.model.config"))}
     print(f"# new: {Path(metatokens.__file__).parent}, old: {args.old}")
     fns = {}
     for tag, (model_mod, config_mod) in versions.items():

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from metatokens.config import model_shape  # noqa: E402
+from metatokens.model.config import model_shape  # noqa: E402
 from metatokens.model import GPT  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

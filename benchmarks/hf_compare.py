@@ -17,7 +17,7 @@ import torch
 
 from bench_utils import add_common_args, autocast, compare, maybe_compile, median, median_ratio, print_machine, setup, table
 
-from metatokens.config import MODEL_SHAPES
+from metatokens.model.config import MODEL_SHAPES
 from metatokens.hf import config_from_hf_gpt2, state_dict_from_hf_gpt2
 from metatokens.model import GPT
 

@@ -32,7 +32,7 @@ import torch
 
 from bench_utils import add_common_args, autocast, build, compare, median, median_ratio, print_machine, setup, sync, table
 
-from metatokens.model import PosInfo
+from metatokens.model.gpt import PosInfo
 
 
 def make_case(shape: str, impl: str, T: int, k: float, whole: bool, device):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from metatokens.config import model_shape
+from metatokens.model.config import model_shape
 from metatokens.model import GPT
 
 META = 7  # meta-token id used by the toy models in these tests

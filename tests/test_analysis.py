@@ -34,7 +34,7 @@ from metatokens.analysis import (
     trace,
 )
 from metatokens.analysis.entropy import near_meta
-from metatokens.config import YarnConfig, model_shape
+from metatokens.model.config import YarnConfig, model_shape
 from metatokens.generate import generate
 from metatokens.model import GPT
 from metatokens.tasks import Example

@@ -10,14 +10,14 @@ from torch import nn
 
 from metatokens import cli
 from metatokens.checkpoint import save_pretrained
-from metatokens.config import ModelConfig
+from metatokens.model.config import ModelConfig
 from metatokens.evaluate import evaluate_task, score_examples, wilson_interval
 from metatokens.loading import EvaluationError, LoadedModel, load_model
 from metatokens.yarn import apply_yarn
 from metatokens.finetune import TaskBatches, TaskSpec, make_train_config, run_finetune
 from metatokens.generate import generate
 from metatokens.model import GPT
-from metatokens.positions import rope_inv_freq
+from metatokens.model.positions import rope_inv_freq
 from metatokens.tasks import Example, Phase, make_examples
 from metatokens.tokenizer import MetaTokenizer
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import META, meta_favourite_model, toy_model
-from metatokens.config import model_shape
+from metatokens.model.config import model_shape
 from metatokens.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from metatokens.generate import generate
 from metatokens.tokenizer import MetaTokenizer

@@ -17,10 +17,10 @@ transformers = pytest.importorskip("transformers")
 from tokenizers import ByteLevelBPETokenizer  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-import metatokens.hf_model  # noqa: E402,F401  (registers the Auto classes)
+import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
 from metatokens import cli  # noqa: E402
 from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from metatokens.config import YarnConfig, model_shape  # noqa: E402
+from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
 from metatokens.generate import generate  # noqa: E402
 from metatokens.hf import export_hf  # noqa: E402
 from metatokens.model import GPT  # noqa: E402
@@ -130,7 +130,7 @@ def test_export_folder_is_safetensors_json_and_code_only(exported):
 def test_export_greedy_generate_equals_ours_with_cache(exported, meta_run, with_meta):
     _, model, tok = meta_run
     hf = load_hf(exported)
-    assert type(hf).__module__ == "metatokens.hf_model"  # the registered class, no remote code
+    assert type(hf).__module__ == "metatokens.model.hf_model"  # the registered class, no remote code
     idx = prompts(tok, with_meta)
     ours = generate(model, idx, 16, temperature=0, vocab_limit=tok.vocab_size)
     cached = hf.generate(idx, max_new_tokens=16, do_sample=False, use_cache=True)
@@ -264,7 +264,7 @@ def test_loaded_model_saves_a_loadable_folder(exported, meta_run, tmp_path):
     hf = load_hf(exported)
     hf.save_pretrained(tmp_path / "again")
     names = {p.name for p in (tmp_path / "again").iterdir()}
-    assert {"hf_model.py", "model.py", "config.py", "positions.py", "model.safetensors"} <= names
+    assert {"hf_model.py", "gpt.py", "config.py", "positions.py", "model.safetensors"} <= names
     again = load_hf(tmp_path / "again")
     idx = prompts(tok, with_meta=True)
     assert again.generate(idx, max_new_tokens=8, do_sample=False).tolist() == \
@@ -420,12 +420,12 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
 
     from metatokens.loading import EXPORT_MODEL_TYPE, load_model
 
-    assert EXPORT_MODEL_TYPE == metatokens.hf_model.MODEL_TYPE
+    assert EXPORT_MODEL_TYPE == metatokens.model.hf_model.MODEL_TYPE
     _, model, tok = meta_run
     folder = tmp_path / "hf"
     shutil.copytree(exported, folder)
     sentinel = tmp_path / "remote-code-ran"
-    for name in ("hf_model.py", "model.py", "config.py", "positions.py"):
+    for name in ("hf_model.py", "gpt.py", "config.py", "positions.py"):
         code = (folder / name).read_text()
         (folder / name).write_text(f"open({str(sentinel)!r}, 'w').close()\n" + code)
     loaded = load_model(folder)

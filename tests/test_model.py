@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import META, mixed_batch, toy_model
-from metatokens.config import ConfigError, ModelConfig, model_shape
-from metatokens.model import GPT, Block, KVCache, PosInfo
+from metatokens.model.config import ConfigError, ModelConfig, model_shape
+from metatokens.model.gpt import GPT, Block, KVCache, PosInfo
 
 POS_VARIANTS = list(itertools.product(["ape", "rope", "none"], ["keep", "zero"]))
 

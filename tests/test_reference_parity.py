@@ -9,10 +9,10 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import _compute_yarn_parameters  # noqa: E402
 
-from metatokens.config import YarnConfig, model_shape  # noqa: E402
+from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
 from metatokens.hf import config_from_hf_gpt2, state_dict_from_hf_gpt2  # noqa: E402
 from metatokens.model import GPT  # noqa: E402
-from metatokens.positions import yarn_inv_freq  # noqa: E402
+from metatokens.model.positions import yarn_inv_freq  # noqa: E402
 
 
 def tiny_hf_gpt2(act="gelu_new"):
@@ -86,7 +86,7 @@ def test_yarn_attention_scale_is_applied_exactly_once():
 
     with torch.no_grad():
         ref = reference(x)
-        from metatokens.model import PosInfo
+        from metatokens.model.gpt import PosInfo
 
         pos = PosInfo(torch.arange(T), model.rotary, True, model.rotary.logit_scale / math.sqrt(hd))
         c, s_ = model.rotary(pos.positions)

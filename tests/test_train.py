@@ -284,7 +284,7 @@ def test_cli_bad_input_one_line_and_nothing_written(tmp_path, args, needle):
 @pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("1e6", 1e6), ("1.0e6", 1e6), ("-2E-3", -2e-3), ("7", 7),
                                         ("true", True), ("rope", "rope"), ("null", None), ("[1, 2]", [1, 2])])
 def test_set_values_parse_numbers_in_every_usual_spelling(text, value):
-    from metatokens.config import parse_value
+    from metatokens.model.config import parse_value
 
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
 

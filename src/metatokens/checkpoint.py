@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from . import __version__
-from .config import ConfigError, ModelConfig
+from .model.config import ConfigError, ModelConfig
 from .fileio import atomic_folder, atomic_write_text, fsync_path
 from .model import GPT
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from .fileio import atomic_write_text
-from .config import ConfigError, parse_value
+from .model.config import ConfigError, parse_value
 from .evaluate import collate, needed_positions, score_examples
 from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
 from .loading import LoadedModel, load_model, pretrain_rate, uses_meta

@@ -2,7 +2,7 @@
 `HFCausalLM`, the adapter through which a Hugging Face causal LM is fine-tuned and evaluated like ours.
 
 transformers is optional: it is imported only by the functions that need it. The transformers
-classes themselves live in hf_model.py, which exported folders carry as their model code.
+classes themselves live in model/hf_model.py, which exported folders carry as their model code.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError
-from .config import ModelConfig
+from .model.config import ModelConfig
 from .fileio import atomic_folder, atomic_write_text
 from .loading import EvaluationError
 from .tokenizer import MetaTokenizer, TokenizerError
@@ -134,7 +134,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = Fals
     """Write a transformers folder for a metatokens model folder (or run folder: its latest checkpoint).
 
     The folder loads with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)` (the
-    model code travels in it), or without remote code once `metatokens.hf_model` is imported; and
+    model code travels in it), or without remote code once `metatokens.model.hf_model` is imported; and
     with `AutoTokenizer.from_pretrained(out)` when the checkpoint has a tokenizer. Weights are
     safetensors. The folder is written under a temporary name and renamed into place. An existing
     `out` must be empty, or an earlier export, replaced only with overwrite=True (never the checkpoint).
@@ -144,7 +144,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = Fals
 
     from . import __version__
     from .checkpoint import load_pretrained, sha256_file
-    from .hf_model import MetaTokensForCausalLM
+    from .model.hf_model import MetaTokensForCausalLM
     from .train import resolve_model_dir
 
     out = Path(out)
@@ -229,7 +229,7 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
             'ids = tok("Some text <|meta|> more text", return_tensors="pt").input_ids',
             "print(tok.decode(model.generate(ids, max_new_tokens=20)[0]))",
         ]
-    lines += ["```", "", "Without remote code: `pip install metatokens`, `import metatokens.hf_model`, then the same calls.", ""]
+    lines += ["```", "", "Without remote code: `pip install metatokens`, `import metatokens.model.hf_model`, then the same calls.", ""]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 

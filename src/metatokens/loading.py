@@ -125,7 +125,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     import dataclasses
 
     from .checkpoint import check_tokenizer, load_tokenizer
-    from .config import ConfigError, ModelConfig
+    from .model.config import ConfigError, ModelConfig
 
     file = folder / "config.json"
     names = {f.name for f in dataclasses.fields(ModelConfig)} - {"tie_embeddings"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import MODEL_SHAPES, ConfigError, ModelConfig, coerce_fields, parse_value
+from .model.config import MODEL_SHAPES, ConfigError, ModelConfig, coerce_fields, parse_value
 
 PRESET_DIR = Path(__file__).parent / "configs"
 

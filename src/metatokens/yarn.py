@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .config import YarnConfig
+from .model.config import YarnConfig
 from .loading import EvaluationError
 from .model import GPT
-from .positions import Rotary
+from .model.positions import Rotary
 
 
 def apply_yarn(model: GPT, scale: float) -> GPT:

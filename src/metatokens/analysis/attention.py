@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..model import GPT
-from ..positions import apply_rotary
+from ..model.positions import apply_rotary
 from .trace import Trace
 
 

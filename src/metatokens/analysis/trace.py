@@ -3,7 +3,7 @@
 The model computes attention with fused kernels and never materialises the probabilities, and it
 should stay that way; so we record what enters each attention sublayer (the LayerNorm outputs)
 and the residual stream between blocks, and the analyses recompute what they need from those
-(see attention.py). Nothing in model.py is changed or monkeypatched.
+(see attention.py). Nothing in the model's code (metatokens/model/) is changed or monkeypatched.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ def add_command(sub) -> None:
         "export",
         help="write a Hugging Face transformers folder (AutoModelForCausalLM, AutoTokenizer)",
         description="Load with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True), or without "
-        "remote code after `import metatokens.hf_model`. Weights are safetensors. See docs/huggingface.md.",
+        "remote code after `import metatokens.model.hf_model`. Weights are safetensors. See docs/huggingface.md.",
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="metatokens model folder (or run folder: its latest checkpoint)")

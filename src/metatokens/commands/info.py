@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import MODEL_SHAPES, model_shape
+from ..model.config import MODEL_SHAPES, model_shape
 
 
 def add_command(sub) -> None:

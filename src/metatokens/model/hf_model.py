@@ -7,7 +7,7 @@ Two ways to load an exported folder (see docs/huggingface.md):
 
 - `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`: the folder carries a copy
   of this file and of the model source it imports, so metatokens need not be installed.
-- `import metatokens.hf_model` first: importing this module as part of the metatokens package
+- `import metatokens.model.hf_model` first: importing this module as part of the metatokens package
   registers the classes with AutoConfig / AutoModelForCausalLM, and no remote code runs.
 
 This file is shipped inside exported folders, so it may import only torch, transformers and the
@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import ModelConfig
-from .model import GPT, KVCache
+from .gpt import GPT, KVCache
 from .positions import Rotary
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint
@@ -39,7 +39,7 @@ _CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalL
 
 
 class MetaTokensConfig(PretrainedConfig):
-    """Every `metatokens.config.ModelConfig` field under its own name, plus the tokenizer size.
+    """Every `metatokens.model.config.ModelConfig` field under its own name, plus the tokenizer size.
 
     `tie_embeddings` is stored as transformers' `tie_word_embeddings`; `vocab_limit` is the number
     of tokenizer ids (embedding rows at or above it are padding and are never generated).
@@ -263,6 +263,6 @@ MetaTokensForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 # Register with the Auto classes only as part of the installed package. The copy shipped in an
 # exported folder runs as remote code and is found through config.json's auto_map instead.
-if __name__ == "metatokens.hf_model":
+if __name__ == "metatokens.model.hf_model":
     AutoConfig.register(MODEL_TYPE, MetaTokensConfig, exist_ok=True)
     AutoModelForCausalLM.register(MetaTokensConfig, MetaTokensForCausalLM, exist_ok=True)

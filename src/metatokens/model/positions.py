@@ -1,6 +1,6 @@
 """Rotary position embedding (RoPE), its YaRN extension, and zeroing at meta positions.
 
-Learned absolute positions (APE) are a plain embedding table and live in model.py.
+Learned absolute positions (APE) are a plain embedding table and live in gpt.py.
 """
 
 from __future__ import annotations
