@@ -42,9 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, except that an unknown flag after a command is reported with that
+    command's usage (argparse's own message shows the top-level one, which does not list the flags)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = parser
+        while True:  # down the chosen (sub)commands: `analyze ablate` is two levels
+            chosen = [action.choices[getattr(args, action.dest)] for action in target._actions
+                      if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices]
+            if not chosen:
+                break
+            target = chosen[0]
+        target.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
