@@ -466,3 +466,34 @@ def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
         load_model(folder)
     (folder / EXPORT_MARKER).unlink()  # as in a transformers save of a loaded export: nothing to check against
     assert load_model(folder).kind == "metatokens"
+
+
+def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only_where_it_says_so(exported, monkeypatch,
+                                                                                                    capsys):
+    """The card's Python block, run as written (THIS_FOLDER replaced): transformers' remote-code
+    question (`resolve_trust_remote_code`) must only come up where the card passes
+    trust_remote_code=True, since in an interactive session it stops and asks (a bare
+    AutoTokenizer line did: it reads config.json and its auto_map)."""
+    import re
+
+    import transformers.dynamic_module_utils as dyn
+    import transformers.models.auto.configuration_auto as conf_auto
+    import transformers.models.auto.modeling_auto  # noqa: F401
+    import transformers.models.auto.tokenization_auto as tok_auto
+
+    card = (exported / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("THIS_FOLDER", str(exported))
+    asked = []
+    real = dyn.resolve_trust_remote_code
+
+    def resolve(trust_remote_code, model_name, has_local_code, has_remote_code, *args, **kwargs):
+        if has_remote_code and trust_remote_code is not True:
+            asked.append(model_name)
+        return real(trust_remote_code, model_name, has_local_code, has_remote_code, *args, **kwargs)
+
+    for module in (dyn, conf_auto, tok_auto):
+        monkeypatch.setattr(module, "resolve_trust_remote_code", resolve, raising=False)
+    exec(compile(code, "README.md", "exec"), {})
+    assert asked == []
+    assert capsys.readouterr().out.strip()  # the card prints the generated text
+    assert "pip install metatokens`" not in card  # not published: the card says how to install from source

@@ -220,16 +220,20 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
         f"meta-attention: {'yes' if cfg.meta_attention else 'no'}, {meta}.",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM" + (", AutoTokenizer" if has_tokenizer else ""),
+        "from transformers import AutoModelForCausalLM" + (", PreTrainedTokenizerFast" if has_tokenizer else ""),
+        "",
         'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER", trust_remote_code=True)',
     ]
     if has_tokenizer:
         lines += [
-            'tok = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+            # the tokenizer class by name: AutoTokenizer would read config.json and ask about its remote code
+            'tok = PreTrainedTokenizerFast.from_pretrained("THIS_FOLDER")',
             'ids = tok("Some text <|meta|> more text", return_tensors="pt").input_ids',
             "print(tok.decode(model.generate(ids, max_new_tokens=20)[0]))",
         ]
-    lines += ["```", "", "Without remote code: `pip install metatokens`, `import metatokens.model.hf_model`, then the same calls.", ""]
+    lines += ["```", "",
+              "Without remote code: install metatokens from its source (it is not on PyPI yet: `pip install -e .` in a "
+              "checkout), `import metatokens.model.hf_model`, then the same calls without `trust_remote_code=True`.", ""]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
