@@ -403,3 +403,48 @@ def test_hugging_face_gpt_neo_baseline_fine_tunes_and_evaluates(tok, tmp_path, c
                      "--out", str(out), "--no-progress"]) == 2
     with pytest.raises(EvaluationError, match="RoPE"):
         apply_yarn(loaded.model, 2)
+
+
+def _loaded(tok, name, data=None):
+    info = {"config": {"data": data}} if data is not None else {}
+    return LoadedModel(name, name, gpt(tok), tok, "metatokens", info)
+
+
+def test_perplexity_auto_scores_exactly_the_documents_pretraining_held_out(tok, tmp_path):
+    """every=auto on the models' own pre-training corpus: the token stream scored is the packed
+    validation split of `prepare_data` (the pre-training's own hold-out), token for token."""
+    from metatokens.data.packing import prepare_data
+    from metatokens.perplexity import _token_stream, documents_to_score
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [e.prompt_text + e.answer_text for e in make_examples("list_recall", tok, length=80, n=40, seed=11)]
+    for i, text in enumerate(texts):
+        (corpus / f"doc{i:03d}.txt").write_text(text)
+    data = {"source": str(corpus), "val_fraction": 0.1, "hf_config": None, "split": "train"}
+    every, note = documents_to_score([_loaded(tok, "a", data), _loaded(tok, "b", data)], str(corpus), "auto", split="test")
+    assert every == 10 and "pre-training validation documents of a, b" in note
+    packed = prepare_data(str(corpus), tok, tmp_path / "cache", val_fraction=0.1, progress=False)
+    stream, used = _token_stream(tok, str(corpus), 10**9, every=every, max_documents=None, text_field="text",
+                                 hf_config=None, split="test")
+    assert used == 4 and stream.tolist() == [int(t) for t in packed.val]
+
+
+def test_perplexity_auto_says_when_the_documents_may_have_been_trained_on(tok):
+    from metatokens.perplexity import documents_to_score
+
+    builtin = {"source": "builtin", "val_fraction": 0.005}
+    assert documents_to_score([_loaded(tok, "a", builtin)], "builtin", "auto")[0] == 200
+    every, note = documents_to_score([_loaded(tok, "a", builtin), _loaded(tok, "ft")], "builtin", "auto")
+    assert every == 200 and "ft: pre-training corpus not recorded" in note
+    every, note = documents_to_score([_loaded(tok, "ft")], "builtin", "auto")
+    assert every == 1 and "may have been seen in training" in note
+    assert documents_to_score([_loaded(tok, "a", builtin)], "other.txt", "auto") == (1, "every document (no model was "
+                                                                                        "pre-trained on this source)")
+    assert documents_to_score([_loaded(tok, "a", builtin)], "builtin", 7)[0] == 7
+    with pytest.raises(EvaluationError, match="hold out different documents of builtin"):
+        documents_to_score([_loaded(tok, "a", builtin), _loaded(tok, "b", {"source": "builtin", "val_fraction": 0.01})],
+                           "builtin", "auto")
+    hf = {"source": "hf:c4", "hf_config": "en", "split": "train", "val_fraction": 0.005}
+    assert documents_to_score([_loaded(tok, "a", hf)], "hf:c4", "auto", hf_config="en", split="validation")[0] == 1
+    assert documents_to_score([_loaded(tok, "a", hf)], "hf:c4", "auto", hf_config="en", split="train")[0] == 200

@@ -75,7 +75,7 @@ def evaluate_perplexity(
     rows: int = 64,
     batch_size: int = 8,
     seed: int = 0,
-    every: int = 1,
+    every: int | str = "auto",
     max_documents: int | None = None,
     text_field: str = "text",
     hf_config: str | None = None,
@@ -89,6 +89,7 @@ def evaluate_perplexity(
 
     if not models:
         raise EvaluationError("no models to evaluate")
+    every, documents_note = documents_to_score(models, source, every, hf_config=hf_config, split=split)
     for name, value in (("buckets", buckets), ("rows", rows), ("every", every), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
@@ -158,6 +159,7 @@ def evaluate_perplexity(
         "kind": "perplexity",
         "source": source,
         "every": every,
+        "documents": documents_note,
         "seed": seed,
         "yarn_scale": yarn_scale,
         "note": "loss per text token (meta targets carry no loss), natural log; models with different tokenizers "
@@ -170,9 +172,56 @@ def _every(r: int) -> str:
     return "every document" if r == 1 else f"every {r}th document"
 
 
+def documents_to_score(models: Sequence[LoadedModel], source: str, every: int | str, *, hf_config: str | None = None,
+                       split: str = "train") -> tuple[int, str]:
+    """(R, what the documents are): which documents of `source` to score, every R-th from the first.
+
+    ``every="auto"``: when the models' run.json says they were pre-trained on this very source
+    (same split and configuration), R is that pre-training's hold-out stride, round(1 /
+    val_fraction), so only its validation documents are scored (pre-training holds out document i
+    when i % R == 0, `metatokens.data.packing`). Models pre-trained with different strides cannot
+    share the documents: refused, pass an explicit R. Otherwise every document is scored, and the
+    note says whether any model could have trained on them.
+    """
+    from .data.packing import _check_val_fraction
+
+    if every != "auto":
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise EvaluationError(f"every must be a positive integer or auto, got {every!r}")
+        return every, f"{_every(every)} (chosen with --every)"
+    here, unknown = {}, []
+    for m in models:
+        config = m.run_info.get("config") if isinstance(m.run_info.get("config"), dict) else {}
+        data = config.get("data") if isinstance(config.get("data"), dict) else None
+        if data is None or data.get("source") is None:
+            unknown.append(m.name)
+        elif data.get("source") == source and (not source.startswith("hf:")  # a split only means something for hf:
+                                               or (data.get("hf_config"), data.get("split", "train")) == (hf_config, split)):
+            try:
+                here[m.name] = _check_val_fraction(float(data.get("val_fraction", 0.005)))
+            except (TypeError, ValueError) as err:
+                raise EvaluationError(f"{m.name}: run.json data.val_fraction is not usable ({err}); pass --every") from None
+    if len(set(here.values())) > 1:
+        strides = ", ".join(f"{name}: every {r}th" for name, r in here.items())
+        raise EvaluationError(f"the models hold out different documents of {source} ({strides}); pass --every R "
+                              "to score the same documents for all")
+    if here:
+        r = next(iter(here.values()))
+        note = f"the pre-training validation documents of {', '.join(here)} ({_every(r)}, none seen in training)"
+        if unknown:
+            note += f"; {', '.join(unknown)}: pre-training corpus not recorded"
+        return r, note
+    if unknown:
+        return 1, (f"every document; {', '.join(unknown)}: pre-training corpus not recorded, so these documents may have "
+                   "been seen in training (pass --every R to pick the pre-training's held-out ones)")
+    return 1, "every document (no model was pre-trained on this source)"
+
+
 def perplexity_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### Perplexity on {result['source']} ({_every(result['every'])}, seed {result['seed']})",
+        "",
+        f"Documents: {result.get('documents', _every(result['every']))}.",
         "",
         "| model | positions | context | meta-tokens per row | text tokens | loss | perplexity |",
         "|---|---|---|---|---|---|---|",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def _lengths(text: str) -> list[int]:
     try:
@@ -11,6 +13,18 @@ def _lengths(text: str) -> list[int]:
     if not values:
         raise ValueError("--lengths is empty")
     return values
+
+
+def _every_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {value}")
+    return value
 
 
 def add_command(sub) -> None:
@@ -51,8 +65,9 @@ def add_command(sub) -> None:
                    help="meta-tokens per token, placed at random positions as in pre-training (e.g. 0.1); auto: the "
                    "run's pre-training rate; none: no meta-tokens")
     q.add_argument("--rows", type=int, default=64, help="context rows scored per model (default 64)")
-    q.add_argument("--every", type=int, default=1, help="use every R-th document (200 = the pre-training validation "
-                   "documents of a run with val_fraction 0.005)")
+    q.add_argument("--every", type=_every_arg, default="auto", metavar="R|auto",
+                   help="score every R-th document; auto (default): the pre-training's validation documents when "
+                   "the models were pre-trained on this source (every 200th for val_fraction 0.005), else every document")
     q.add_argument("--max-documents", type=int, help="read at most this many documents")
     q.add_argument("--text-field", default="text", help="text field of JSONL / Parquet / HF rows (default text)")
     q.add_argument("--hf-config", help="Hugging Face dataset configuration")
