@@ -363,7 +363,12 @@ def test_finetune_with_yarn_trains_past_the_pretraining_window_and_ape_cannot(to
     yarn = loaded.model.config.yarn
     assert (yarn.factor, yarn.original_max_position_embeddings, loaded.model.config.block_size) == (2, 64, 128)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["finetune"]["yarn_scale"] == 2
-    capsys.readouterr()
+    assert "beyond the model's" not in capsys.readouterr().err  # YaRN made the window 128
+    # without YaRN, RoPE runs past its window, and says so (one line, with the flag that would extend it)
+    assert cli.main([*args, "--init", str(tmp_path / "rope"), "--out", str(tmp_path / "plain")]) == 0
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'plain'}: note: --max-len 96 is beyond the model's 64-token window (rope: positions past it "
+            "were never trained); --yarn-scale 2 extends it with YaRN\n") in err
     assert cli.main([*args, "--init", str(tmp_path / "ape"), "--out", str(tmp_path / "a")]) == 2
     assert "64 learned positions" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert cli.main([*args, "--init", str(tmp_path / "ape"), "--yarn-scale", "2", "--out", str(tmp_path / "a")]) == 2

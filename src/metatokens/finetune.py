@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,12 @@ def run_finetune(
         share = f" (shares {':'.join(map(str, batches.weights))})" if len(tasks) > 1 else ""
         print(f"{run_dir}: fine-tuning {loaded.name} ({info['params']:,} parameters, {loaded.pos_encoding}"
               f"{', meta-tokens' if meta else ', no meta-tokens'}) on {spec.task}{share}: {phases}")
+        window = model.config.block_size if isinstance(model, GPT) else None
+        if limit is None and window is not None and spec.max_len > window:
+            # RoPE / NoPE read any length, so this is allowed, but it is not the model's trained window
+            hint = f"; --yarn-scale {math.ceil(spec.max_len / window)} extends it with YaRN" if loaded.pos_encoding == "rope" else ""
+            print(f"{run_dir}: note: --max-len {spec.max_len} is beyond the model's {window}-token window "
+                  f"({loaded.pos_encoding}: positions past it were never trained){hint}", file=sys.stderr)
     evaluate = make_evaluator(model, held_out, tokenizer, d.device)
     summary = train_loop(model, batches, train_cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume,
                          d=d, progress=progress, run_info=info)
