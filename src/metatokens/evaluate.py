@@ -252,10 +252,10 @@ def evaluate_task(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=sum(len(ex) for _, _, cells in plan for _, ex, _ in cells if ex), desc=f"evaluate {task}",
-                   unit="ex", dynamic_ncols=True)
+        bar = progress_bar(total=sum(len(ex) for _, _, cells in plan for _, ex, _ in cells if ex), desc=f"evaluate {task}",
+                           unit="ex")
     results = []
     for m, with_meta, cells in plan:
         rows = []

@@ -134,9 +134,9 @@ def evaluate_perplexity(
         batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
         iterator = batches
         if progress:
-            from tqdm.auto import tqdm
+            from .progress import progress_bar
 
-            iterator = tqdm(batches, desc=f"perplexity {m.name}", unit="batch", dynamic_ncols=True)
+            iterator = progress_bar(batches, desc=f"perplexity {m.name}", unit="batch")
         for x, y in iterator:
             x, y = x.to(device), y.to(device)
             keep = y != IGNORE

@@ -774,15 +774,17 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     autocast = autocast_for(cfg, d.device)
     if d.main:
         truncate_metrics(run_dir / "metrics.jsonl", start)
+        if resume and start:
+            print(f"{run_dir}: resuming from step {start} of {cfg.max_steps}", flush=True)
     log = MetricLog(run_dir, cfg, run_info or {}, enabled=d.main)
     peak = peak_flops(cfg, d.device)
     fpt = flops_per_token(model)
     summary: dict[str, Any] = {"start_step": start, "losses": {}}
     bar = None
     if progress and d.main:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=cfg.max_steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.max_steps, initial=start, desc=run_dir.name, unit="step")
 
     def checkpoint(step: int) -> None:
         state = {"data": batches.state_dict(), "train_loss": summary.get("train_loss")}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..fileio import atomic_write_text, fsync_dir, json_sha256
 from .corpora import DataError, corpus_fingerprint, iter_documents
@@ -226,7 +226,7 @@ def _tokenise_into(
     eos, meta_id = tokenizer.eos_token_id, tokenizer.meta_token_id
     index = 0
     first_document: str | None = None
-    with tqdm(desc=desc, unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(desc=desc, unit="doc", disable=not progress) as bar:
         for batch in _batches(documents):
             ids = tokenizer.encode_batch(batch)
             held_out = [(index + i) % stride == 0 for i in range(len(batch))]
