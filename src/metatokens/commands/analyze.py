@@ -185,7 +185,8 @@ def run_entropy(args) -> int:
     result = {"settings": _settings(args, folder, model, window=args.window), **result}
     print(f"entropy difference, non-meta minus meta (nats): {_interval(result['entropy_difference'])}")
     print(f"  same, non-meta queries within {args.window} of a meta-token: {_interval(result['entropy_difference_nearby'])}")
-    print(f"meta-attention entropy at meta queries (nats): {_interval(result['meta_attention_entropy'])}")
+    print(f"meta-attention entropy at meta queries (nats): {_interval(result['meta_attention_entropy'])}"
+          " (a meta-token attends only to itself and earlier meta-tokens: 0 where a prompt holds one)")
     if result["max_logit_boost"] is not None:
         print(f"max-logit boost, real minus zeroed meta embedding: {_interval(result['max_logit_boost'])}")
     _finish(Path(args.out), "entropy", result, plot_entropy, _title(folder, args, "attention entropy"))

@@ -40,7 +40,6 @@ def run(args) -> int:
         print(f"{shape:<12}{dims:>20}{s['block_size']:>8}{s['vocab_size']:>8}{meta:>14,}{base:>14,}{(meta - base) / base:>8.1%}")
     if args.shape:
         return 0
-    print()
     print("presets, as `metatokens pretrain --config NAME` builds them:")
     print(f"{'preset':<22}{'shape':>12}{'positions':>11}{'window':>8}{'meta-attention':>16}{'parameters':>14}")
     for name, shape, cfg, count in preset_counts():
