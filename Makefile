@@ -23,7 +23,7 @@ demo: venv
 # Pre-train the tiny Meta+RoPE model alone (about 5-6 minutes on 2 idle cores).
 pretrain-tiny: venv
 	$(BIN)/metatokens pretrain --config tiny --out runs/tiny
-	$(BIN)/metatokens plot runs/tiny --out runs/tiny/loss.png
+	$(BIN)/metatokens plot runs/tiny   # -> runs/tiny/loss.png
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -31,5 +31,6 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# What the commands above and the README's examples write (runs/, report/, the token cache); nothing else.
 clean:
-	rm -rf runs .cache .pytest_cache
+	rm -rf runs report .cache .pytest_cache

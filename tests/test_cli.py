@@ -48,3 +48,45 @@ def test_info_counts_each_preset_as_pretraining_built_it(capsys):
         recorded = json.loads((STUDY / stage / "stage.json").read_text())
         assert f"--config {preset} " in recorded["command"]
         assert rows[preset] == recorded["result"]["params"], (preset, out)
+
+
+def _model_folder(folder: Path) -> Path:
+    import torch
+
+    from metatokens.checkpoint import save_pretrained
+    from metatokens.model import GPT, ModelConfig
+    from metatokens.tasks import make_examples
+    from metatokens.tokenizer import MetaTokenizer
+
+    bytes_only = MetaTokenizer.train(["ab"], 258)
+    texts = [e.prompt_text + e.answer_text for e in make_examples("parity", bytes_only, length=200, n=20, seed=0)]
+    tok = MetaTokenizer.train(texts, 400)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=256, pos_encoding="rope",
+                      meta_token_id=tok.meta_token_id)
+    save_pretrained(folder, GPT(cfg), tok)
+    return folder
+
+
+def test_outputs_default_to_the_run_the_model_belongs_to_not_the_working_directory(tmp_path, monkeypatch, capsys):
+    from metatokens.commands import beside_model
+
+    run = tmp_path / "run"
+    step = _model_folder(run / "checkpoints" / "step-00000002")
+    (run / "checkpoints" / "LATEST").write_text("step-00000002\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert beside_model(step, "eval") == run / "eval" == beside_model(run, "eval")
+    assert beside_model("gpt2", "eval") == Path("eval")  # a hub name: the working directory
+    assert cli.main(["evaluate", "--checkpoint", str(step), "--task", "parity", "--lengths", "96", "--n", "2",
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "eval" / "parity.json").is_file() and not out.endswith("\n\n")
+    assert cli.main(["analyze", "ablate", "--checkpoint", str(run), "--task", "parity", "--lengths", "96", "--n", "2",
+                     "--no-progress"]) == 0
+    assert any((run / "analysis").iterdir())
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "train_loss": 5.0 - i / 10}) + "\n" for i in range(1, 4)))
+    assert cli.main(["plot", str(run)]) == 0
+    assert (run / "loss.png").is_file()
+    assert list(work.iterdir()) == []  # nothing landed in the working directory

@@ -1,1 +1,17 @@
 """Subcommands of the `metatokens` CLI; each module has `add_command(subparsers)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def beside_model(path: str | Path, name: str) -> Path:
+    """Default output folder of a command that reads a model: `name` inside the run the model
+    belongs to (a checkpoint folder RUN/checkpoints/step-N counts as RUN), as litgpt writes an
+    evaluation beside its checkpoint; `name` in the working directory for a Hugging Face hub name."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return Path(name)
+    if folder.parent.name == "checkpoints":
+        folder = folder.parent.parent
+    return folder / name

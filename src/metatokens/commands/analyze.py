@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import beside_model
+
 DEFAULT_OUT = "analysis"
 
 
@@ -67,9 +69,14 @@ def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the task examples (and of the probes; default: 0)")
     if split:
         p.add_argument("--split", default="test", choices=["train", "test"], help="examples from this split (default: test)")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"folder for the JSON and PNG (default: {DEFAULT_OUT})")
+    p.add_argument("--out", metavar="DIR", help=f"folder for the JSON and PNG (default: {DEFAULT_OUT}/ inside the "
+                   "--checkpoint's run folder)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _out(args) -> Path:
+    return Path(args.out) if args.out else beside_model(args.checkpoint, DEFAULT_OUT)
 
 
 def add_command(sub) -> None:
@@ -189,7 +196,7 @@ def run_entropy(args) -> int:
           " (a meta-token attends only to itself and earlier meta-tokens: 0 where a prompt holds one)")
     if result["max_logit_boost"] is not None:
         print(f"max-logit boost, real minus zeroed meta embedding: {_interval(result['max_logit_boost'])}")
-    _finish(Path(args.out), "entropy", result, plot_entropy, _title(folder, args, "attention entropy"))
+    _finish(_out(args), "entropy", result, plot_entropy, _title(folder, args, "attention entropy"))
     return 0
 
 
@@ -209,7 +216,7 @@ def run_ablate(args) -> int:
     result = {"settings": _settings(args, folder, model, tasks=tasks), **result}
     table = markdown_table(result)
     print("exact match (%), change from the full model in parentheses:\n" + table, end="")
-    out = Path(args.out)
+    out = _out(args)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{folder.name}: ablations at meta positions ({args.difficulty}, {args.split}, n={args.n})"
     atomic_write_text(out / "ablate.md", "Exact match (%); change from the full model in parentheses.\n\n" + table)
@@ -238,7 +245,7 @@ def run_residual(args) -> int:
     probs = result["logit_lens"]["answer_first_token_prob"]["mean"]
     print("logit lens, answer's first token at the last meta-token, mean prob by layer: "
           + " ".join(f"{p:.3f}" for p in probs))
-    _finish(Path(args.out), "residual", result, plot_residual, _title(folder, args, "residual stream"))
+    _finish(_out(args), "residual", result, plot_residual, _title(folder, args, "residual stream"))
     return 0
 
 
@@ -268,5 +275,5 @@ def run_rate_distortion(args) -> int:
     for k, beta in enumerate(result["betas"]):
         cells = [f"{c[k][prefix + 'rate']:.3f} / {c[k][prefix + 'distortion']:.3f}" for c in result["curves"].values()]
         print(f"{beta:>6g}" + "".join(f"{c:>28}" for c in cells))
-    _finish(Path(args.out), "rate_distortion", result, plot_rate_distortion, _title(folder, args, "rate-distortion"))
+    _finish(_out(args), "rate_distortion", result, plot_rate_distortion, _title(folder, args, "rate-distortion"))
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import beside_model
+
 
 def _lengths(text: str) -> list[int]:
     try:
@@ -43,7 +45,7 @@ def add_command(sub) -> None:
     what.add_argument("--task", help="list_recall, segment_counting, parity or copying")
     what.add_argument("--perplexity", metavar="DATA", help="documents: builtin, a local .txt/.jsonl/.parquet file or "
                       "folder, or hf:NAME (e.g. hf:pg19; only touched when named)")
-    p.add_argument("--out", default="eval", help="output folder (default: eval)")
+    p.add_argument("--out", help="output folder (default: eval/ inside the first --checkpoint's run folder)")
     p.add_argument("--seed", type=int, default=0, help="seeds the test examples / meta-token positions (default 0)")
     p.add_argument("--yarn-scale", type=float, help="evaluate RoPE models with YaRN: window L -> s*L (L = the "
                    "pre-training window); other models as they are")
@@ -96,14 +98,14 @@ def run(args) -> int:
                                difficulty=args.difficulty, yarn_scale=args.yarn_scale, meta=args.meta,
                                skip_unfit=args.skip_unfit, batch_size=args.batch_size, device=args.device,
                                progress=progress)
-        print(task_markdown(result))
+        print(task_markdown(result), end="")
     else:
         result = evaluate_perplexity(models, args.perplexity, context=args.context, buckets=args.buckets,
                                      meta=args.meta_every, rows=args.rows, batch_size=args.batch_size, seed=args.seed,
                                      every=args.every, max_documents=args.max_documents, text_field=args.text_field,
                                      hf_config=args.hf_config, split=args.split, yarn_scale=args.yarn_scale,
                                      device=args.device, progress=progress)
-        print(perplexity_markdown(result))
-    paths = write_report(result, args.out)
+        print(perplexity_markdown(result), end="")
+    paths = write_report(result, args.out or beside_model(args.checkpoint[0], "eval"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

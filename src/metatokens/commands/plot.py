@@ -11,7 +11,7 @@ from ..plotting import pyplot, save_figure
 def add_command(sub) -> None:
     p = sub.add_parser("plot", help="draw the training and validation loss of runs on one PNG")
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
-    p.add_argument("--out", default="loss.png", help="PNG to write (default: loss.png)")
+    p.add_argument("--out", help="PNG to write (default: loss.png, or METRIC.png, inside the first run folder)")
     p.add_argument("--metric", default="loss", help="plot train_/val_ METRIC (default: loss)")
     p.add_argument("--names", help="comma-separated legend names, one per run (default: the run folders)")
     p.set_defaults(func=run)
@@ -73,6 +73,7 @@ def run(args) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and len(names) != len(args.runs):
         raise ValueError(f"--names has {len(names)} names for {len(args.runs)} runs")
-    out = plot_runs([Path(r) for r in args.runs], Path(args.out), args.metric, names)
+    out = Path(args.out) if args.out else Path(args.runs[0]) / f"{args.metric}.png"
+    out = plot_runs([Path(r) for r in args.runs], out, args.metric, names)
     print(f"wrote {out}")
     return 0
