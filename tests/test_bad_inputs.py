@@ -185,6 +185,11 @@ CASES = [
     ("trainer-state-no-checksums", RESUME, _edit_state(lambda s: {k: v for k, v in s.items() if k != "sha256"}),
      "trainer_state.json: no SHA-256"),
     ("finetune-optimizer-garbage", FT_RESUME, _garbage("optimizer.pt"), "optimizer.pt"),
+    # a batch no machine holds: refused before data is generated or a run folder made (not the OOM killer)
+    ("pretrain-batch-size-huge", ["pretrain", "--config", "toy", *NEW, "--set", "train.batch_size=100000000"], None,
+     "train.batch_size=100000000 (6,400,000,000 tokens a step) needs about"),
+    ("finetune-batch-size-huge", ["finetune", "--from-scratch", "toy", "--tokenizer", "{run}/tokenizer.json", *NEW,
+                                  "--batch-size", "100000000"], None, "--batch-size=100000000"),
     # a damaged run.json
     ("run-json-garbage", RESUME, _write("run.json", b"{not json"), "run.json: unreadable, not valid JSON"),
     ("run-json-binary", RESUME, _write("run.json", b"\xff\xfe\x00garbage"), "run.json: unreadable"),
@@ -205,7 +210,8 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(base, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # outputs that default to the working directory (evaluate's eval/) show up too
     argv = [a.format(run=run, ft=ft, new=tmp_path / "new") for a in argv]
     if argv[0] == "pretrain":
-        argv += _data_sets(base) if "--resume" not in argv or "--config" in argv else []
+        # the corpus settings first, so that a case's own --set (a later override) wins
+        argv = argv[:1] + (_data_sets(base) if "--resume" not in argv or "--config" in argv else []) + argv[1:]
     before = listing(tmp_path, base)
     code = cli.main(argv)
     captured = capsys.readouterr()

@@ -140,7 +140,23 @@ def test_bad_config_files_fail_clearly(tmp_path, tokenizer):
     cfg_file.write_text(json.dumps(bad))
     with pytest.raises(CheckpointError) as e:
         load_pretrained(folder, verify=False)
-    one_line_error(e, "cannot load weights")
+    one_line_error(e, str(cfg_file), "does not match the weights", "wte.weight: config (320, 64), weights (320, 32)")
+
+    # an absurd model (51 GB at n_embd=65536) is refused from the file's header, before any allocation
+    import resource
+
+    bad["model"].update(n_embd=65536, n_head=1)
+    cfg_file.write_text(json.dumps(bad))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(folder, verify=False)
+    one_line_error(e, str(cfg_file), "does not match the weights")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far below 51 GB
+
+    cfg_file.write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's JSON parser goes
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(folder)
+    one_line_error(e, str(cfg_file), "nested too deeply")
 
 
 @pytest.mark.parametrize("value", [None, "", 0])

@@ -88,6 +88,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{file}: not valid JSON ({err}); the file is truncated or corrupted") from None
+    except RecursionError:
+        raise CheckpointError(f"{file}: nested too deeply to be a metatokens config") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a metatokens config (missing \"format\": \"{FORMAT}\")")
     if data.get("format_version") != FORMAT_VERSION:
@@ -99,6 +101,31 @@ def read_config(path: str | Path) -> dict[str, Any]:
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     return data
+
+
+def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> None:
+    """Refuse a config.json whose model the weights file does not hold, before building it: an
+    edited n_embd=65536 would otherwise allocate tens of GB just to fail. The model is built on
+    PyTorch's meta device (no memory) and its tensor shapes compared with the file's header."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
+    if cfg.tie_embeddings:  # a tied matrix is stored once, under either name
+        for a, b in (("wte.weight", "lm_head.weight"), ("lm_head.weight", "wte.weight")):
+            if a in found:
+                found.setdefault(b, found[a])
+    wrong = [k for k in expected if found.get(k) != expected[k]] + [k for k in found if k not in expected]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{config_file}: its model does not match the weights in {weights.name} "
+                              f"({k}: config {expected.get(k, 'none')}, weights {found.get(k, 'none')}); "
+                              "the file was edited or belongs to another model")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True):
@@ -118,6 +145,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
                                   "the file was edited or damaged")
         if sha256_file(weights) != expected:
             raise CheckpointError(f"{weights}: checksum differs from {CONFIG_FILE}; the file is truncated or corrupted")
+    _check_weights_fit(data["model"], weights, folder / CONFIG_FILE)
     model = GPT(data["model"])
     try:
         load_model(model, str(weights), strict=True, device=str(device))

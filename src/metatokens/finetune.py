@@ -365,7 +365,7 @@ def run_finetune(
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
     from .data.packing import tokenizer_hash
-    from .train import check_run_dir, latest_checkpoint, setup_distributed, train_loop
+    from .train import check_run_dir, check_step_memory, latest_checkpoint, setup_distributed, train_loop
 
     d = setup_distributed(train_cfg.device)
     run_dir = Path(out)
@@ -403,6 +403,9 @@ def run_finetune(
     if limit is not None and spec.max_len > limit:
         raise FinetuneError(f"--max-len {spec.max_len} does not fit the model's {limit} learned positions "
                             f"({loaded.pos_encoding}); use --max-len {limit - 8} or less")
+    if isinstance(model, GPT):  # before any example is made: a batch of 10^8 would take hours to generate
+        check_step_memory(model.config, train_cfg.batch_size, spec.max_len, d.device, what="--batch-size",
+                          error=FinetuneError)
     tasks = task_names(spec.task)
     if spec.weights is not None and len(spec.weights) != len(tasks):
         raise FinetuneError(f"{len(spec.weights)} --task-weights for {len(tasks)} tasks ({', '.join(tasks)})")

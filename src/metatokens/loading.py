@@ -132,15 +132,22 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     settings = {k: v for k, v in config.items() if k in names}
     settings["tie_embeddings"] = bool(config.get("tie_word_embeddings", True))
     try:
-        model = GPT(ModelConfig.from_dict(settings, source=str(file)))
+        cfg = ModelConfig.from_dict(settings, source=str(file))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     state = _export_weights(folder)
     if not all(k.startswith("model.") for k in state):
         raise CheckpointError(f"{folder}: weights are not those of a metatokens export (names without the model. prefix)")
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    if model.config.tie_embeddings and "wte.weight" in state:
+    if cfg.tie_embeddings and "wte.weight" in state:
         state.setdefault("lm_head.weight", state["wte.weight"])  # transformers saves a tied matrix once
+    with torch.device("meta"):  # the shapes first: an edited config.json must not allocate a model the weights don't hold
+        shapes = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+    wrong = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
+    if wrong:
+        raise CheckpointError(f"{file}: its model does not match the weights ({wrong[0]}: config {shapes[wrong[0]]}, "
+                              f"weights {tuple(state[wrong[0]].shape)}); the file was edited or belongs to another model")
+    model = GPT(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -24,7 +24,7 @@ from .model import GPT
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
 from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_resume_steps, check_run_dir,
-                    read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop)
+                    check_step_memory, read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -148,6 +148,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
                              rank=d.rank, world_size=d.world)
     evaluate = make_evaluator(cfg, packed, tokenizer.meta_token_id, d)
 
+    check_step_memory(cfg.model, cfg.train.batch_size, cfg.model.block_size, d.device)
     # Everything that can fail on bad input has run; only now does the run folder appear.
     check_run_dir(run_dir, resume, create=True)
     info = {"config": cfg.to_dict(), "tokenizer_sha256": tok_hash, "init": init, "world_size": d.world,

@@ -398,6 +398,37 @@ def _validate_run_dir(run_dir: Path, resume: bool, error: type[Exception]) -> No
                         "empty --out (nothing in it was changed)")
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a training step on `device`: CUDA's free memory, else Linux's MemAvailable
+    (None where neither can be read: no check then)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_step_memory(model_cfg, batch_size: int, seq_len: int, device: torch.device, *, what: str = "train.batch_size",
+                      error: type[Exception] = None) -> None:
+    """Refuse, before any run folder exists, a batch whose step cannot fit in memory (a typo such as
+    batch_size=100000000 otherwise ends in the kernel's OOM killer, or a MemoryError deep in PyTorch).
+
+    A rough lower bound of one fp32 step: per token, the logits with their softmax and gradient
+    (3 x vocab floats) and about 24 floats per layer and channel of saved activations.
+    """
+    tokens = batch_size * seq_len
+    need = tokens * 4 * (3 * model_cfg.vocab_size + 24 * model_cfg.n_layer * model_cfg.n_embd)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise (error or TrainingError)(
+            f"{what}={batch_size} ({tokens:,} tokens a step) needs about {need / 2**30:,.1f} GiB for one step; "
+            f"{device} has {free / 2**30:,.1f} GiB free: use a smaller {what} (train.grad_accum keeps the tokens per update)")
+
+
 def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirError, *, create: bool = False) -> None:
     """A new run needs a new or empty folder (or one left by a run killed before its first checkpoint);
     --resume needs a run folder with checkpoints.
