@@ -294,3 +294,27 @@ def test_builtin_falls_back_to_this_process(monkeypatch, caplog):
         assert 1_000_000 < sum(len(d) for d in documents) < 3_000_000
     finally:
         corpora._builtin_corpus.cache_clear()  # later tests get the isolated extraction again
+
+
+def test_an_unreachable_hub_dataset_is_one_error_without_the_clients_retry_lines(monkeypatch, capsys):
+    """huggingface_hub logs each retry of each request as a warning (11 lines offline); the load is
+    faked here (no network): it logs like the hub client, then fails like it."""
+    import datasets
+
+    def load_dataset(*args, **kwargs):
+        for attempt in range(1, 6):
+            logging.getLogger("huggingface_hub.utils._http").warning("'[Errno -2]' thrown; Retrying in 1s [Retry %d/5].", attempt)
+        raise ConnectionError("Couldn't reach 'someone/corpus' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    level = logging.getLogger("huggingface_hub").level
+    root = logging.getLogger()
+    handler = logging.StreamHandler()  # where a user's logging setup (or transformers') would print them
+    root.addHandler(handler)
+    try:
+        with pytest.raises(DataError, match="hf:someone/corpus: cannot load .*Couldn't reach"):
+            next(iter_documents("hf:someone/corpus"))
+    finally:
+        root.removeHandler(handler)
+    assert "Retry" not in capsys.readouterr().err
+    assert logging.getLogger("huggingface_hub").level == level  # levels restored afterwards

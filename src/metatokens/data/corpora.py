@@ -258,6 +258,24 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
+class _QuietHub:
+    """Hold the Hub clients' own warnings back while a dataset loads: without the network,
+    huggingface_hub logs every retry of every request (11 lines before the one error that matters,
+    which DataError then gives in one line). Errors still propagate; only log lines are held."""
+
+    NAMES = ("huggingface_hub", "datasets", "fsspec")
+
+    def __enter__(self):
+        self.levels = {n: logging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        for n, level in self.levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
 def _iter_hf(name: str, text_field: str, hf_config: str | None, split: str) -> Iterator[str]:
     where = f"hf:{name}"
     if not name:
@@ -276,7 +294,8 @@ def _iter_hf(name: str, text_field: str, hf_config: str | None, split: str) -> I
                     raise DataError(f"{where}: no split {split!r} (splits: {', '.join(dataset)}); pass split=")
                 dataset = dataset[split]
         else:
-            dataset = datasets.load_dataset(name, hf_config, split=split, streaming=True)
+            with _QuietHub():
+                dataset = datasets.load_dataset(name, hf_config, split=split, streaming=True)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, config, files)
