@@ -282,3 +282,35 @@ def test_a_stopped_run_saves_and_exits_128_plus_the_signal(base, tmp_path, monke
     assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"
     assert err == (f"metatokens {command}: stopped by SIGTERM at step 3; checkpoint saved in "
                    f"{out / 'checkpoints' / 'step-00000003'}; continue with: metatokens {command} --out {out} --resume\n")
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_checkpoint(base, tmp_path, monkeypatch,
+                                                                                           capsys):
+    """torch.save on a full disk raises RuntimeError('... file write failed'); faked at the second
+    checkpoint (the first is saved), with the file system reporting 1 MiB free."""
+    from collections import namedtuple
+
+    import metatokens.train as train_mod
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("optimizer.pt"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                usage = namedtuple("usage", "total used free")(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
+                monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: usage)
+                raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                                   "file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.torch, "save", save)
+    out = tmp_path / "new"
+    code = cli.main(["pretrain", "--config", "toy", *_data_sets(base), "--out", str(out), "--no-progress",
+                     "--set", "train.max_steps=6", "--set", "train.ckpt_interval=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"metatokens pretrain: error: no space left on device while saving step 4 in {out / 'checkpoints'} "
+                          "(1 MiB free)"), err
+    assert f"last good checkpoint: {out / 'checkpoints' / 'step-00000002'}" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]  # no temp folder left

@@ -244,14 +244,35 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, 
             files = {name: sha256_file(tmp / name) for name in ("optimizer.pt", "rng.safetensors")}
             atomic_write_text(tmp / "trainer_state.json", json.dumps({**state, "step": step, "sha256": files}, indent=1))
 
-        if hasattr(snapshot, "save_folder"):  # models that are not GPT bring their own folder format
-            snapshot.save_folder(folder, tokenizer, extra={"step": step}, write_extra=write_extra)
-        else:
-            save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
+        try:
+            if hasattr(snapshot, "save_folder"):  # models that are not GPT bring their own folder format
+                snapshot.save_folder(folder, tokenizer, extra={"step": step}, write_extra=write_extra)
+            else:
+                save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            if not _disk_full(err, run_dir):
+                raise
+            last = latest_checkpoint(run_dir)
+            raise TrainingError(f"no space left on device while saving step {step} in {run_dir / 'checkpoints'} "
+                                f"({shutil.disk_usage(run_dir).free / 2**20:,.0f} MiB free); nothing of it was kept "
+                                f"(last good checkpoint: {last if last else 'none'}); free space, then --resume") from None
         atomic_write_text(run_dir / "checkpoints" / "LATEST", folder.name + "\n")
         _prune(run_dir / "checkpoints", cfg.keep_last)
     d.barrier()
     return folder
+
+
+def _disk_full(err: BaseException, where: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or (torch.save's RuntimeError says only
+    "file write failed") a file system with almost nothing left."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(where).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def _step_folders(folder: Path) -> list[Path]:
