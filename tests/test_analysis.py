@@ -399,3 +399,112 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, tmp_path, model_dir, caps
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# ----------------------------------------------------------------------------- figures a reader can read
+
+
+def capture_figures(monkeypatch, module) -> list:
+    """The matplotlib Figures `module` would write, kept open for inspection instead of saved."""
+    figures = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    return figures
+
+
+def _score(exact_match):
+    return {"exact_match": exact_match}
+
+
+def test_ablation_bars_carry_the_change_from_the_full_model_and_the_title_names_model_and_tasks(monkeypatch):
+    import metatokens.analysis.ablate as ablate
+
+    figures = capture_figures(monkeypatch, ablate)
+    result = {"difficulty": "medium", "rows": [
+        {"task": "copying", "length": 64, "n": 100,
+         "full": _score(0.57), "zero_meta_pos": _score(0.0), "zero_meta_embed": _score(0.6)},
+        {"task": "parity", "length": 64, "n": 100,
+         "full": _score(0.5), "zero_meta_pos": _score(0.5), "zero_meta_embed": _score(0.25)}]}
+    ablate.plot_ablation(result, "unused.png", title="Meta+RoPE: ablations at meta positions")
+    (fig,) = figures
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["57.0", "50.0", "-57.0", "±0.0", "+3.0", "-25.0"]  # full, then each ablation's change
+    title = ax.get_title()
+    assert "Meta+RoPE" in title and "copying" in title and "parity" in title and "change from it" in title
+    # a zero-height bar still shows: it has an edge, and the axis starts below 0
+    assert all(p.get_linewidth() > 0 for p in ax.patches) and ax.get_ylim()[0] < 0
+    # without a caller's title, the model comes from the settings `analyze` records
+    figures.clear()
+    ablate.plot_ablation({**result, "settings": {"checkpoint": "/x/meta-rope/run/checkpoints/step-00001800",
+                                                 "tasks": ["copying", "parity"], "lengths": [64]}}, "unused.png")
+    assert "meta-rope/run, step 1800" in figures[0].axes[0].get_title()
+
+
+def test_entropy_cells_are_legible_and_the_title_names_model_and_task(monkeypatch):
+    import metatokens.analysis.entropy as entropy
+
+    figures = capture_figures(monkeypatch, entropy)
+    grid = [[1.2, 0.05], [-1.2, float("nan")]]
+    headline = {"mean": 0.1, "ci95": [0.0, 0.2], "n": 3}
+    result = {"settings": {"checkpoint": "/runs/meta-rope/checkpoints/step-00000500", "task": "list_recall", "length": 80},
+              "entropy_difference": headline, "max_logit_boost": headline,
+              "per_layer_head": {"entropy_difference": grid, "max_logit_boost": grid}}
+    entropy.plot_entropy(result, "unused.png")
+    (fig,) = figures
+    heat = fig.axes[0]
+    cells = {t.get_text(): t for t in heat.texts}
+    assert set(cells) == {"1.20", "0.05", "-1.20", "n/a"}
+    assert cells["1.20"].get_color() == "white" and cells["-1.20"].get_color() == "white"  # dark red, dark blue
+    assert cells["0.05"].get_color() == "black"  # near white
+    assert all(t.get_fontsize() >= 8 for t in heat.texts)  # a 2 x 2 grid has room for more than 6 points
+    title = fig._suptitle.get_text()
+    assert "runs/meta-rope, step 500" in title and "list_recall" in title
+    from metatokens.plotting import text_colour
+
+    assert text_colour((0.0, 0.0, 0.0)) == "white" and text_colour((1.0, 1.0, 0.8)) == "black"
+
+
+def test_residual_figure_is_not_a_strip_and_its_layers_and_band_are_labelled(monkeypatch):
+    import metatokens.analysis.residual as residual
+
+    figures = capture_figures(monkeypatch, residual)
+    grid = [[0.1, 0.2, 0.3]] * 3
+    result = {"n_examples": 4, "layers": [0, 1, 2], "distance_bins": [[1, 1], [2, 2], [3, 4]],
+              "cosine_meta_binned": grid, "cosine_control_binned": grid,
+              "logit_lens": {"answer_first_token_prob": {"mean": [0.1, 0.2, 0.4], "std": [0.05, 0.1, 0.1]}}}
+    residual.plot_residual(result, "unused.png", title="Meta+RoPE, List Recall")
+    (fig,) = figures
+    width, height = fig.get_size_inches()
+    assert width / height < 2  # four panels two by two, not one row
+    assert "Meta+RoPE, List Recall" in fig._suptitle.get_text()
+    lens = next(ax for ax in fig.axes if ax.get_title().startswith("logit lens"))
+    assert list(lens.get_xticks()) == [0, 1, 2]  # whole layers, no 0.5 ticks
+    legend = [t.get_text() for t in lens.get_legend().get_texts()]
+    assert any("standard deviation" in t for t in legend) and any("4 examples" in t for t in legend)
+
+
+def test_rate_distortion_beta_labels_do_not_overlap(monkeypatch):
+    import metatokens.analysis.rate_distortion as rd
+
+    figures = capture_figures(monkeypatch, rd)
+    betas = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    # the large betas crowd together near rate 0, as real sweeps do
+    rates = [12.0, 10.0, 6.0, 3.0, 1.5, 0.6, 0.5]
+
+    def curve(shift):
+        return [{"beta": b, "rate": r + shift, "distortion": 2.3 + 0.06 * i, "test_rate": r, "test_distortion": 3.6}
+                for i, (b, r) in enumerate(zip(betas, rates))]
+
+    result = {"n_train": 32, "n_test": 16, "no_information_train": 3.1, "no_information_test": 3.5,
+              "settings": {"checkpoint": "/r/m/checkpoints/step-00000010", "task": "list_recall", "length": 80},
+              "curves": {"last_meta": curve(0), "last_token": curve(0.3), "last_meta_zero_pos": curve(-0.1)}}
+    rd.plot_rate_distortion(result, "unused.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert boxes and sum(t.get_text().count(",") + 1 for t in ax.texts) == len(betas)  # every beta, once
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), [t.get_text() for t in ax.texts]
+    assert "list_recall" in fig._suptitle.get_text() and "r/m, step 10" in fig._suptitle.get_text()

@@ -104,6 +104,38 @@ def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
         assert r["exact_match_ci95"][0] == 0.0 and r["exact_match_ci95"][1] == pytest.approx(wilson_interval(0, 12)[1])
 
 
+def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chance_lines(tok, monkeypatch):
+    import metatokens.evaluate as evaluate
+
+    known = {length: make_examples("list_recall", tok, length=length, n=12, seed=3, split="test", meta=False)
+             for length in (64, 96)}
+    everything = [e for ex in known.values() for e in ex]
+    models = [LoadedModel(name, "-", Oracle(everything, VOCAB, right), tok, "oracle") for name, right in
+              (("right", True), ("wrong", False))]
+    result = evaluate_task(models, "list_recall", [64, 96], n=12, seed=3, progress=False)
+    for r in result["models"][0]["results"]:  # the guessers' exact match on the very prompts scored
+        ex = known[r["length"]]
+        assert r["baselines"]["chance"] == pytest.approx(sum(1 / len(e.info["lists"][e.info["target"]]) for e in ex) / 12)
+        assert r["baselines"]["majority"] == max(sum(e.answer_text == a.answer_text for e in ex) for a in ex) / 12
+    parity = make_examples("parity", tok, length=64, n=8, seed=0, split="test", meta=False)
+    assert evaluate.answer_baselines(parity)["chance"] == 0.5
+
+    figures = []
+    monkeypatch.setattr(evaluate, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    evaluate.task_plot(result, "unused.png")
+    (fig,) = figures
+    title = fig._suptitle.get_text()
+    assert "right, wrong" in title and "list_recall" in title and "12 test prompts per length" in title
+    exact = fig.axes[0]
+    lines = {line.get_label(): line for line in exact.get_lines()}
+    for which, label in (("majority", "majority answer"), ("chance", "chance")):
+        assert list(lines[label].get_xdata()) == [64, 96]
+        assert list(lines[label].get_ydata()) == pytest.approx(
+            [100 * r["baselines"][which] for r in result["models"][0]["results"]])
+    legend = [t.get_text() for t in exact.get_legend().get_texts()]
+    assert {"majority answer", "chance", "right", "wrong"} <= set(legend)
+
+
 def test_teacher_forced_exact_match_is_greedy_decoding(tok):
     """Exact match must agree with metatokens.generate's greedy answer, token for token."""
     model = gpt(tok, seed=1)

@@ -4,6 +4,8 @@ import contextlib
 import io
 import json
 
+import pytest
+
 
 from metatokens import cli
 from metatokens.commands.plot import run_labels
@@ -40,3 +42,55 @@ def test_run_labels_edge_cases(tmp_path):
     labels = run_labels([same, same])
     assert labels[0] == labels[1] == str(same.resolve()) and "//" not in labels[0]
     assert run_labels([]) == []
+
+
+def capture_figures(monkeypatch, module) -> list:
+    figures = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    return figures
+
+
+def test_the_loss_plot_title_names_the_runs_and_what_they_trained_on(tmp_path, monkeypatch):
+    import metatokens.commands.plot as plot
+
+    for name in ("a", "b"):
+        write_run(tmp_path / name / "run", [(1, 5.0), (2, 4.0)])
+        (tmp_path / name / "run" / "run.json").write_text(json.dumps({"finetune": {"tasks": ["parity", "copying"]}}))
+    figures = capture_figures(monkeypatch, plot)
+    plot.plot_runs([tmp_path / "a" / "run", tmp_path / "b" / "run"], tmp_path / "loss.png")
+    title = figures[0].axes[0].get_title()
+    assert "a/run" in title and "b/run" in title and "fine-tuning on parity, copying" in title
+
+
+def test_report_differences_clip_at_100_points_and_name_the_tasks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import metatokens.plotting as plotting
+    import metatokens.study.report as report
+
+    figures = []  # the report imports save_figure when it draws
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or path)
+    res = SimpleNamespace(scale=SimpleNamespace(ft_len=120), out=tmp_path)
+    rows = [("Copying: Meta+RoPE vs GPT-2 (APE)", {"diff": 0.5, "ci95": [-0.1, 1.4]}),
+            ("List Recall: Meta+RoPE vs GPT-2 (APE)", {"diff": -0.1, "ci95": [-1.9, 0.3]})]
+    report.differences_figure(res, rows)
+    ax = figures[0].axes[0]
+    assert "List Recall" in ax.get_title() and "Copying" in ax.get_title() and "L = 120" in ax.get_title()
+    assert ax.get_xlim()[0] >= -110 and ax.get_xlim()[1] <= 110  # not stretched to ±190
+    arrows = [line for line in ax.get_lines() if line.get_marker() in ("<", ">")]
+    assert sorted(float(line.get_xdata()[0]) for line in arrows) == [-100.0, 100.0]
+
+
+def test_report_accuracy_baselines_follow_each_length(monkeypatch):
+    from types import SimpleNamespace
+
+    import metatokens.study.report as report
+    from metatokens.plotting import pyplot
+
+    baselines = {"parity": {"120": {"majority": 0.55, "chance": 0.5}, "240": {"majority": 0.6, "chance": 0.5}}}
+    res = SimpleNamespace(seed_list=[0], seeds={0: {"evaluate-x": SimpleNamespace(result={"baselines": baselines})}})
+    fig, ax = pyplot().subplots()
+    report._baseline_lines(ax, res, "parity", {"120": 1, "240": 2, "480+yarn": 4})
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["majority answer"].get_ydata()) == pytest.approx([55.0, 60.0]) and list(lines["chance"].get_xdata()) == [1, 2]
+    pyplot().close(fig)

@@ -44,7 +44,7 @@ from torch import nn
 from .data.packing import tokenizer_hash
 from .fileio import atomic_write_text
 from .loading import EvaluationError, LoadedModel, uses_meta
-from .plotting import pyplot, save_figure
+from .plotting import pyplot, save_figure, wrap_title
 from .tasks import Example, TaskError, get_task, make_examples
 from .train import IGNORE
 from .yarn import apply_yarn
@@ -103,6 +103,29 @@ class Score:
             "answer_loss": self.nll / self.tokens if self.tokens else None,
             **({"exact_per_example": self.per_example} if self.per_example is not None else {}),
         }
+
+
+def answer_baselines(examples: Sequence[Example]) -> dict[str, float]:
+    """Exact match of two guessers that never read the prompt's content, the floor a model must clear:
+    "majority" always gives the most common answer of these examples; "chance" guesses uniformly
+    among the answers the question allows (1/k for a List Recall list of k items, 1/2 for Parity,
+    one over the possible counts 1..w for Segment Counting over w words, 0 for Copying, whose spans
+    are random word sequences)."""
+    from collections import Counter
+
+    if not examples:
+        return {"majority": 0.0, "chance": 0.0}
+    majority = Counter(e.answer_text for e in examples).most_common(1)[0][1] / len(examples)
+    total = 0.0
+    for e in examples:
+        info = e.info
+        if info.get("task") == "list_recall":
+            total += 1 / len(info["lists"][info["target"]])
+        elif info.get("task") == "parity":
+            total += 1 / 2
+        elif info.get("task") == "segment_counting":
+            total += 1 / sum(len(items) for items in info["lists"][info["start"]: info["end"] + 1])
+    return {"majority": majority, "chance": total / len(examples)}
 
 
 def prompts_digest(examples: Sequence[Example]) -> str:
@@ -267,7 +290,8 @@ def evaluate_task(
                                    meta_token_id=m.tokenizer.meta_token_id, batch_size=batch_size, device=device, progress=bar)
             prompt_lengths = [len(e.prompt_ids) for e in examples]
             rows.append({"length": length, **score.summary(), "prompt_tokens": [min(prompt_lengths), max(prompt_lengths)],
-                         "positions_needed": needed_positions(examples), "prompts_sha256": prompts_digest(examples)})
+                         "positions_needed": needed_positions(examples), "prompts_sha256": prompts_digest(examples),
+                         "baselines": answer_baselines(examples)})
         results.append({**m.describe(), "meta": with_meta, "results": rows})
     if bar is not None:
         bar.close()
@@ -317,10 +341,37 @@ def task_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_baselines(result: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """(length, exact match) of the majority-answer and chance guessers at every length the result
+    measured them (`answer_baselines`, in each scored row; the first model that has one), in %."""
+    lines: dict[str, dict[int, float]] = {"majority": {}, "chance": {}}
+    for m in result["models"]:
+        for r in m["results"]:
+            for which, points in lines.items():
+                value = (r.get("baselines") or {}).get(which)
+                if value is not None and r["length"] not in points:
+                    points[r["length"]] = 100 * value
+    return {which: sorted(points.items()) for which, points in lines.items()}
+
+
+def task_title(result: dict[str, Any]) -> str:
+    """The models and the task, for the title of a `task_plot`."""
+    names = [m["name"] for m in result["models"]]
+    models = ", ".join(names) if len(", ".join(names)) <= 70 else f"{len(names)} models (see the legend)"
+    n = result.get("n_per_length")
+    return (f"{models}: {result['task']} ({result['difficulty']})"
+            + (f", {n} test prompts per length" if n else "") + (f", seed {result['seed']}" if "seed" in result else ""))
+
+
+BASELINE_STYLE = {"majority": (":", "majority answer"), "chance": ("-.", "chance")}
+
+
 def task_plot(result: dict[str, Any], out: Path) -> Path:
+    """Exact match and token accuracy by length, one line per model; the exact-match panel carries
+    the majority-answer and chance lines where the result has them."""
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), sharex=True)
     for ax, key, title in ((axes[0], "exact_match", "exact match"), (axes[1], "token_accuracy", "token accuracy")):
         count = len(result["models"])
         for i, m in enumerate(result["models"]):
@@ -332,15 +383,25 @@ def task_plot(result: dict[str, Any], out: Path) -> Path:
             ys = [100 * r[key] for r in rows]
             err = [[100 * (r[key] - r[f"{key}_ci95"][0]) for r in rows], [100 * (r[f"{key}_ci95"][1] - r[key]) for r in rows]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m["name"])
+        if key == "exact_match":  # the guessers' floor is an exact-match rate
+            for which, points in task_baselines(result).items():
+                if points:
+                    style, label = BASELINE_STYLE[which]
+                    if len(points) == 1:  # one length: a line across the panel
+                        ax.axhline(points[0][1], ls=style, color="gray", lw=1.2, label=label)
+                    else:
+                        ax.plot(*zip(*points), style, color="gray", lw=1.2, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(result["lengths"], [str(x) for x in result["lengths"]])
+        ax.minorticks_off()
         ax.set_ylim(-3, 103)
         ax.set_xlabel("prompt length (tokens, bin upper edge)")
         ax.set_ylabel(f"{title} (%)")
-        ax.set_title(f"{result['task']} ({result['difficulty']}): {title}"
-                     + (f"\nerror bars: {result['error_bars']}" if result.get("error_bars") else ""), fontsize=10)
+        ax.set_title(f"{title}" + (f"; error bars: {result['error_bars']}" if result.get("error_bars")
+                                   else "; error bars: 95% Wilson intervals"), fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.suptitle(wrap_title(task_title(result), 120), fontsize=11)
     fig.tight_layout()
     save_figure(fig, out)
     return out

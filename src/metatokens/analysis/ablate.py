@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import GPT
-from ..plotting import pyplot, save_figure
+from ..plotting import analysis_title, pyplot, save_figure, wrap_title
 from .common import check_fits, model_variant
 
 VARIANTS = {  # name -> config changes, in the order of the table's columns
@@ -111,23 +111,51 @@ def markdown_table(result: dict[str, Any], metric: str = "exact_match") -> str:
     return "\n".join(lines) + "\n"
 
 
+def bar_labels(result: dict[str, Any], metric: str = "exact_match") -> dict[str, list[str]]:
+    """The text over each bar of `plot_ablation`: the full model's accuracy in percent ("75.0"),
+    and for each ablation its change from the full model in points ("-75.0", "+12.5", "±0.0"), so a
+    bar too short to see still says what zeroing did."""
+    labels: dict[str, list[str]] = {name: [] for name in VARIANTS}
+    for row in result["rows"]:
+        full = 100 * row["full"][metric]
+        labels["full"].append(f"{full:.1f}")
+        for name in list(VARIANTS)[1:]:
+            diff = round(100 * row[name][metric] - full, 1)
+            labels[name].append("±0.0" if diff == 0 else f"{diff:+.1f}")
+    return labels
+
+
 def plot_ablation(result: dict[str, Any], path, title: str = "") -> None:
-    """Grouped bars: exact-match accuracy of each variant, one group per (task, length)."""
+    """Grouped bars: exact-match accuracy of each variant, one group per (task, length); the full
+    model's bars carry its accuracy, the ablations' their change from it."""
     plt = pyplot()
     rows = result["rows"]
     groups = [f"{r['task']}\n@{r['length']}" for r in rows]
     width = 0.8 / len(VARIANTS)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4.8))
     x = np.arange(len(rows))
+    texts = bar_labels(result)
     for k, name in enumerate(VARIANTS):
         values = [100 * r[name]["exact_match"] for r in rows]
-        bars = ax.bar(x + (k - (len(VARIANTS) - 1) / 2) * width, values, width, label=LABELS[name])
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        colour = f"C{k}"
+        # An edge in the bar's colour keeps a bar of height 0 visible as a line at 0.
+        bars = ax.bar(x + (k - (len(VARIANTS) - 1) / 2) * width, values, width, label=LABELS[name], color=colour,
+                      edgecolor=colour, linewidth=1.5)
+        ax.bar_label(bars, labels=texts[name], fontsize=7.5, padding=2,
+                     fontweight="bold" if name == "full" else "normal")
     ax.set_xticks(x, groups)
     ax.set_ylabel("exact match (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(-2, 122)  # room above 100 for the labels and the legend
+    ax.set_yticks(range(0, 101, 20))
+    ax.axhline(0, color="black", lw=0.8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "ablations at meta positions (inference time)", fontsize=10)
+    ax.legend(fontsize=8, ncol=len(VARIANTS), loc="upper center", frameon=False)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lengths = ", ".join(str(n) for n in dict.fromkeys(r["length"] for r in rows))
+    head = title or analysis_title(result, "ablations at meta positions (inference time)")
+    if not all(t in head for t in tasks):  # name the tasks where the caller's title does not
+        head += f"\n{', '.join(tasks)} @ {lengths} tokens"
+    ax.set_title(wrap_title(head, 100) + "\nlabels: full model's exact match %; each ablation's change from it "
+                 "(points)", fontsize=9.5)
     fig.tight_layout()
     save_figure(fig, path)

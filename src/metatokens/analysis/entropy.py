@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..model import GPT
 from .attention import attention_entropy, meta_attention, self_attention
-from ..plotting import pyplot, save_figure
+from ..plotting import analysis_title, label_cells, pyplot, save_figure, wrap_title
 from .common import check_fits, check_has_meta, example_ids, model_variant, summary
 from .trace import trace
 
@@ -122,33 +122,35 @@ def entropy_analysis(
 
 def _heatmap(ax, grid, title: str, plt, cmap: str = "RdBu_r"):
     grid = np.asarray(grid, dtype=float)
-    bound = float(np.nanmax(np.abs(grid))) or 1.0
-    image = ax.imshow(grid, cmap=cmap, vmin=-bound, vmax=bound, aspect="auto")
+    bound = float(np.nanmax(np.abs(grid))) if not np.isnan(grid).all() else 0.0
+    image = ax.imshow(grid, cmap=cmap, vmin=-(bound or 1.0), vmax=bound or 1.0, aspect="auto")
     L, nh = grid.shape
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(nh))
     ax.set_yticks(range(L))
     ax.set_title(title, fontsize=10)
-    if L * nh <= 144:  # values stay legible up to GPT-2 small's 12 x 12
-        for (i, j), value in np.ndenumerate(grid):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
     plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return image
 
 
 def plot_entropy(result: dict[str, Any], path, title: str = "") -> None:
-    """Layer x head heatmaps: the entropy difference, and the max-logit boost when measured."""
+    """Layer x head heatmaps: the entropy difference, and the max-logit boost when measured; every
+    cell carries its value, in black or white by its colour."""
     plt = pyplot()
     grids = result["per_layer_head"]
     panels = [("entropy_difference", "non-meta minus meta entropy (nats)")]
     if grids.get("max_logit_boost") is not None:
         panels.append(("max_logit_boost", "max-logit boost: real - zeroed meta embedding"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+    drawn = []
     for ax, (key, label) in zip(axes[0], panels):
         h = result[key]
         lo, hi = h["ci95"]
-        _heatmap(ax, grids[key], f"{label}\nmean {h['mean']:.3f} [{lo:.3f}, {hi:.3f}]", plt)
-    if title:
-        fig.suptitle(title, fontsize=11)
+        image = _heatmap(ax, grids[key], f"{label}\nmean {h['mean']:.3f}, 95% CI [{lo:.3f}, {hi:.3f}]", plt)
+        drawn.append((ax, image, grids[key]))
+    fig.suptitle(wrap_title(analysis_title(result, "attention entropy", title), 110), fontsize=11)
     fig.tight_layout()
+    for ax, image, grid in drawn:  # after the layout, so the font fits the cells as drawn
+        label_cells(ax, image, grid)
     save_figure(fig, path)

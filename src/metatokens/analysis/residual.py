@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model import GPT
-from ..plotting import pyplot, save_figure
+from ..plotting import analysis_title, pyplot, save_figure, wrap_title
 from .common import check_fits, check_has_meta, example_ids
 from .trace import trace
 
@@ -142,37 +142,46 @@ def residual_analysis(
 
 def plot_residual(result: dict[str, Any], path, title: str = "") -> None:
     """Heatmaps (layer x distance bin) of cosine similarity at meta and non-meta queries, their
-    difference, and the logit lens's probability of the answer's first token by layer."""
+    difference, and the logit lens's probability of the answer's first token by layer; two by two,
+    so no panel is squeezed into a strip."""
     plt = pyplot()
     meta = np.asarray(result["cosine_meta_binned"], dtype=float)
     control = np.asarray(result["cosine_control_binned"], dtype=float)
     labels = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in result["distance_bins"]]
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    layers = list(result["layers"])
+    layer_ticks = ["0 (emb.)"] + [str(layer) for layer in layers[1:]]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
     lo = float(np.nanmin([meta.min(initial=1.0), control.min(initial=1.0)]))
     hi = float(np.nanmax([meta.max(initial=0.0), control.max(initial=0.0)]))
     diff = meta - control
-    bound = float(np.nanmax(np.abs(diff))) or 1.0
+    bound = float(np.nanmax(np.abs(diff))) if not np.isnan(diff).all() else 0.0
     for ax, grid, name, kw in (
-        (axes[0], meta, "meta-token queries", dict(cmap="viridis", vmin=lo, vmax=hi)),
-        (axes[1], control, "non-meta queries (control)", dict(cmap="viridis", vmin=lo, vmax=hi)),
-        (axes[2], diff, "meta minus control", dict(cmap="RdBu_r", vmin=-bound, vmax=bound)),
+        (axes[0, 0], meta, "meta-token queries", dict(cmap="viridis", vmin=lo, vmax=hi)),
+        (axes[0, 1], control, "non-meta queries (control)", dict(cmap="viridis", vmin=lo, vmax=hi)),
+        (axes[1, 0], diff, "meta minus control", dict(cmap="RdBu_r", vmin=-(bound or 1.0), vmax=bound or 1.0)),
     ):
         image = ax.imshow(grid, aspect="auto", origin="lower", **kw)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
-        ax.set_yticks(result["layers"])
-        ax.set_xlabel("distance to the earlier token")
-        ax.set_ylabel("layer (0 = embeddings)")
+        ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, fontsize=8)
+        ax.set_yticks(layers, layer_ticks)
+        ax.set_xlabel("distance to the earlier token (positions, binned)")
+        ax.set_ylabel("layer")
         ax.set_title(f"cosine similarity: {name}", fontsize=10)
         plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     lens = result["logit_lens"]["answer_first_token_prob"]
     mean, std = np.asarray(lens["mean"]), np.asarray(lens["std"])
-    axes[3].plot(result["layers"], mean, "o-")
-    axes[3].fill_between(result["layers"], np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2)
-    axes[3].set_xlabel("layer (0 = embeddings)")
-    axes[3].set_ylabel("probability")
-    axes[3].set_title("logit lens at the last meta-token:\nanswer's first token", fontsize=10)
-    axes[3].grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=11)
+    n = result.get("n_examples")
+    over = f" over {n} examples" if n else " over the examples"
+    ax = axes[1, 1]
+    ax.plot(layers, mean, "o-", label=f"mean{over}")
+    ax.fill_between(layers, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), alpha=0.2,
+                    label="mean ± 1 standard deviation (clipped to [0, 1])")
+    ax.set_xticks(layers, layer_ticks)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("probability of the answer's first token")
+    ax.set_ylim(bottom=0)
+    ax.set_title("logit lens at the last meta-token", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(wrap_title(analysis_title(result, "residual stream", title), 110), fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

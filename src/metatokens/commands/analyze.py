@@ -169,8 +169,11 @@ def _finish(out: Path, name: str, result: dict[str, Any], plot, title: str) -> N
 
 
 def _title(folder: Path, args, what: str) -> str:
-    where = f"@ {args.length}" if hasattr(args, "length") else ""
-    return f"{folder.name}: {what}, {args.task} {where} ({args.difficulty}, n={args.n})"
+    """A figure's title: the model (its run and step, not just "step-00001800") and the task."""
+    from ..plotting import model_label
+
+    where = f" @ {args.length}" if hasattr(args, "length") else ""
+    return f"{model_label(folder)}: {what}, {args.task}{where} ({args.difficulty}, n={args.n})"
 
 
 def _interval(h: dict[str, Any] | None) -> str:
@@ -218,7 +221,9 @@ def run_ablate(args) -> int:
     print("exact match (%), change from the full model in parentheses:\n" + table, end="")
     out = _out(args)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{folder.name}: ablations at meta positions ({args.difficulty}, {args.split}, n={args.n})"
+    from ..plotting import model_label
+
+    title = f"{model_label(folder)}: ablations at meta positions ({args.difficulty}, {args.split}, n={args.n})"
     atomic_write_text(out / "ablate.md", "Exact match (%); change from the full model in parentheses.\n\n" + table)
     _finish(out, "ablate", result, plot_ablation, title)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..plotting import pyplot, save_figure
+from ..plotting import pyplot, save_figure, wrap_title
 
 
 def add_command(sub) -> None:
@@ -42,6 +42,37 @@ def run_labels(runs: list[Path]) -> list[str]:
     return labels  # still equal only when the same folder is given twice
 
 
+def run_purpose(run: Path) -> str | None:
+    """What a run trained its model on, from its run.json: "fine-tuning on list_recall, parity" or
+    "pre-training on builtin"; None when run.json is missing or says neither."""
+    try:
+        info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    finetune = info.get("finetune")
+    if isinstance(finetune, dict):
+        tasks = finetune.get("tasks") or str(finetune.get("task") or "").split(",")
+        tasks = [t for t in tasks if t]
+        return "fine-tuning on " + ", ".join(tasks) if tasks else "fine-tuning"
+    data = (info.get("config") or {}).get("data") if isinstance(info.get("config"), dict) else None
+    if isinstance(data, dict) and data.get("source"):
+        return f"pre-training on {data['source']}"
+    return None
+
+
+def runs_title(labels: list[str], purposes: list[str | None], metric: str) -> str:
+    """The runs (the models) and what they were trained on (the task), for the figure's title."""
+    what = list(dict.fromkeys(p for p in purposes if p))
+    head = f"{metric}: " + ", ".join(labels)
+    if len(what) == 1:
+        return f"{head}\n{what[0]}"
+    if what:
+        return head + "\n" + "; ".join(f"{label}: {p}" for label, p in zip(labels, purposes) if p)
+    return head
+
+
 def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str] | None = None) -> Path:
     """Train (line) and validation (dots) METRIC of each run, one colour per run."""
     plt = pyplot()
@@ -63,6 +94,8 @@ def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str
         raise ValueError(f"no train_{metric} or val_{metric} values in {', '.join(map(str, runs))}")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(f"{metric} (nats per text token)" if metric == "loss" else metric)
+    ax.set_title(wrap_title(runs_title(labels, [run_purpose(r) for r in runs], metric), 80)
+                 + "\n(lines: training, dots: validation)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -400,7 +400,8 @@ def loss_figure(res: StudyResults) -> str:
             ax.plot(*zip(*curve["val"]), "o-", color=color, label=f"{res.scale.models[m].label} (validation)")
     ax.set_xlabel("pre-training step")
     ax.set_ylabel("loss per text token (nats)")
-    ax.set_title(f"Pre-training on the built-in corpus, seed {seed} (faint: training loss)", fontsize=10)
+    ax.set_title(f"Pre-training on the built-in corpus: every pre-trained model, seed {seed}\n"
+                 "(dots: validation loss; faint lines: training loss)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -435,18 +436,31 @@ def learning_curves_figure(res: StudyResults) -> str:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     seeds = f"mean over {len(res.seeds)} seeds" if len(res.seeds) > 1 else f"seed {res.seed_list[0]}"
-    fig.suptitle(f"Learning curves at L = {L} ({seeds}; held-out prompts of the run, not the test prompts; "
-                 "dashed: controls)", fontsize=10)
+    fig.suptitle(f"Learning curves of every model on the four tasks, fine-tuned at L = {L} ({seeds})\n"
+                 "held-out prompts of the run, not the test prompts; dashed: controls", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     path = save_figure(fig, res.out / "figures" / "learning-curves.png")
     return f"![Held-out exact match during fine-tuning, every model and task]({path.relative_to(res.out)})"
 
 
-def _baseline_lines(ax, res: StudyResults, task: str, key: str) -> None:
+BASELINE_LABELS = {"majority": "majority answer", "chance": "chance"}
+
+
+def _baseline_lines(ax, res: StudyResults, task: str, key: str | dict[str, float]) -> None:
+    """The majority-answer and chance lines: across the panel at one length `key`, or, given
+    {length key: x}, through each length's own value."""
     for which, style in (("majority", ":"), ("chance", "-.")):
-        v = baseline(res, task, key, which)
-        if v is not None:
-            ax.axhline(100 * v, color="gray", ls=style, lw=1, label=f"{which} answer" if which == "majority" else "chance")
+        if isinstance(key, str):
+            v = baseline(res, task, key, which)
+            if v is not None:
+                ax.axhline(100 * v, color="gray", ls=style, lw=1.2, label=BASELINE_LABELS[which])
+            continue
+        points = [(x, baseline(res, task, k, which)) for k, x in key.items()]
+        points = [(x, 100 * v) for x, v in points if v is not None]
+        if len(points) == 1:
+            ax.axhline(points[0][1], color="gray", ls=style, lw=1.2, label=BASELINE_LABELS[which])
+        elif points:
+            ax.plot(*zip(*points), color="gray", ls=style, lw=1.2, label=BASELINE_LABELS[which])
 
 
 def accuracy_figure(res: StudyResults, task: str) -> str:
@@ -483,12 +497,13 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
             label = res.scale.models[m].label + (" — meta-tokens removed" if variant == "no_meta" else "")
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o" if variant == "prompts" else "x", capsize=3,
                         ls="-" if variant == "prompts" else ":", color=colors[m], label=label)
-    _baseline_lines(ax, res, task, str(L))
+    _baseline_lines(ax, res, task, xpos)
     ax.set_xticks([1, 2, 4], [f"L = {L}", f"2L = {2 * L}", f"4L = {4 * L}\n(RoPE + YaRN)"])
     ax.set_ylabel("exact match % (test prompts)")
     ax.set_ylim(-3, 103)
     bars = "95% Wilson intervals" if len(res.seeds) == 1 else f"± 1 sd over {len(res.seeds)} seeds"
-    ax.set_title(f"{TASK_LABELS[task]}: exact match by prompt length ({bars})", fontsize=10)
+    ax.set_title(f"{TASK_LABELS[task]}: exact match of every model by prompt length\n(error bars: {bars}; gray: "
+                 "majority answer and chance at each length)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -504,18 +519,29 @@ def differences_figure(res: StudyResults, rows: list[tuple[str, dict[str, Any] |
     if not rows:
         return "*(differences figure: nothing measured)*"
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(9.5, 0.34 * len(rows) + 1.9))
+    clipped = False
     for i, (label, c) in enumerate(rows):
         y = len(rows) - i
         lo, hi = (100 * v for v in c["ci95"])
         color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "gray"
-        ax.plot([lo, hi], [y, y], color=color, lw=2)
+        # A difference of exact-match rates lies in [-100, 100]; an interval reaching past that is
+        # drawn to the edge, with an arrow there.
+        ax.plot([max(lo, -100), min(hi, 100)], [y, y], color=color, lw=2)
+        for end, edge, marker in ((lo, -100, "<"), (hi, 100, ">")):
+            if (end < edge) if edge < 0 else (end > edge):
+                ax.plot(edge, y, marker, color=color, ms=6)
+                clipped = True
         ax.plot(100 * c["diff"], y, "o", color=color)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(rows), 0, -1), [label for label, _ in rows], fontsize=7)
-    ax.set_xlabel("difference in exact match (percentage points)\n95% bootstrap interval over test prompts and seeds")
-    ax.set_title(f"Paired differences at L = {res.scale.ft_len} (green: above 0; red: below; gray: 0 inside)",
-                 fontsize=10)
+    ax.set_xlim(-106, 106)
+    ax.set_yticks(range(len(rows), 0, -1), [label for label, _ in rows], fontsize=7.5)
+    ax.set_xlabel("difference in exact match (percentage points)\n95% bootstrap interval over test prompts and seeds"
+                  + ("\nan arrow at ±100: the interval goes on past it" if clipped else ""))
+    tasks = [t for t in TASKS if any(label.startswith(TASK_LABELS[t] + ":") for label, _ in rows)]
+    on = f" on {', '.join(TASK_LABELS[t] for t in tasks)}" if tasks else ""
+    ax.set_title(f"Paired differences between models{on}, at L = {res.scale.ft_len}\n(each row: task: model vs "
+                 "model; green: above 0; red: below; gray: 0 inside)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = save_figure(fig, res.out / "figures" / "differences.png")
