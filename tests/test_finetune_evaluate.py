@@ -86,14 +86,19 @@ class Oracle(nn.Module):
         return logits, None
 
 
-def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
-    # The oracles only know the test split, so this also checks that evaluation draws test examples.
+def _oracles_on_list_recall(tok):
+    """(test examples by length, evaluate_task's result) for an always-right and a never-right oracle."""
     known = {length: make_examples("list_recall", tok, length=length, n=12, seed=3, split="test", meta=False)
              for length in (64, 96)}
     everything = [e for ex in known.values() for e in ex]
     models = [LoadedModel(name, "-", Oracle(everything, VOCAB, right), tok, "oracle") for name, right in
               (("right", True), ("wrong", False))]
-    result = evaluate_task(models, "list_recall", [64, 96], n=12, seed=3, progress=False)
+    return known, evaluate_task(models, "list_recall", [64, 96], n=12, seed=3, progress=False)
+
+
+def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
+    # The oracles only know the test split, so this also checks that evaluation draws test examples.
+    known, result = _oracles_on_list_recall(tok)
     right, wrong = result["models"]
     for r in right["results"]:
         assert r["n"] == 12 and r["exact"] == 12 and r["exact_match"] == 1.0 and r["token_accuracy"] == 1.0
@@ -107,12 +112,7 @@ def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
 def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chance_lines(tok, monkeypatch):
     import metatokens.evaluate as evaluate
 
-    known = {length: make_examples("list_recall", tok, length=length, n=12, seed=3, split="test", meta=False)
-             for length in (64, 96)}
-    everything = [e for ex in known.values() for e in ex]
-    models = [LoadedModel(name, "-", Oracle(everything, VOCAB, right), tok, "oracle") for name, right in
-              (("right", True), ("wrong", False))]
-    result = evaluate_task(models, "list_recall", [64, 96], n=12, seed=3, progress=False)
+    known, result = _oracles_on_list_recall(tok)
     for r in result["models"][0]["results"]:  # the guessers' exact match on the very prompts scored
         ex = known[r["length"]]
         assert r["baselines"]["chance"] == pytest.approx(sum(1 / len(e.info["lists"][e.info["target"]]) for e in ex) / 12)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import random
 
-import pytest
 
 from metatokens import cli, progress
 from metatokens.progress import LineProgress, progress_bar

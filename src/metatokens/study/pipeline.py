@@ -430,7 +430,7 @@ class Pipeline:
 
     def _evaluate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord],
                   yarn: float | None) -> dict[str, Any]:
-        from ..evaluate import evaluate_task, write_report
+        from ..evaluate import answer_baselines, evaluate_task, write_report
         from ..loading import load_model
         from ..yarn import apply_yarn
 
@@ -545,31 +545,6 @@ class Pipeline:
         path = self.out / "REPORT.md"
         atomic_write_text(path, render_report(results))
         return path
-
-
-def answer_baselines(examples) -> dict[str, float]:
-    """Exact match of two guessers that never read the prompt's content: always the most common
-    answer of these prompts ("majority"), and a uniform guess among the answers the question
-    allows ("chance": 1/k for the k items of a List Recall list, 1/2 for Parity, one over the
-    possible counts for Segment Counting; about 0 for Copying, whose spans are random word
-    sequences)."""
-    from collections import Counter
-
-    answers = Counter(e.answer_text for e in examples)
-    majority = answers.most_common(1)[0][1] / len(examples)
-    chances = []
-    for e in examples:
-        info, task = e.info, e.info["task"]
-        if task == "list_recall":
-            chances.append(1 / len(info["lists"][info["target"]]))
-        elif task == "parity":
-            chances.append(0.5)
-        elif task == "segment_counting":
-            words = sum(len(items) for items in info["lists"][info["start"]: info["end"] + 1])
-            chances.append(1 / words)  # the count is 1..words
-        else:
-            chances.append(0.0)
-    return {"majority": majority, "chance": sum(chances) / len(chances)}
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
