@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..model import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
@@ -54,7 +54,7 @@ def answer_accuracy(
 
     device = next(model.parameters()).device
     pad = 0 if meta_token_id != 0 else 1  # never the meta id, so padding adds no meta-token
-    with tqdm(total=len(examples), desc=desc, unit="example", disable=not progress) as bar:
+    with progress_bar(total=len(examples), desc=desc, unit="example", disable=not progress) as bar:
         score = score_examples(
             model, examples, pad_id=pad, vocab_limit=vocab_limit, meta_token_id=meta_token_id,
             batch_size=batch_size, device=device, progress=bar,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..model import GPT
 from .attention import attention_entropy, meta_attention, self_attention
@@ -58,7 +58,7 @@ def entropy_analysis(
     zeroed = model_variant(model, meta_embed="zero") if boost else None
     keys = ["meta", "non_meta", "nearby", "meta_attention", "boost", "max_logit_real", "max_logit_zeroed"]
     per = {k: np.full((len(examples), L, nh), np.nan) for k in keys}
-    for e, example in enumerate(tqdm(examples, desc="entropy", unit="example", disable=not progress)):
+    for e, example in enumerate(progress_bar(examples, desc="entropy", unit="example", disable=not progress)):
         idx = example_ids(example, device)
         tr = trace(model, idx)
         is_meta = tr.is_meta[0]

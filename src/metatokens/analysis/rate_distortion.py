@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..model import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
@@ -170,7 +170,7 @@ def hidden_features(
     (0 = the embeddings) instead."""
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {"last_meta": [], "last_token": []}
-    for example in tqdm(examples, desc=desc, unit="example", disable=not progress):
+    for example in progress_bar(examples, desc=desc, unit="example", disable=not progress):
         idx = example_ids(example, device)
         if layer is None:
             h = model.hidden_states(idx)[0]
@@ -230,7 +230,7 @@ def rate_distortion_analysis(
     y_test = labels(test_examples) if test_examples else None
     curves = {}
     names = list(features["train"])
-    for name in tqdm(names, desc="beta sweeps", unit="representation", disable=not progress):
+    for name in progress_bar(names, desc="beta sweeps", unit="representation", disable=not progress):
         test = (features["test"][name], y_test) if y_test is not None else None
         curves[name] = sweep(
             (features["train"][name], y_train), test, len(classes), betas, samples=samples, seed=seed,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..model import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
@@ -77,7 +77,7 @@ def residual_analysis(
     answer_prob = np.zeros((len(examples), L + 1))
     answer_rank = np.zeros((len(examples), L + 1))
     lens: list[dict[str, Any]] = []
-    for e, example in enumerate(tqdm(examples, desc="residual", unit="example", disable=not progress)):
+    for e, example in enumerate(progress_bar(examples, desc="residual", unit="example", disable=not progress)):
         tr = trace(model, example_ids(example, device))
         is_meta = tr.is_meta[0]
         for layer, h in enumerate(tr.residual):
