@@ -155,7 +155,8 @@ def plot_ablation(result: dict[str, Any], path, title: str = "") -> None:
     head = title or analysis_title(result, "ablations at meta positions (inference time)")
     if not all(t in head for t in tasks):  # name the tasks where the caller's title does not
         head += f"\n{', '.join(tasks)} @ {lengths} tokens"
-    ax.set_title(wrap_title(head, 100) + "\nlabels: full model's exact match %; each ablation's change from it "
-                 "(points)", fontsize=9.5)
+    chars = int(fig.get_figwidth() * 72 / (9.5 * 0.6))  # what fits across the figure at this font size
+    ax.set_title(wrap_title(head + "\nlabels: full model's exact match %; each ablation's change from it (points)", chars),
+                 fontsize=9.5)
     fig.tight_layout()
     save_figure(fig, path)
