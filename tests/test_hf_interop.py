@@ -496,3 +496,22 @@ def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only
     assert asked == []
     assert capsys.readouterr().out.strip()  # the card prints the generated text
     assert "pip install metatokens`" not in card  # not published: the card says how to install from source
+
+
+def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_model_is_built(exported, tmp_path):
+    """config.json edited to n_embd=65536 (a 51 GB model): refused from the weights' shapes."""
+    import resource
+    import shutil
+
+    from metatokens.checkpoint import CheckpointError
+    from metatokens.loading import load_model
+
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(n_embd=65536, n_head=1)
+    (folder / "config.json").write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="its model does not match the weights"):
+        load_model(folder)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far below 51 GB

@@ -103,19 +103,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> None:
-    """Refuse a config.json whose model the weights file does not hold, before building it: an
-    edited n_embd=65536 would otherwise allocate tens of GB just to fail. The model is built on
-    PyTorch's meta device (no memory) and its tensor shapes compared with the file's header."""
-    from safetensors import safe_open
-
+def check_shapes_fit(cfg: ModelConfig, found: dict[str, tuple[int, ...]], config_file: Path | str, weights_name: str) -> None:
+    """Refuse a config.json whose model the weights do not hold, before the model is built: an edited
+    n_embd=65536 would otherwise allocate tens of GB just to fail. The model is built on PyTorch's
+    meta device (no memory) and its tensor shapes compared with `found` (name -> shape)."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{weights}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
+    found = dict(found)
     if cfg.tie_embeddings:  # a tied matrix is stored once, under either name
         for a, b in (("wte.weight", "lm_head.weight"), ("lm_head.weight", "wte.weight")):
             if a in found:
@@ -123,9 +117,21 @@ def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> No
     wrong = [k for k in expected if found.get(k) != expected[k]] + [k for k in found if k not in expected]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{config_file}: its model does not match the weights in {weights.name} "
+        raise CheckpointError(f"{config_file}: its model does not match the weights in {weights_name} "
                               f"({k}: config {expected.get(k, 'none')}, weights {found.get(k, 'none')}); "
                               "the file was edited or belongs to another model")
+
+
+def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> None:
+    """`check_shapes_fit` against the safetensors file's header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: cannot load weights ({' '.join(str(err).split())[:300]})") from None
+    check_shapes_fit(cfg, found, config_file, weights.name)
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True):

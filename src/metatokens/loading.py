@@ -124,7 +124,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     from its config.json, the weights read with safetensors. The folder's Python files are never run."""
     import dataclasses
 
-    from .checkpoint import check_tokenizer, load_tokenizer
+    from .checkpoint import check_shapes_fit, check_tokenizer, load_tokenizer
     from .model.config import ConfigError, ModelConfig
 
     file = folder / "config.json"
@@ -141,12 +141,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     state = {k.removeprefix("model."): v for k, v in state.items()}
     if cfg.tie_embeddings and "wte.weight" in state:
         state.setdefault("lm_head.weight", state["wte.weight"])  # transformers saves a tied matrix once
-    with torch.device("meta"):  # the shapes first: an edited config.json must not allocate a model the weights don't hold
-        shapes = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
-    wrong = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
-    if wrong:
-        raise CheckpointError(f"{file}: its model does not match the weights ({wrong[0]}: config {shapes[wrong[0]]}, "
-                              f"weights {tuple(state[wrong[0]].shape)}); the file was edited or belongs to another model")
+    check_shapes_fit(cfg, {k: tuple(v.shape) for k, v in state.items()}, file, "the exported weights")
     model = GPT(cfg)
     try:
         model.load_state_dict(state, strict=True)
