@@ -138,6 +138,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
     tok_hash = tokenizer_hash(tokenizer)
     if resume:
         _check_resume(run_dir, cfg, tok_hash)
+    check_step_memory(cfg.model, cfg.train.batch_size, cfg.model.block_size, d.device)  # before tokenising a corpus
     packed = get_data(cfg, tokenizer, d, progress)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
@@ -148,7 +149,6 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
                              rank=d.rank, world_size=d.world)
     evaluate = make_evaluator(cfg, packed, tokenizer.meta_token_id, d)
 
-    check_step_memory(cfg.model, cfg.train.batch_size, cfg.model.block_size, d.device)
     # Everything that can fail on bad input has run; only now does the run folder appear.
     check_run_dir(run_dir, resume, create=True)
     info = {"config": cfg.to_dict(), "tokenizer_sha256": tok_hash, "init": init, "world_size": d.world,
