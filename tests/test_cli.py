@@ -89,4 +89,8 @@ def test_outputs_default_to_the_run_the_model_belongs_to_not_the_working_directo
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "train_loss": 5.0 - i / 10}) + "\n" for i in range(1, 4)))
     assert cli.main(["plot", str(run)]) == 0
     assert (run / "loss.png").is_file()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "val_exact_match/copying": i / 10}) + "\n"
+                                               for i in range(1, 4)))
+    assert cli.main(["plot", str(run), "--metric", "exact_match/copying"]) == 0
+    assert (run / "exact_match-copying.png").is_file() and not (run / "exact_match").exists()
     assert list(work.iterdir()) == []  # nothing landed in the working directory

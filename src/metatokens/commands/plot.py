@@ -106,7 +106,8 @@ def run(args) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     if names is not None and len(names) != len(args.runs):
         raise ValueError(f"--names has {len(names)} names for {len(args.runs)} runs")
-    out = Path(args.out) if args.out else Path(args.runs[0]) / f"{args.metric}.png"
+    # a per-task metric (exact_match/copying) names a file, not a subfolder
+    out = Path(args.out) if args.out else Path(args.runs[0]) / f"{args.metric.replace('/', '-')}.png"
     out = plot_runs([Path(r) for r in args.runs], out, args.metric, names)
     print(f"wrote {out}")
     return 0
