@@ -22,6 +22,7 @@ from . import __version__
 from .model.config import ConfigError, ModelConfig
 from .fileio import atomic_folder, atomic_write_text, fsync_path
 from .model import GPT
+from .model.family import build_model
 
 FORMAT = "metatokens"
 FORMAT_VERSION = 1
@@ -108,7 +109,7 @@ def check_shapes_fit(cfg: ModelConfig, found: dict[str, tuple[int, ...]], config
     n_embd=65536 would otherwise allocate tens of GB just to fail. The model is built on PyTorch's
     meta device (no memory) and its tensor shapes compared with `found` (name -> shape)."""
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     found = dict(found)
     if cfg.tie_embeddings:  # a tied matrix is stored once, under either name
         for a, b in (("wte.weight", "lm_head.weight"), ("lm_head.weight", "wte.weight")):
@@ -152,7 +153,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
         if sha256_file(weights) != expected:
             raise CheckpointError(f"{weights}: checksum differs from {CONFIG_FILE}; the file is truncated or corrupted")
     _check_weights_fit(data["model"], weights, folder / CONFIG_FILE)
-    model = GPT(data["model"])
+    model = build_model(data["model"])  # GPT, or an imported family's model (model/family.py)
     try:
         load_model(model, str(weights), strict=True, device=str(device))
     except (SafetensorError, RuntimeError, OSError, ValueError) as err:

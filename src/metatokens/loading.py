@@ -126,13 +126,15 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
 
     from .checkpoint import check_shapes_fit, check_tokenizer, load_tokenizer
     from .model.config import ConfigError, ModelConfig
+    from .model.family import FamilyConfig, build_model
 
     file = folder / "config.json"
-    names = {f.name for f in dataclasses.fields(ModelConfig)} - {"tie_embeddings"}
+    kind = FamilyConfig if "family" in config else ModelConfig  # an export of an `import-hf` model
+    names = {f.name for f in dataclasses.fields(kind)} - {"tie_embeddings"}
     settings = {k: v for k, v in config.items() if k in names}
     settings["tie_embeddings"] = bool(config.get("tie_word_embeddings", True))
     try:
-        cfg = ModelConfig.from_dict(settings, source=str(file))
+        cfg = kind.from_dict(settings, source=str(file))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     state = _export_weights(folder)
@@ -142,7 +144,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     if cfg.tie_embeddings and "wte.weight" in state:
         state.setdefault("lm_head.weight", state["wte.weight"])  # transformers saves a tied matrix once
     check_shapes_fit(cfg, {k: tuple(v.shape) for k, v in state.items()}, file, "the exported weights")
-    model = GPT(cfg)
+    model = build_model(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, load_pretrained
 from .fileio import atomic_write_text
 from .data.inject import MetaBlockLoader, val_batches
 from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
-from .model import GPT
+from .model.family import build_model
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
 from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_resume_steps, check_run_dir,
@@ -141,7 +141,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
     check_step_memory(cfg.model, cfg.train.batch_size, cfg.model.block_size, d.device)  # before tokenising a corpus
     packed = get_data(cfg, tokenizer, d, progress)
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model)
+    model = build_model(cfg.model)  # GPT, or the family model of an `import-hf` folder given to --init
     if init_model is not None:
         model.load_state_dict(init_model.state_dict())
     loader = MetaBlockLoader(packed.train, block_size=cfg.model.block_size, batch_size=cfg.train.batch_size,

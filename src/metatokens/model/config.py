@@ -178,6 +178,10 @@ class ModelConfig:
         """Build and validate; an unknown key or impossible value raises ConfigError naming `source`."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: model settings must be a mapping, got {type(data).__name__}")
+        if cls is ModelConfig and "family" in data:  # an imported Llama / GPT-NeoX model (family.py)
+            from .family import FamilyConfig
+
+            return FamilyConfig.from_dict(data, source=source)
         data = dict(data)
         try:
             yarn = data.pop("yarn", None)

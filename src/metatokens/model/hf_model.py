@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import ModelConfig
+from .family import FamilyConfig, FamilyRotary, RMSNorm, build_model
 from .gpt import GPT, KVCache
 from .positions import Rotary
 
@@ -42,7 +43,8 @@ class MetaTokensConfig(PretrainedConfig):
     """Every `metatokens.model.config.ModelConfig` field under its own name, plus the tokenizer size.
 
     `tie_embeddings` is stored as transformers' `tie_word_embeddings`; `vocab_limit` is the number
-    of tokenizer ids (embedding rows at or above it are padding and are never generated).
+    of tokenizer ids (embedding rows at or above it are padding and are never generated). A model
+    imported by `metatokens import-hf` also has the `family.FamilyConfig` fields (`family`, ...).
     """
 
     model_type = MODEL_TYPE
@@ -54,7 +56,7 @@ class MetaTokensConfig(PretrainedConfig):
     }
 
     def __init__(self, vocab_limit: int | None = None, **kwargs: Any):
-        defaults = ModelConfig().to_dict()
+        defaults = (FamilyConfig if kwargs.get("family") else ModelConfig)().to_dict()
         tie = kwargs.pop("tie_embeddings", defaults.pop("tie_embeddings"))
         kwargs.setdefault("tie_word_embeddings", tie)
         for name, default in defaults.items():
@@ -69,10 +71,11 @@ class MetaTokensConfig(PretrainedConfig):
         return cls(vocab_limit=vocab_limit, **fields, **kwargs)
 
     def to_model_config(self) -> ModelConfig:
-        names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "tie_embeddings"]
+        kind = FamilyConfig if getattr(self, "family", None) else ModelConfig
+        names = [f.name for f in dataclasses.fields(kind) if f.name != "tie_embeddings"]
         fields = {name: getattr(self, name) for name in names}
         fields["tie_embeddings"] = bool(self.tie_word_embeddings)
-        return ModelConfig.from_dict(fields, source="MetaTokensConfig")
+        return kind.from_dict(fields, source="MetaTokensConfig")
 
 
 class MetaCache:
@@ -118,12 +121,12 @@ class MetaTokensForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = MetaTokensConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["Block", "FamilyBlock"]
     _tied_weights_keys = {"model.lm_head.weight": "model.wte.weight"}
 
     def __init__(self, config: MetaTokensConfig):
         super().__init__(config)
-        self.model = GPT(config.to_model_config())
+        self.model = build_model(config.to_model_config())  # GPT, or family.FamilyModel
         self.post_init()
 
     @classmethod
@@ -159,9 +162,14 @@ class MetaTokensForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(module, Rotary):
             # A non-persistent buffer: never in a checkpoint, always recomputed from the settings.
             cfg = self.model.config
-            fresh = Rotary(cfg.head_dim, cfg.rope_theta, cfg.yarn)
+            if isinstance(module, FamilyRotary):
+                fresh = module.fresh_inv_freq()
+            else:
+                fresh = Rotary(cfg.head_dim, cfg.rope_theta, cfg.yarn).inv_freq
             with torch.no_grad():
-                module.inv_freq.copy_(fresh.inv_freq.to(module.inv_freq.device))
+                module.inv_freq.copy_(fresh.to(module.inv_freq.device))
+        elif isinstance(module, RMSNorm):
+            _init.ones_(module.weight)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             _init.normal_(module.weight, mean=0.0, std=0.02)
             if getattr(module, "bias", None) is not None:
