@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "metatokens.commands.plot",
     "metatokens.commands.export",
     "metatokens.commands.import_gpt2",
+    "metatokens.commands.import_hf",
     "metatokens.commands.finetune",
     "metatokens.commands.evaluate",
     "metatokens.commands.generate",

@@ -101,13 +101,14 @@ def _is_export(folder: Path) -> bool:
     return isinstance(files, list) and {p.name for p in folder.iterdir()} <= {*map(str, files), EXPORT_MARKER}
 
 
-def _is_import(folder: Path) -> bool:
-    """An earlier `metatokens import-gpt2` output: only its files, and a config.json that records the import."""
+def _is_import(folder: Path, key: str = "imported_from_gpt2") -> bool:
+    """An earlier `metatokens import-gpt2` output (import-hf: key="imported_from_hf"): only its files,
+    and a config.json that records the import under `key`."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (isinstance(config, dict) and config.get("format") == "metatokens" and "imported_from_gpt2" in config
+    return (isinstance(config, dict) and config.get("format") == "metatokens" and key in config
             and {p.name for p in folder.iterdir()} <= IMPORT_FILES)
 
 
@@ -297,7 +298,7 @@ def _read_safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:
     else:
         raise HFInteropError(
             f"{folder}: no model.safetensors; only safetensors weights are read (never pickles). "
-            "Convert with transformers: GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder)"
+            "Convert with transformers: AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)"
         )
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -461,7 +462,9 @@ class HFCausalLM(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.hf.get_output_embeddings()
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    loss_only_forward = True  # forward(idx, targets, logits=False): accepted; with targets the logits are always None
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, logits: bool = False):
         if self.max_positions is not None and idx.size(1) > self.max_positions:
             raise EvaluationError(f"sequence of {idx.size(1)} tokens exceeds the model's {self.max_positions} learned positions")
         h = self.hidden_states(idx)
