@@ -28,7 +28,7 @@ from metatokens.families import import_hf  # noqa: E402
 from metatokens.inference import generate_ids  # noqa: E402
 from metatokens.model import GPT, KVCache  # noqa: E402
 from metatokens.model.family import FamilyModel  # noqa: E402
-from metatokens.model.gpt import MetaIndex, PosInfo  # noqa: E402
+from metatokens.model.gpt import PosInfo  # noqa: E402
 from metatokens.tokenizer import EOS_TOKEN, META_TOKEN  # noqa: E402
 
 TEXTS = [
@@ -307,6 +307,9 @@ def test_pretrain_init_finetune_and_evaluate_take_an_imported_model(imported, tm
         assert cli.main(["evaluate", "--checkpoint", str(ft), "--task", task, "--lengths", "192", "--n", "2",
                          "--out", str(tmp_path / f"eval-{task}"), "--no-progress"]) == 0
     capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", str(ft), "--task", "parity", "--lengths", "192", "--n", "2",
+                     "--yarn-scale", "2", "--out", str(tmp_path / "yarn"), "--no-progress"]) == 2
+    assert "YaRN is not supported for imported neox models" in capsys.readouterr().err
 
 
 def _export(model, tok, tmp_path, name):

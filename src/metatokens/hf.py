@@ -204,6 +204,11 @@ def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | 
     (folder / "tokenizer_config.json").write_text(text, encoding="utf-8")
 
 
+def _card_style(cfg: ModelConfig) -> str:
+    """GPT-2, or the family of a model `metatokens import-hf` built (model/family.py)."""
+    return {"llama": "Llama-style", "neox": "GPT-NeoX-style"}.get(getattr(cfg, "family", None), "GPT-2 style")
+
+
 def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) -> None:
     meta = f"meta-token id {cfg.meta_token_id}" if cfg.meta_token_id is not None else "no meta-token"
     lines = [
@@ -214,7 +219,7 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
         "",
         "# metatokens model",
         "",
-        "GPT-2 style language model with learned meta-tokens and meta-attention",
+        f"{_card_style(cfg)} language model with learned meta-tokens and meta-attention",
         "(Shah et al., \"Language Modeling with Learned Meta-Tokens\", arXiv 2509.16278), exported by `metatokens export`.",
         "",
         f"{cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd}, positions: {cfg.pos_encoding}, "
