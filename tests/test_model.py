@@ -152,6 +152,30 @@ def test_model_equals_blocks_with_loop_reference_meta_attention(pos_encoding, me
         assert block.meta_attn.c_attn.weight.grad.abs().max() > 0.1 * block.attn.c_attn.weight.grad.abs().max()
 
 
+def test_loss_only_forward_equals_the_full_head_loss_and_gradients():
+    """forward(x, y, logits=False) (the training loop's call) runs the LM head at scored positions
+    only; its loss and every gradient must be those of the dense formula: cross-entropy of the
+    full (B, T, V) logits, averaged over the targets that are neither -100 nor the meta id."""
+    model = randomize(toy_model(pos_encoding="rope"))
+    reference = copy.deepcopy(model)
+    idx = mixed_batch()
+    targets = torch.roll(idx, -1, 1)
+    targets[:, : idx.size(1) // 2] = -100  # a fine-tuning row: only the end is scored
+    assert (targets == META).any()  # and some scored slots hold the meta id, which carries no loss
+    logits, loss = model(idx, targets, logits=False)
+    assert logits is None
+    full = reference.lm_head(reference.hidden_states(idx))  # the dense formula, by hand
+    keep = (targets != -100) & (targets != META)
+    ref_loss = -full.log_softmax(-1)[keep].gather(1, targets[keep][:, None]).mean()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+        assert_close_to_scale(p.grad, r.grad, 1e-5, name)
+    _, none_scored = model(idx, torch.full_like(idx, -100), logits=False)
+    assert torch.isnan(none_scored)  # as the full path: the loop turns it into 0 for an empty batch
+
+
 def test_no_nan_in_gradients_for_rows_without_meta():
     for impl in ("sparse", "dense"):
         model = set_impl(toy_model(pos_encoding="rope"), impl).train()

@@ -8,7 +8,9 @@ logs, atomic checkpoints with exact resume, and clean stops on SIGINT/SIGTERM.
 
 The model is a `GPT`, or any module with the same `forward(idx, targets) -> (logits, loss)` that
 also has `save_folder(folder, tokenizer, *, extra, write_extra)` and `load_folder_state(folder)`
-for its checkpoints (`metatokens.hf.HFCausalLM`, the Hugging Face baseline adapter).
+for its checkpoints (`metatokens.hf.HFCausalLM`, the Hugging Face baseline adapter). A model
+whose class sets ``loss_only_forward = True`` is called as ``forward(x, y, logits=False)``: it
+may then run its LM head at the scored positions only and return no logits.
 
 Losses are normalised by the number of target tokens in the whole optimiser step (all
 micro-batches, all processes), so accumulation and data parallelism give the same gradient as
@@ -854,6 +856,8 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
         if bar is not None:
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
+    # The LM head at the scored positions only (same loss and gradients), where the model offers it.
+    head = {"logits": False} if getattr(model, "loss_only_forward", False) else {}
     model.train()
     step, stopped_by = start, None
     with _StopFlag() as flag:
@@ -870,7 +874,7 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
                 sync = i == accum - 1 or not hasattr(wrapped, "no_sync")
                 with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
-                    _, loss = wrapped(x, y)
+                    _, loss = wrapped(x, y, **head)
                     loss = torch.nan_to_num(loss, nan=0.0) if n == 0 else loss
                     # sum of token losses / tokens in the whole step; DDP averages over ranks
                     (loss * (n * d.world / max(total, 1))).backward()

@@ -384,16 +384,26 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, *, meta_mask=None, cache: KVCache | None = None):
+    # train.py may call forward(x, y, logits=False): the loss alone, from the scored positions only
+    loss_only_forward = True
+
+    def forward(self, idx, targets=None, *, meta_mask=None, cache: KVCache | None = None, logits: bool = True):
         """Returns (logits (B, T, V), loss or None).
 
         Targets equal to -100 or to the meta-token id carry no loss: the model learns to use
-        meta-tokens, never to emit them.
+        meta-tokens, never to emit them. With ``logits=False`` (and targets) the LM head runs only
+        at the scored positions and the logits returned are None: the same loss and gradients,
+        without a (B, T, V) head where most targets are -100 (a fine-tuning row scores only its
+        answer).
         """
-        logits = self.lm_head(self.hidden_states(idx, meta_mask, cache))
-        loss = None
-        if targets is not None:
-            if self.config.meta_token_id is not None:
-                targets = targets.masked_fill(targets == self.config.meta_token_id, -100)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        h = self.hidden_states(idx, meta_mask, cache)
+        if targets is None:
+            return self.lm_head(h), None
+        if self.config.meta_token_id is not None:
+            targets = targets.masked_fill(targets == self.config.meta_token_id, -100)
+        if logits:
+            out = self.lm_head(h)
+            return out, F.cross_entropy(out.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        keep = (targets != -100).flatten().nonzero().squeeze(1)  # host sync, like MetaIndex
+        scored = self.lm_head(h.flatten(0, 1).index_select(0, keep))
+        return None, F.cross_entropy(scored.float(), targets.flatten().index_select(0, keep))
