@@ -176,6 +176,24 @@ def test_loss_only_forward_equals_the_full_head_loss_and_gradients():
     assert torch.isnan(none_scored)  # as the full path: the loop turns it into 0 for an empty batch
 
 
+def test_graph_breaks_of_a_training_forward_are_only_the_documented_host_syncs():
+    """BENCHMARKS.md section 7: the dense meta-attention compiles to one graph; the sparse path
+    breaks only where it counts the meta-tokens (MetaIndex.of), the scored head only where it
+    finds the scored positions."""
+    idx = mixed_batch()
+    targets = torch.roll(idx, -1, 1)
+    dense = toy_model(pos_encoding="rope", meta_impl="dense").train()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(dense)(idx, targets).graph_break_count == 0
+    sparse = toy_model(pos_encoding="rope").train()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(sparse)(idx, targets, logits=False)
+    lines = {b.user_stack[-1].line for b in explained.break_reasons}
+    assert explained.graph_break_count > 0
+    assert all("nonzero()" in line or ".tolist()" in line for line in lines), lines
+    torch._dynamo.reset()
+
+
 def test_no_nan_in_gradients_for_rows_without_meta():
     for impl in ("sparse", "dense"):
         model = set_impl(toy_model(pos_encoding="rope"), impl).train()

@@ -371,7 +371,9 @@ class GPT(nn.Module):
             pe = self.wpe(positions)[None]  # (1, T, C)
             x = x + (pe.masked_fill(is_meta[..., None], 0.0) if zero_meta_pos else pe)
         pos = PosInfo(positions, self.rotary, not zero_meta_pos, 1.0 / math.sqrt(cfg.head_dim))
-        if cfg.meta_attention:  # where the meta-tokens are (and the meta caches' size), once for all blocks
+        # where the meta-tokens are (and the meta caches' size), once for all blocks; the dense path
+        # needs no index, so without a cache it runs without a host sync (one compiled graph)
+        if cfg.meta_attention and (cfg.meta_impl != "dense" or cache is not None):
             pos.meta = MetaIndex.of(is_meta, positions, None if cache is None else cache.meta_count)
         if self.rotary is not None:
             pos.logit_scale *= self.rotary.logit_scale
