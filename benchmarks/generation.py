@@ -16,6 +16,7 @@ Tokens/s is end to end (prefill of the prompt + new tokens), as a user sees it.
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="tokens to generate (default per shape)")
     p.add_argument("--every", type=int, default=16, help="N of the every:N policy row")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--json", help="also write both tables' rows to this JSON file (for gpu_check.sh)")
     add_common_args(p, repeats=5)
     args = p.parse_args()
     device = setup(args)
@@ -81,11 +83,17 @@ def main() -> None:
         t = compare({"ours": run_ours, "hf": run_hf}, device, args.repeats, args.warmup)
         hf_rows.append([shape, f"{P} + {N}", str(same), f"{N / median(t['ours']):.1f}", f"{N / median(t['hf']):.1f}",
                         f"**{median_ratio(t['ours'], t['hf']):.3f}**"])
+    meta_header = ["shape", "prompt + new", "policy", "plain tok/s", "meta tok/s", "time meta/plain"]
+    hf_header = ["shape", "prompt + new", "same tokens", "ours tok/s", "HF generate tok/s", "time ours/HF"]
     print()
-    print(table(meta_rows, ["shape", "prompt + new", "policy", "plain tok/s", "meta tok/s", "time meta/plain"]))
+    print(table(meta_rows, meta_header))
     if hf_rows:
         print()
-        print(table(hf_rows, ["shape", "prompt + new", "same tokens", "ours tok/s", "HF generate tok/s", "time ours/HF"]))
+        print(table(hf_rows, hf_header))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"meta": [dict(zip(meta_header, r)) for r in meta_rows],
+                       "hf": [dict(zip(hf_header, r)) for r in hf_rows]}, f, indent=1)
 
 
 if __name__ == "__main__":
