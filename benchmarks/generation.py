@@ -24,7 +24,7 @@ from bench_utils import add_common_args, autocast, build, compare, median, media
 from hf_compare import hf_gpt2
 
 from metatokens.generate import generate
-from metatokens.inference import generate_ids
+from metatokens.inference import decoding_precision, generate_ids
 
 DEFAULTS = {"toy": (16, 40), "tiny": (32, 64), "small": (64, 128), "gpt2-small": (64, 128)}  # (prompt, new tokens)
 
@@ -48,6 +48,8 @@ def main() -> None:
         P, N = DEFAULTS.get(shape, (64, 128))
         P, N = args.prompt or P, args.new_tokens or N
         meta, plain = build(shape, True, device).eval(), build(shape, False, device).eval()
+        if args.dtype == "bf16":  # weights in bf16 (half the bytes per token), as `generate --dtype bf16`
+            decoding_precision(meta, "bf16", device), decoding_precision(plain, "bf16", device)
         prompt, _ = random_meta_batch(1, P, meta.config.vocab_size, 0.1, device=device)
 
         def ours(model, policy="none"):
@@ -67,6 +69,9 @@ def main() -> None:
             continue
         hf, ours_gpt2 = hf_gpt2(shape, device)
         hf.eval(), ours_gpt2.eval()
+        if args.dtype == "bf16":
+            hf.to(torch.bfloat16)
+            decoding_precision(ours_gpt2, "bf16", device)
         hf.generation_config.eos_token_id = None  # never stop early: both produce exactly N tokens
         hf.generation_config.pad_token_id = 0
         text_prompt = prompt.masked_fill(prompt == 1, 2)  # a plain GPT-2 has no meta-token

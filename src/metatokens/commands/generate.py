@@ -26,6 +26,9 @@ def add_command(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; a reference)")
     p.add_argument("--show-meta", action="store_true", help='print inserted meta-tokens as "<|meta|>"')
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: weights in bf16, decoding under a bf16 autocast (default fp32; see BENCHMARKS.md "
+                        "for when it is faster)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args) -> int:
 
     from ..checkpoint import CheckpointError, load_pretrained
     from ..devices import resolve_device
-    from ..inference import MetaPolicy, stream_text
+    from ..inference import MetaPolicy, decoding_precision, stream_text
 
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
@@ -52,6 +55,7 @@ def run(args) -> int:
     if tokenizer is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer.json in the model folder; generate needs one")
     model.eval()
+    precision = decoding_precision(model, args.dtype, args.device)
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -60,9 +64,10 @@ def run(args) -> int:
         device=args.device, temperature=args.temperature, top_k=args.top_k or None,
         use_cache=not args.no_cache, generator=generator,
     )
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    with precision():
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     return 0
