@@ -25,6 +25,7 @@ only (``logits=False``, what the training loop calls), eager and compiled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import time
@@ -51,22 +52,19 @@ def device_peak(args, device) -> float | None:
     return next((v * 1e12 for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
 
 
-def make_step(model, compiled: bool, dtype: str, batches, device):
+def make_step(model, compiled: bool, dtype: str, batches, device, **forward_kw):
     """A closure that runs one optimiser step on the next batch; returns (step, losses list)."""
     run = torch.compile(model) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
-    ctx = (lambda: torch.autocast(device.type, dtype=DTYPES[dtype])) if dtype != "fp32" else None
+    ctx = (lambda: torch.autocast(device.type, dtype=DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
     state = {"i": 0}
     losses: list[float] = []
 
     def step(record: bool = False):
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        if ctx is None:
-            _, loss = run(x, y)
-        else:
-            with ctx():
-                _, loss = run(x, y)
+        with ctx():
+            _, loss = run(x.to(device), y.to(device), **forward_kw)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
@@ -101,20 +99,7 @@ def finetune_main(args, device) -> None:
         base = build("tiny", meta, device, vocab_size=len(tok), block_size=256, pos_encoding="rope").train()
         for name, (compiled, full) in variants.items():
             def make(model, compiled=compiled, full=full):
-                run = torch.compile(model) if compiled else model
-                opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
-                state, losses = {"i": 0}, []
-
-                def step(record=False):
-                    x, y = batches[state["i"] % len(batches)]
-                    state["i"] += 1
-                    _, loss = run(x.to(device), y.to(device), logits=full)
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=False)
-                    if record:
-                        losses.append(loss.item())
-                return step, losses
+                return make_step(model, compiled, "fp32", batches, device, logits=full)
 
             step, _ = make(copy.deepcopy(base))
             t0 = time.perf_counter()

@@ -247,26 +247,34 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
 _GPT2_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "vocab.json", "merges.txt"]
 
 
-def resolve_gpt2_source(name_or_path: str | Path) -> Path:
-    """A local folder as is; otherwise a Hub model name, fetched (only the files an import needs)."""
+def resolve_hub_folder(name_or_path: str | Path, *, patterns: list[str], error: type[Exception], what: str,
+                       example: str) -> Path:
+    """A local folder as is; otherwise a Hub model name, fetched with only the files in `patterns`.
+
+    Every failure is one line raised as `error`: a file where a folder was expected, a path that
+    does not exist, or a Hub fetch that failed (network, offline mode, unknown repo)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise HFInteropError(f"{path}: is a file; expected a Hugging Face GPT-2 model folder")
+        raise error(f"{path}: is a file; expected {what}")
     text = str(name_or_path)
     looks_like_path = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text
     if looks_like_path or not text:
-        raise HFInteropError(f"{text}: folder not found; pass a Hugging Face GPT-2 model folder or a Hub name such as gpt2")
+        raise error(f"{text}: folder not found; pass {what} or a Hub name such as {example}")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=text, allow_patterns=_GPT2_PATTERNS))
+        return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
     except Exception as err:  # network, offline mode, unknown repo: all end the same way for the user
         reason = " ".join(str(err).split())[:200]
-        raise HFInteropError(
-            f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed ({reason})"
-        ) from None
+        raise error(f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed ({reason})") from None
+
+
+def resolve_gpt2_source(name_or_path: str | Path) -> Path:
+    """A local GPT-2 folder as is; otherwise a Hub model name, fetched (only the files an import needs)."""
+    return resolve_hub_folder(name_or_path, patterns=_GPT2_PATTERNS, error=HFInteropError,
+                              what="a Hugging Face GPT-2 model folder", example="gpt2")
 
 
 def _read_gpt2_config(folder: Path):

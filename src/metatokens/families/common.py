@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..hf import HFInteropError
+from ..hf import HFInteropError, resolve_hub_folder
 from ..model.family import SUPPORTED
 from ..tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer, TokenizerError
 
@@ -125,21 +125,8 @@ _PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
 
 def resolve_source(name_or_path: str | Path) -> Path:
     """A local folder as is; otherwise a Hub model name, fetched (only config, safetensors, tokenizer)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ImportRefused(f"{path}: is a file; expected a Hugging Face model folder")
-    text = str(name_or_path)
-    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text or not text:
-        raise ImportRefused(f"{text}: folder not found; pass a Hugging Face model folder or a Hub name such as EleutherAI/pythia-14m")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=text, allow_patterns=_PATTERNS))
-    except Exception as err:  # network, offline mode, unknown repo: all end the same way for the user
-        reason = " ".join(str(err).split())[:200]
-        raise ImportRefused(f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed ({reason})") from None
+    return resolve_hub_folder(name_or_path, patterns=_PATTERNS, error=ImportRefused,
+                              what="a Hugging Face model folder", example="EleutherAI/pythia-14m")
 
 
 def read_hf_config(folder: Path, config_classes: dict[str, Any]):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .gpt import GPT, LayerCache, MetaAttention as _GPTMetaAttention, MetaIndex, PosInfo
+from .gpt import GPT, LayerCache, MetaAttention as _GPTMetaAttention, MetaIndex, PosInfo, add_at_meta, extend_cache
 from .positions import Rotary, apply_rotary, rope_inv_freq
 
 FAMILIES = ("llama", "neox")
@@ -181,14 +181,8 @@ class Attention(Projections):
         q, k, v = (t.transpose(1, 2) for t in self.qkv(x))  # (B, heads, T, hs)
         if pos.cos is not None:
             q, k = rotate(q, pos.cos, pos.sin), rotate(k, pos.cos, pos.sin)
-        past = 0
-        if cache is not None:
-            past = cache.size
-            k, v = cache.append(k, v)
-        mask = None
-        if past and T > 1:  # new queries see the whole past and the causal part of the new chunk
-            mask = torch.arange(T, device=x.device)[:, None] + past >= torch.arange(past + T, device=x.device)
-        y = self.sdpa(q, k, v, attn_mask=mask, is_causal=(past == 0 and T > 1), scale=pos.logit_scale)
+        k, v, mask, causal = extend_cache(cache, k, v)
+        y = self.sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=pos.logit_scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -198,12 +192,7 @@ class MetaAttention(Projections):
 
     def add_to(self, residual, x, is_meta, pos: PosInfo, cache: LayerCache | None = None, norm=None):
         """residual + MetaAttn(norm(x)); `residual` itself when the batch holds no meta-token."""
-        index = pos.meta or MetaIndex.of(is_meta, pos.positions, None if cache is None else cache.meta_count)
-        if not index.width:
-            return residual
-        xm = x.flatten(0, 1).index_select(0, index.flat)  # (N, C)
-        y = self.attend(xm if norm is None else norm(xm), index, pos, cache)
-        return residual.flatten(0, 1).index_add(0, index.flat, y.to(residual.dtype)).view_as(residual)
+        return add_at_meta(self.attend, residual, x, is_meta, pos, cache, norm)
 
     def forward(self, x, is_meta, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
         return self.add_to(x.new_zeros(x.shape), x, is_meta, pos, cache)

@@ -136,6 +136,20 @@ class PosInfo:
     meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; a sublayer called alone finds it
 
 
+def extend_cache(cache: LayerCache | None, k: torch.Tensor, v: torch.Tensor):
+    """Append the new (B, nh, T, hs) keys/values to `cache` (if any); return all keys, values and
+    the SDPA mask arguments: (k, v, attn_mask, is_causal). New queries see the whole past and the
+    causal part of their own chunk."""
+    T, past = k.size(2), 0
+    if cache is not None:
+        past = cache.size
+        k, v = cache.append(k, v)
+    if past and T > 1:
+        mask = torch.arange(T, device=k.device)[:, None] + past >= torch.arange(past + T, device=k.device)
+        return k, v, mask, False
+    return k, v, None, past == 0 and T > 1
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -150,18 +164,25 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
         if pos.cos is not None:  # (B, nh, T, hs)
             q, k = apply_rotary(q, pos.cos, pos.sin), apply_rotary(k, pos.cos, pos.sin)
-        past = 0
-        if cache is not None:
-            past = cache.size
-            k, v = cache.append(k, v)
-        mask = None
-        if past and T > 1:  # new queries see the whole past and the causal part of the new chunk
-            mask = torch.arange(T, device=x.device)[:, None] + past >= torch.arange(past + T, device=x.device)
+        k, v, mask, causal = extend_cache(cache, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(past == 0 and T > 1),
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale,
         )
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+def add_at_meta(attend, residual, x, is_meta, pos: PosInfo, cache: LayerCache | None = None, norm=None):
+    """The sparse path around a sublayer's `attend((N, C) inputs, index, pos, cache) -> (N, C)`:
+    gather the meta rows of x, normalise and attend them, add the result into `residual` at those
+    rows; `residual` itself when the batch holds no meta-token."""
+    index = pos.meta or MetaIndex.of(is_meta, pos.positions, None if cache is None else cache.meta_count)
+    if not index.width:
+        return residual
+    xm = x.flatten(0, 1).index_select(0, index.flat)  # (N, C)
+    y = attend(xm if norm is None else norm(xm), index, pos, cache)
+    # autocast may give a bf16 y
+    return residual.flatten(0, 1).index_add(0, index.flat, y.to(residual.dtype)).view_as(residual)
 
 
 class MetaAttention(nn.Module):
@@ -200,13 +221,7 @@ class MetaAttention(nn.Module):
         """
         if self.impl == "dense" and cache is None:
             return residual + self._dense(x if norm is None else norm(x), is_meta, pos)
-        index = pos.meta or MetaIndex.of(is_meta, pos.positions, None if cache is None else cache.meta_count)
-        if not index.width:
-            return residual
-        xm = x.flatten(0, 1).index_select(0, index.flat)  # (N, C)
-        y = self.attend(xm if norm is None else norm(xm), index, pos, cache)
-        # autocast may give a bf16 y
-        return residual.flatten(0, 1).index_add(0, index.flat, y.to(residual.dtype)).view_as(residual)
+        return add_at_meta(self.attend, residual, x, is_meta, pos, cache, norm)
 
     def _dense(self, x, is_meta, pos: PosInfo) -> torch.Tensor:
         B, T, C = x.shape
