@@ -62,6 +62,23 @@ def test_the_loss_plot_title_names_the_runs_and_what_they_trained_on(tmp_path, m
     assert "a/run" in title and "b/run" in title and "fine-tuning on parity, copying" in title
 
 
+def test_the_title_explains_only_the_marks_the_figure_has(tmp_path, monkeypatch):
+    """A metric logged at validation only (exact_match) has dots and no lines: the title must not
+    promise training lines; a loss with both keeps the two-part key."""
+    import metatokens.commands.plot as plot
+
+    write_run(tmp_path / "both", [(1, 5.0), (2, 4.0)])
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "val_exact_match": v}) + "\n" for s, v in [(10, 0.1), (20, 0.5)]))
+    figures = capture_figures(monkeypatch, plot)
+    plot.plot_runs([tmp_path / "val"], tmp_path / "em.png", metric="exact_match")
+    plot.plot_runs([tmp_path / "both"], tmp_path / "loss.png")
+    val_title, both_title = (f.axes[0].get_title() for f in figures)
+    assert "(validation)" in val_title and "training" not in val_title
+    assert "(lines: training, dots: validation)" in both_title
+
+
 def test_report_differences_clip_at_100_points_and_name_the_tasks(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -80,7 +80,7 @@ def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str
         raise ValueError(f"{len(names)} names for {len(runs)} runs")
     labels = names if names is not None else run_labels(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
+    drawn, splits = 0, set()
     for i, (run, label) in enumerate(zip(runs, labels)):
         rows = read_metrics(run)
         colour = f"C{i % 10}"
@@ -90,12 +90,14 @@ def plot_runs(runs: list[Path], out: Path, metric: str = "loss", names: list[str
                 ax.plot(*zip(*pts), style, color=colour, label=f"{label} {split}",
                         alpha=0.9 if split == "val" else 0.5)
                 drawn += 1
+                splits.add(split)
     if not drawn:
         raise ValueError(f"no train_{metric} or val_{metric} values in {', '.join(map(str, runs))}")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(f"{metric} (nats per text token)" if metric == "loss" else metric)
-    ax.set_title(wrap_title(runs_title(labels, [run_purpose(r) for r in runs], metric), 80)
-                 + "\n(lines: training, dots: validation)", fontsize=10)
+    key = {frozenset({"train", "val"}): "\n(lines: training, dots: validation)",
+           frozenset({"val"}): "\n(validation)", frozenset({"train"}): "\n(training)"}[frozenset(splits)]
+    ax.set_title(wrap_title(runs_title(labels, [run_purpose(r) for r in runs], metric), 80) + key, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
