@@ -2,7 +2,7 @@
 # The List Recall / mixture probes of docs/study.md ("What was tried for List Recall"), 2026-12-02.
 # Each is one `metatokens finetune` of the tiny Meta+RoPE shape from scratch (1,320,704 parameters,
 # the preset's 2,048-id BPE), one thread; run.json and metrics.jsonl of each are kept beside this file.
-#   bash docs/results/list_recall_probe/run.sh            # about 65 minutes on 2 cores (two at a time)
+#   bash docs/results/list_recall_probe/run.sh            # about 85 minutes on 2 cores (two at a time)
 set -euo pipefail
 OUT=${OUT:-runs/list-recall-probe}
 export OMP_NUM_THREADS=1
@@ -32,3 +32,13 @@ done
 metatokens plot "$OUT"/seed{0,1}-meta "$OUT"/seed{0,1}-no-meta --metric exact_match \
   --names "seed 0 meta prompts,seed 1 meta prompts,seed 0 no-meta prompts,seed 1 no-meta prompts" \
   --out "$OUT/list-recall-exact-match.png"
+# seed 0 again with a constant learning rate, and with 6 layers instead of 4
+metatokens finetune "${common[@]}" --seed 0 --task list_recall --max-len 96 --steps 4000 --eval-n 100 \
+  --set train.eval_interval=250 --set train.ckpt_interval=1000 --set train.min_lr=2e-3 --out "$OUT/seed0-meta-constant-lr" &
+metatokens finetune "${common[@]}" --seed 0 --task list_recall --max-len 96 --steps 4000 --eval-n 100 \
+  --set train.eval_interval=250 --set train.ckpt_interval=1000 --set model.n_layer=6 --out "$OUT/seed0-meta-6-layers" &
+wait
+for run in constant-lr 6-layers; do
+  metatokens evaluate --checkpoint "$OUT/seed0-meta-$run" --names $run --task list_recall --lengths 96 --n 300 --seed 0 \
+    --out "$OUT/eval-$run"
+done
