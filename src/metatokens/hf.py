@@ -277,23 +277,30 @@ def resolve_gpt2_source(name_or_path: str | Path) -> Path:
                               what="a Hugging Face GPT-2 model folder", example="gpt2")
 
 
-def _read_gpt2_config(folder: Path):
-    from transformers import GPT2Config
-
+def read_hf_config(folder: Path, config_classes: dict[str, Any], *, error: type[Exception], supported: str):
+    """The transformers config of a folder, for a model_type of `config_classes` only (never remote
+    code); every refusal is one line raised as `error`, naming what is `supported`."""
     file = folder / "config.json"
     if not file.is_file():
-        raise HFInteropError(f"{folder}: no config.json; not a Hugging Face model folder")
+        raise error(f"{folder}: no config.json; not a Hugging Face model folder")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HFInteropError(f"{file}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or data.get("model_type") != "gpt2":
-        kind = data.get("model_type") if isinstance(data, dict) else None
-        raise HFInteropError(f"{file}: model_type is {kind!r}, not 'gpt2'; only GPT-2 checkpoints can be imported")
+        raise error(f"{file}: not valid JSON ({err})") from None
+    kind = data.get("model_type") if isinstance(data, dict) else None
+    if kind not in config_classes:
+        raise error(f"{file}: model_type {kind!r} is not supported; {supported}")
     try:
-        return GPT2Config.from_dict(data)
+        return config_classes[kind].from_dict(data)
     except Exception as err:
-        raise HFInteropError(f"{file}: not a valid GPT-2 config ({' '.join(str(err).split())[:200]})") from None
+        raise error(f"{file}: not a valid {kind} config ({' '.join(str(err).split())[:200]})") from None
+
+
+def _read_gpt2_config(folder: Path):
+    from transformers import GPT2Config
+
+    return read_hf_config(folder, {"gpt2": GPT2Config}, error=HFInteropError,
+                          supported="import-gpt2 takes GPT-2 checkpoints only (other families: metatokens import-hf)")
 
 
 def _read_safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:

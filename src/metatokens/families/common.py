@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..hf import HFInteropError, resolve_hub_folder
+from ..hf import HFInteropError, read_hf_config as hf_read_config, resolve_hub_folder
 from ..model.family import SUPPORTED
 from ..tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer, TokenizerError
 
@@ -131,17 +131,4 @@ def resolve_source(name_or_path: str | Path) -> Path:
 
 def read_hf_config(folder: Path, config_classes: dict[str, Any]):
     """The transformers config of a folder, for a supported model_type only (never remote code)."""
-    file = folder / "config.json"
-    if not file.is_file():
-        raise ImportRefused(f"{folder}: no config.json; not a Hugging Face model folder")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ImportRefused(f"{file}: not valid JSON ({err})") from None
-    kind = data.get("model_type") if isinstance(data, dict) else None
-    if kind not in config_classes:
-        raise ImportRefused(f"{file}: model_type {kind!r} is not supported; import-hf supports {SUPPORTED}")
-    try:
-        return config_classes[kind].from_dict(data)
-    except Exception as err:
-        raise ImportRefused(f"{file}: not a valid {kind} config ({' '.join(str(err).split())[:200]})") from None
+    return hf_read_config(folder, config_classes, error=ImportRefused, supported=f"import-hf supports {SUPPORTED}")
