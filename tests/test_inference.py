@@ -21,7 +21,7 @@ from metatokens.inference import (
     stream_tokens,
 )
 from metatokens.model import GPT, KVCache
-from metatokens.train import cpu_has_bf16
+from metatokens.devices import cpu_has_bf16
 from metatokens.tokenizer import META_TOKEN, MetaTokenizer
 
 CMD = "metatokens.commands.generate"
@@ -449,13 +449,13 @@ def trained_toy_successor(prompts, generated):
 
 
 def test_bf16_decoding_on_a_cpu_without_bf16_units_stays_fp32(monkeypatch, capsys):
-    from metatokens import train
+    from metatokens import devices
 
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     model = toy_model()
     ctx = decoding_precision(model, "bf16", "cpu")
     assert model.lm_head.weight.dtype == torch.float32
-    assert "no bf16 units" in capsys.readouterr().out
+    assert "no bf16 units" in capsys.readouterr().err  # stderr: stdout is the generated text
     with ctx():
         assert model(mixed_batch())[0].dtype == torch.float32
     with pytest.raises(ValueError, match="fp32 or bf16"):

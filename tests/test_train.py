@@ -17,8 +17,9 @@ from metatokens import cli
 from metatokens.checkpoint import CheckpointError
 from metatokens.pretrain import run_pretrain
 from metatokens.runconfig import TrainConfig, load_run_config
-from metatokens import train as train_module
-from metatokens.train import TrainingError, build_optimizer, cpu_has_bf16, lr_at
+from metatokens import devices
+from metatokens.devices import cpu_has_bf16
+from metatokens.train import TrainingError, build_optimizer, lr_at
 
 WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
          "and to in is that for it as with was on be by this are from or at an which").split()
@@ -116,7 +117,7 @@ def test_bf16_autocast_run_stays_close_to_the_fp32_run(corpus, tmp_path):
 
 def test_bf16_on_a_cpu_without_bf16_units_trains_in_fp32_with_one_line(corpus, tmp_path, monkeypatch, capsys):
     fp32 = _ten_steps(corpus, tmp_path, "fp32", "train.dtype=fp32")
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     capsys.readouterr()
     fallback = _ten_steps(corpus, tmp_path, "fallback", "train.dtype=bf16")
     notes = [line for line in capsys.readouterr().out.splitlines() if "dtype" in line]

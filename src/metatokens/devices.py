@@ -38,3 +38,13 @@ def resolve_device(spec: object, what: str = "--device") -> str:
     if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise DeviceError(f"{what} is mps but MPS is not available on this machine; use --device cpu")
     return text
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from . import devices
 from .model import GPT, KVCache
 from .tokenizer import META_TOKEN, MetaTokenizer
 
@@ -198,10 +200,9 @@ def decoding_precision(model: GPT, dtype: str, device: torch.device | str) -> Ca
     device = torch.device(device)
     if dtype == "fp32":
         return contextlib.nullcontext
-    from .train import cpu_has_bf16
-
-    if device.type == "cpu" and not cpu_has_bf16():
-        print("note: --dtype bf16 asked for, but this CPU has no bf16 units (AVX512-BF16/AMX); decoding in fp32")
+    if device.type == "cpu" and not devices.cpu_has_bf16():  # on stderr: stdout carries the generated text
+        print("note: --dtype bf16 asked for, but this CPU has no bf16 units (AVX512-BF16/AMX); decoding in fp32",
+              file=sys.stderr)
         return contextlib.nullcontext
     for p in model.parameters():
         p.data = p.data.to(torch.bfloat16)

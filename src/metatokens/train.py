@@ -37,6 +37,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import CheckpointError, load_pretrained, save_pretrained, sha256_file
+from . import devices
 from .devices import resolve_device
 from .fileio import atomic_write_text
 from .model import GPT
@@ -139,14 +140,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def autocast_for(cfg: TrainConfig, device: torch.device, *, announce: bool = True):
     """The mixed-precision context of a run: a bf16 autocast or nothing (fp32).
 
@@ -155,7 +148,7 @@ def autocast_for(cfg: TrainConfig, device: torch.device, *, announce: bool = Tru
     explicit ``bf16`` on a CPU without bf16 units falls back to fp32 with one line.
     """
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if use_bf16 and device.type == "cpu" and not cpu_has_bf16():
+    if use_bf16 and device.type == "cpu" and not devices.cpu_has_bf16():
         if announce:
             print("note: train.dtype=bf16 asked for, but this CPU has no bf16 units (AVX512-BF16/AMX); "
                   "training in fp32", flush=True)
