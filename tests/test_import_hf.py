@@ -399,3 +399,17 @@ def test_import_replaces_only_an_earlier_import_and_never_its_source(sources, im
     assert cli.main(["import-hf", "--from", str(src), "--out", str(run), "--overwrite", "--no-meta"]) == 0
     model, _, _ = load_pretrained(run)
     assert not model.config.meta_attention
+
+
+def test_the_dense_meta_attention_is_refused_for_imported_families(imported):
+    """The family blocks have the sparse path only: meta_impl='dense' is refused in one line, not
+    silently run sparse (with the meta index rebuilt in every block)."""
+    import dataclasses
+
+    from metatokens.checkpoint import read_config
+    from metatokens.model.config import ConfigError
+
+    cfg = read_config(imported["neox"])["model"]
+    assert cfg.meta_impl == "sparse"
+    with pytest.raises(ConfigError, match="sparse meta-attention only"):
+        dataclasses.replace(cfg, meta_impl="dense").validate()

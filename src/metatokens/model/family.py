@@ -78,6 +78,8 @@ class FamilyConfig(ModelConfig):
             raise ConfigError(f"a {self.family} model uses pos_encoding='rope', got {self.pos_encoding!r}")
         if self.yarn is not None:
             raise ConfigError(f"YaRN is not supported for imported {self.family} models")
+        if self.meta_impl != "sparse":  # its blocks have the sparse path only; the dense one would be ignored
+            raise ConfigError(f"imported {self.family} models have the sparse meta-attention only; got meta_impl={self.meta_impl!r}")
         if self.n_kv_head < 0 or self.n_head % self.kv_heads:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.intermediate_size < 0:
