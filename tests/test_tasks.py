@@ -307,6 +307,34 @@ def test_list_pointer_is_an_alias(tok):
     assert [e.prompt_ids for e in a] == [e.prompt_ids for e in b]
 
 
+def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(tok, monkeypatch):
+    """A fine-tuning stream of thousands of examples died on one candidate whose content could not land
+    in the window (copying/medium at L = 96, chunk 53 of seed 0). Now such a candidate is skipped: the
+    stream is the unpatched one without it, and only a window that nothing fits still raises."""
+    from metatokens.tasks import registry
+
+    clean = make_examples("copying", tok, length=160, n=6, seed=0)
+    real_fit = registry._fit
+    doomed = [clean[2].prompt_text]
+
+    def fit(task, level, tokenizer, stream, *args):
+        draft, pieces, per_unit = real_fit(task, level, tokenizer, stream, *args)
+        if draft.text in doomed:  # this candidate's content "fits nowhere"
+            raise registry._Unfit("could not fit copying/medium prompts into 120..160 tokens; test")
+        return draft, pieces, per_unit
+
+    monkeypatch.setattr(registry, "_fit", fit)
+    skipped = make_examples("copying", tok, length=160, n=5, seed=0)
+    assert [e.prompt_ids for e in skipped] == [e.prompt_ids for e in clean[:2] + clean[3:]]
+
+    def never(*args):
+        raise registry._Unfit("could not fit copying/medium prompts into 120..160 tokens; test")
+
+    monkeypatch.setattr(registry, "_fit", never)
+    with pytest.raises(TaskError, match="could not fit"):
+        make_examples("copying", tok, length=160, n=1, seed=0)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -50,6 +50,12 @@ SPLITS = ("train", "test")
 
 _FIT_ATTEMPTS = 4  # fresh content draws before a length is declared unreachable
 _FIT_STEPS = 12  # renders per attempt; the secant search below needs 3-5 in practice
+_UNFIT_LIMIT = 50  # candidates in a row that fit nowhere in the window before the stream gives up
+
+
+class _Unfit(TaskError):
+    """One candidate's content cannot land in the window (a long sentence in a narrow window, say);
+    the next candidate may. Unlike a window below the task's smallest prompt, this is not final."""
 
 
 def get_task(name: str) -> Task:
@@ -133,12 +139,21 @@ def _generate(
     seen: set[bytes] = set()
     tokens_per_unit = None  # carried from candidate to candidate to start each length search close
     produced = 0
-    duplicates_in_a_row = 0
+    duplicates_in_a_row = unfit_in_a_row = 0
     for i in itertools.count():
         if n is not None and produced >= n:
             return
         stream = f"{task.name}|{difficulty}|{length}|{split}|{seed}|{i}"
-        draft, pieces, tokens_per_unit = _fit(task, level, tokenizer, stream, *window, difficulty, tokens_per_unit)
+        try:
+            draft, pieces, tokens_per_unit = _fit(task, level, tokenizer, stream, *window, difficulty, tokens_per_unit)
+        except _Unfit:
+            # Skipped like a duplicate: a stream of thousands of examples must not die on one candidate
+            # (copying at L = 96 met one in its 13,600th). Streams that never met one are unchanged.
+            unfit_in_a_row += 1
+            if unfit_in_a_row >= _UNFIT_LIMIT:
+                raise
+            continue
+        unfit_in_a_row = 0
         text = draft.text
         if split_of(text) != split:
             continue
@@ -260,7 +275,7 @@ def _fit(
             f"length {high} is too short for {task.name}/{difficulty} with this tokenizer: "
             f"its smallest prompts have about {smallest_seen} tokens"
         )
-    raise TaskError(
+    raise _Unfit(
         f"could not fit {task.name}/{difficulty} prompts into {low}..{high} tokens; "
         f"one of its {task.unit_name} is too long for that window, use a longer length"
     )
