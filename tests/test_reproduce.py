@@ -350,3 +350,65 @@ def test_pairing_refuses_results_on_different_prompts(study):
     res.seeds[0]["evaluate-gpt2"].result["list_recall"]["prompts"][str(L)]["prompts"] = "other prompts"
     with pytest.raises(ValueError, match="different prompts"):
         findings(res)
+
+
+def test_a_scale_that_leaves_a_task_out_plans_and_reports_only_its_tasks(study, tmp_path):
+    """tiny leaves Segment Counting out (its prompts do not fit L = 96): its fine-tunes, evaluations and
+    ablations name only its tasks, and the report says which task is missing and why, with no column,
+    panel or Findings row for it."""
+    tiny = Pipeline(tmp_path, "tiny", seeds=1, progress=False)
+    plan = {s.name: s for s in tiny.plan(0)}
+    kept = ",".join(SCALES["tiny"].tasks)
+    assert "segment_counting" not in kept and SCALES["tiny"].tasks_note
+    assert f"--task {kept} --task-weights 10,1,2 --max-len 96" in plan["finetune-meta-rope"].command
+    assert f"--task {kept} --lengths 96" in plan["ablate-meta-rope"].command
+    with pytest.raises(ValueError, match="says why"):
+        dataclasses.replace(SCALES["toy"], tasks=("list_recall", "copying"), ft_weights=(1, 1))
+    with pytest.raises(ValueError, match="ft_weights"):
+        dataclasses.replace(SCALES["toy"], tasks=("list_recall", "copying"), ft_weights=(1, 1, 1), tasks_note="x")
+    with pytest.raises(ValueError, match="in that order"):
+        dataclasses.replace(SCALES["toy"], tasks=("copying", "list_recall"), ft_weights=(1, 1), tasks_note="x")
+
+    res = _hand_made(study)
+    three = ("list_recall", "parity", "copying")
+    res.scale = dataclasses.replace(res.scale, tasks=three, ft_weights=(10, 1, 2), tasks_note="it does not fit.")
+    text = render_report(res)
+    assert "Segment Counting is left out at this scale: it does not fit." in text
+    acc = section(text, "## 2. Task accuracy")
+    header = next(line for line in acc.splitlines() if line.startswith("| model |"))
+    assert header.count(" ours |") == 3 and "Segment Counting" not in header
+    assert "mixture of the three tasks" in acc and "costs a third of three" in acc
+    assert "Segment Counting" not in section(text, "### Controls")
+    assert all("Segment Counting" not in f.claim for f in findings(res))
+    assert "accuracy-segment_counting" not in text and "accuracy-copying" in text
+
+
+def test_a_gain_below_zero_is_called_contrary_and_a_floor_baseline_is_named(study):
+    """Meta models right on every prompt at L and on none at 2L, GPT-2 at 0 everywhere: the L-to-2L
+    contrast is -100 points, not reproduced, and its note says it is contrary, that GPT-2 is at the
+    floor at L (nothing to lose), and where the two stand at 2L."""
+    res = _hand_made(study)
+    for m in MODELS:
+        cells = res.seeds[0][f"evaluate-{m}"].result["list_recall"]["prompts"]
+        if cells.get(str(2 * L)) is not None:
+            cells[str(2 * L)].update(exact_per_example=[0] * 100, exact_match=0.0)
+    by_claim = {f.claim: f for f in findings(res)}
+    gain = by_claim["List Recall: Meta+RoPE gains more than GPT-2 (APE) from L to 2L (points)"]
+    assert gain.verdict == NOT_REPRODUCED and gain.ours.startswith("-100.0 [")
+    assert gain.note.startswith("contrary: Meta+RoPE loses more than GPT-2 (APE)")
+    assert "GPT-2 (APE) is at 0.0% at L, at the floor" in gain.note
+    assert "at 2L Meta+RoPE is level with it (the interval holds 0): +0.0 [" in gain.note
+
+
+def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings(tmp_path):
+    """The scheduling order (pipeline.early_first): per seed, the first fine-tune of a model that is not
+    pre-trained moves ahead of the pre-trainings; everything else keeps the plan's order."""
+    pipe = Pipeline(tmp_path, "toy", seeds=2, progress=False)
+    todo = list(enumerate(pipe.plan(0) + pipe.plan(1)))
+    order = [f"seed{s.seed}/{s.name}" for _, s in pipeline.early_first(todo, pipe.scale)]
+    first_scratch = next(m for m, ms in MODELS.items() if not ms.pretrained)
+    for seed in (0, 1):
+        mine = [name for name in order if name.startswith(f"seed{seed}/")]
+        assert mine[0] == f"seed{seed}/finetune-{first_scratch}"
+        assert mine[1:] == [f"seed{seed}/{s.name}" for s in pipe.plan(seed) if s.name != f"finetune-{first_scratch}"]
+    assert sorted(order) == sorted(f"seed{s.seed}/{s.name}" for _, s in todo)

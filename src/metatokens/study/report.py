@@ -207,12 +207,30 @@ def _size_note(c: dict[str, Any] | None, v: str, paper_points: float) -> str:
     return ""
 
 
+def _gain_note(res: StudyResults, m: str, c: dict[str, Any] | None, short: str, long: str) -> str:
+    """For an L-to-2L contrast whose interval lies below 0: say that it is contrary, and what a baseline
+    that has little to lose does to it (a model at the floor at L cannot drop much)."""
+    if c is None or not c.get("ci95") or c["ci95"][1] >= 0:
+        return ""
+    label = res.scale.models[m].label
+    note = f"contrary: {label} loses more than GPT-2 (APE) from L to 2L"
+    if not _learned(res, "gpt2", "list_recall", short):
+        at_l = mean_std([(cell(res, s, "gpt2", "list_recall", short) or {}).get("exact_match") for s in res.seed_list])[0]
+        lead = compare(res, (m, "list_recall", long, "prompts"), ("gpt2", "list_recall", long, "prompts"))
+        note += f"; GPT-2 (APE) is at {100 * at_l:.1f}% at L, at the floor, so it has little to lose"
+        if lead is not None and lead.get("ci95"):
+            where = ("still leads it" if lead["ci95"][0] > 0 else "trails it" if lead["ci95"][1] < 0 else
+                     "is level with it (the interval holds 0)")
+            note += f"; at 2L {label} {where}: {_ci(lead)}"
+    return note
+
+
 def findings(res: StudyResults) -> list[Finding]:
     """One row per claim of the paper (docs/method.md sections 6-7) that the study tests, with its verdict."""
     L = res.scale.ft_len
     out: list[Finding] = []
     models = res.scale.models
-    for task in ("list_recall", "parity", "copying"):
+    for task in [t for t in ("list_recall", "parity", "copying") if t in res.scale.tasks]:
         for m in ("meta-ape", "meta-rope"):
             if m not in models or "gpt2" not in models:
                 continue
@@ -229,8 +247,9 @@ def findings(res: StudyResults) -> list[Finding]:
         paper = PAPER_LENGTH_GAIN[m] - PAPER_LENGTH_GAIN["gpt2"]
         floor = _floor_note(res, "list_recall", [m, "gpt2"], str(L))
         v = _acc_verdict(c, floor=floor)
+        note = floor or _size_note(c, v, paper) or _gain_note(res, m, c, str(L), str(2 * L))
         out.append(Finding(f"List Recall: {models[m].label} gains more than GPT-2 (APE) from L to 2L (points)",
-                           f"{paper:+.1f} (256 -> 512)", _ci(c), v, floor or _size_note(c, v, paper)))
+                           f"{paper:+.1f} (256 -> 512)", _ci(c), v, note))
     if "meta-rope" in models:
         for task in ("list_recall", "copying"):
             xs_long = per_seed_examples(res, "meta-rope", task, f"{4 * L}+yarn")
@@ -277,10 +296,12 @@ def findings(res: StudyResults) -> list[Finding]:
             vals.append((meta[0] - meta[-1]) - (ctrl[0] - ctrl[-1]))
         c = per_seed_interval(vals, None)
         v = INCONCLUSIVE if c is None or c["ci95"] is None else verdict(c["ci95"], rule_out=0.0)
+        note = ("one value per seed: an interval needs two seeds or more" if c and c["ci95"] is None else
+                "contrary: a meta-token's state is less tied to nearby tokens than a text token's"
+                if v == NOT_REPRODUCED else "")
         out.append(Finding("Meta+RoPE: a meta-token's last-layer state is more similar to nearby than to far tokens, "
                            "more so than a text token's (near minus far cosine, meta minus text)",
-                           "high near, fading with distance", _ci(c, 1.0, 3), v,
-                           "one value per seed: an interval needs two seeds or more" if c and c["ci95"] is None else ""))
+                           "high near, fading with distance", _ci(c, 1.0, 3), v, note))
     if res.has("analyze-rate-distortion"):
         for a, b, what in (("last_token", "last_meta", "the meta-token's probe has lower held-out distortion than the "
                             "last token's at every rate both reach (smallest margin, nats)"),
@@ -338,7 +359,7 @@ def controls(res: StudyResults) -> list[tuple[str, str, dict[str, Any] | None, s
     for a, va, b, vb, question in pairs:
         if a not in models or b not in models:
             continue
-        for task in TASKS:
+        for task in res.scale.tasks:
             c = compare(res, (a, task, L, va), (b, task, L, vb))
             floor = _floor_note(res, task, [a, b], L)
             rows.append((question, task, c, _acc_verdict(c, floor=floor), bool(floor)))
@@ -415,9 +436,14 @@ def learning_curves_figure(res: StudyResults) -> str:
 
     plt = pyplot()
     models = [m for m in res.scale.models if res.has(f"finetune-{m}")]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    tasks = res.scale.tasks
+    cols = 2 if len(tasks) == 4 else len(tasks)
+    rows = math.ceil(len(tasks) / cols)
+    legend_in, title_in = 0.6, 0.5  # inches kept below the panels for the legend, above them for the title
+    height = 3.5 * rows + legend_in + title_in
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height), sharex=True, squeeze=False)
     L = str(res.scale.ft_len)
-    for ax, task in zip(axes.ravel(), TASKS):
+    for ax, task in zip(axes.ravel(), tasks):
         for color, m in zip(_colors(len(models)), models):
             runs = [res.result(s, f"finetune-{m}")["curves"].get(task, []) for s in res.seed_list]
             if not runs or not runs[0]:
@@ -431,16 +457,32 @@ def learning_curves_figure(res: StudyResults) -> str:
         ax.set_ylabel("held-out exact match %")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("fine-tuning step (one run per model on the mixture of the four tasks)")
+    for ax in axes[-1]:
+        ax.set_xlabel("fine-tuning step")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     seeds = f"mean over {len(res.seeds)} seeds" if len(res.seeds) > 1 else f"seed {res.seed_list[0]}"
-    fig.suptitle(f"Learning curves of every model on the four tasks, fine-tuned at L = {L} ({seeds})\n"
-                 "held-out prompts of the run, not the test prompts; dashed: controls", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+    fig.suptitle(f"Learning curves of every model, one fine-tune each on the mixture of the {_count(tasks)} tasks at "
+                 f"L = {L} ({seeds})\nheld-out prompts of the run, not the test prompts; dashed: controls", fontsize=10)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1 - title_in / height))
     path = save_figure(fig, res.out / "figures" / "learning-curves.png")
     return f"![Held-out exact match during fine-tuning, every model and task]({path.relative_to(res.out)})"
+
+
+def _count(items) -> str:
+    return {1: "one", 2: "two", 3: "three", 4: "four"}.get(len(items), str(len(items)))
+
+
+def _fraction(items) -> str:
+    return {1: "whole", 2: "half", 3: "third", 4: "quarter"}.get(len(items), f"1/{len(items)}")
+
+
+def _left_out(sc: Scale) -> str:
+    """The sentence saying which of the paper's tasks this scale does not run, and why."""
+    missing = [TASK_LABELS[t] for t in TASKS if t not in sc.tasks]
+    if not missing:
+        return ""
+    return f" {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} left out at this scale: {sc.tasks_note}"
 
 
 BASELINE_LABELS = {"majority": "majority answer", "chance": "chance"}
@@ -538,7 +580,7 @@ def differences_figure(res: StudyResults, rows: list[tuple[str, dict[str, Any] |
     ax.set_yticks(range(len(rows), 0, -1), [label for label, _ in rows], fontsize=7.5)
     ax.set_xlabel("difference in exact match (percentage points)\n95% bootstrap interval over test prompts and seeds"
                   + ("\nan arrow at ±100: the interval goes on past it" if clipped else ""))
-    tasks = [t for t in TASKS if any(label.startswith(TASK_LABELS[t] + ":") for label, _ in rows)]
+    tasks = [t for t in res.scale.tasks if any(label.startswith(TASK_LABELS[t] + ":") for label, _ in rows)]
     on = f" on {', '.join(TASK_LABELS[t] for t in tasks)}" if tasks else ""
     ax.set_title(f"Paired differences between models{on}, at L = {res.scale.ft_len}\n(each row: task: model vs "
                  "model; green: above 0; red: below; gray: 0 inside)", fontsize=10)
@@ -600,8 +642,8 @@ def render_report(res: StudyResults) -> str:
             f"Paired differences in exact match at L = {L} (points, 95% CI); *shown* when the interval is above 0, "
             f"*ruled out* when it excludes a gain of {RULE_OUT_POINTS:g} points or more; *not learned*: neither model "
             "clears the majority answer and chance by 5 points, so the comparison cannot tell.", "",
-            "| comparison | " + " | ".join(TASK_LABELS[t] for t in TASKS) + " |",
-            "|---|" + "---|" * len(TASKS)]
+            "| comparison | " + " | ".join(TASK_LABELS[t] for t in res.scale.tasks) + " |",
+            "|---|" + "---|" * len(res.scale.tasks)]
     words = {REPRODUCED: "shown", NOT_REPRODUCED: "ruled out", INCONCLUSIVE: "inconclusive"}
     for question in dict.fromkeys(q for q, *_ in ctrl):
         cells = [f"{_ci(c)} {words[v]}" + (" (not learned)" if floor else "") for q, t, c, v, floor in ctrl
@@ -631,36 +673,37 @@ def render_report(res: StudyResults) -> str:
 
     # 2. task accuracy
     out += [f"## 2. Task accuracy after fine-tuning at L = {L} (exact match %)", "",
-            f"One fine-tune per model on a mixture of the four tasks ({sc.ft_steps} steps, batch {sc.ft_batch}, shares "
-            f"{':'.join(map(str, sc.ft_weights))} of {', '.join(TASK_LABELS[t] for t in TASKS)}, lr {sc.ft_lr:g} with "
-            f"cosine decay to {sc.ft_min_lr_ratio:g}x, {sc.difficulty} difficulty): every task sees the same fine-tuning "
-            "examples in every model, and one run per model costs a quarter of four. Evaluated on "
+            f"One fine-tune per model on a mixture of the {_count(sc.tasks)} tasks ({sc.ft_steps} steps, batch "
+            f"{sc.ft_batch}, shares {':'.join(map(str, sc.ft_weights))} of {', '.join(TASK_LABELS[t] for t in sc.tasks)}, "
+            f"lr {sc.ft_lr:g} with cosine decay to {sc.ft_min_lr_ratio:g}x, {sc.difficulty} difficulty): every task sees "
+            f"the same fine-tuning examples in every model, and one run per model costs a {_fraction(sc.tasks)} of "
+            f"{_count(sc.tasks)}.{_left_out(sc)} Evaluated on "
             f"{sc.eval_n} test prompts of 0.75 L to L tokens per task. Paper: fine-tuned and evaluated at 512 (its Fig. 1). "
             "*majority*: always answering the most common answer of the test prompts; *chance*: a uniform guess among "
             "the answers the question allows.", "",
-            "| model | " + " | ".join(f"{TASK_LABELS[t]} ours | paper" for t in TASKS) + " |",
-            "|---|" + "---|---|" * len(TASKS)]
+            "| model | " + " | ".join(f"{TASK_LABELS[t]} ours | paper" for t in res.scale.tasks) + " |",
+            "|---|" + "---|---|" * len(res.scale.tasks)]
     for m, ms in models.items():
         for variant in ("prompts", "no_meta") if ms.meta else ("prompts",):
             cells = []
-            for t in TASKS:
+            for t in res.scale.tasks:
                 cells.append(_pct([(cell(res, s, m, t, str(L), variant) or {}).get("exact_match") for s in res.seed_list]))
                 cells.append(_paper(PAPER_ACCURACY[t].get(m)) if variant == "prompts" and m in PAPER_MODELS else "—")
             label = ms.label + (" — meta-tokens removed from the test prompts" if variant == "no_meta" else "")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     for which in ("majority", "chance"):
         cells = []
-        for t in TASKS:
+        for t in res.scale.tasks:
             v = baseline(res, t, str(L), which)
             cells += ["n/a" if v is None else f"{100 * v:.1f}", "—"]
         out.append(f"| *{which} answer* | " + " | ".join(cells) + " |")
     out += ["", "Token accuracy (answer tokens right under teacher forcing, %) and answer loss (nats per answer token) "
             "separate models that tie on exact match:", "",
-            "| model | " + " | ".join(f"{TASK_LABELS[t]} token acc. / loss" for t in TASKS) + " |",
-            "|---|" + "---|" * len(TASKS)]
+            "| model | " + " | ".join(f"{TASK_LABELS[t]} token acc. / loss" for t in res.scale.tasks) + " |",
+            "|---|" + "---|" * len(res.scale.tasks)]
     for m, ms in models.items():
         cells = []
-        for t in TASKS:
+        for t in res.scale.tasks:
             vals = [cell(res, s, m, t, str(L)) or {} for s in res.seed_list]
             cells.append(f"{_pct([v.get('token_accuracy') for v in vals])} / {_num([v.get('answer_loss') for v in vals])}")
         out.append(f"| {ms.label} | " + " | ".join(cells) + " |")
@@ -674,7 +717,7 @@ def render_report(res: StudyResults) -> str:
             + ".", "",
             "| model | task | L | 2L | 2L - L | 4L + YaRN | paper gain at 2x |", "|---|---|---|---|---|---|---|"]
     for m, ms in models.items():
-        for t in TASKS:
+        for t in res.scale.tasks:
             accs = {k: [(cell(res, s, m, t, k) or {}).get("exact_match") for s in res.seed_list]
                     for k in (str(L), str(2 * L), f"{4 * L}+yarn")}
             diffs = [None if a is None or b is None else b - a for a, b in zip(accs[str(L)], accs[str(2 * L)])]
@@ -692,12 +735,12 @@ def render_report(res: StudyResults) -> str:
     for a, b in (("meta-ape", "gpt2"), ("meta-rope", "gpt2"), ("meta-rope", "gpt2-rope"), ("meta-rope", "gpt2-rope-wide")):
         if a not in models or b not in models:
             continue
-        for t in TASKS:
+        for t in res.scale.tasks:
             cells = [_ci(compare(res, (a, t, k, "prompts"), (b, t, k, "prompts")))
                      for k in (str(L), str(2 * L), f"{4 * L}+yarn")]
             out.append(f"| {models[a].label} vs {models[b].label} | {TASK_LABELS[t]} | " + " | ".join(cells) + " |")
     out.append("")
-    out += [accuracy_figure(res, t) for t in TASKS] + [""]
+    out += [accuracy_figure(res, t) for t in res.scale.tasks] + [""]
 
     # 4. ablations
     out += [f"## 4. Ablations at meta positions, at L = {L} (exact match %)", "",
@@ -709,7 +752,7 @@ def render_report(res: StudyResults) -> str:
     for m in PAPER_MODELS:
         if not res.has(f"ablate-{m}"):
             continue
-        for t in TASKS:
+        for t in res.scale.tasks:
             rows = [res.result(s, f"ablate-{m}")[t] for s in res.seed_list]
             out.append(f"| {models[m].label} | {TASK_LABELS[t]} | "
                        + " | ".join(_pct([row[v]["exact_match"] for row in rows]) for v in variants) + " | "
