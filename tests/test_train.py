@@ -530,3 +530,37 @@ def test_one_process_at_a_time_per_run_folder(corpus, tmp_path):
     summary = run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), run, progress=False)
     assert summary["step"] == 2 and sorted(losses(run)) == [1, 2]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "run.json", "tokenizer.json"]
+
+
+def test_a_run_that_fails_mid_way_keeps_its_log_and_one_that_fails_at_once_leaves_nothing(corpus, tmp_path, monkeypatch):
+    """A new run that dies before its first checkpoint used to lose everything, its metrics.jsonl too (a
+    fine-tune stopped at step 2,100 by a task error left no trace). Now the log of the steps it trained is
+    kept, and a new run in the same folder replaces it; a run that fails before any step still leaves nothing."""
+    from metatokens import train
+
+    real_write = train.MetricLog.write
+
+    def write_then_fail(self, row):
+        real_write(self, row)
+        if row.get("step") == 3 and "train_loss" in row:
+            raise RuntimeError("boom at step 3")
+
+    monkeypatch.setattr(train.MetricLog, "write", write_then_fail)
+    run = tmp_path / "run"
+    cfg = toy_cfg(corpus, tmp_path / "c", "train.max_steps=6", "train.ckpt_interval=0")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_pretrain(cfg, run, progress=False)
+    assert sorted(losses(run)) == [1, 2, 3] and (run / "run.json").is_file()
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+    monkeypatch.setattr(train.MetricLog, "write", real_write)
+    summary = run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=2"), run, progress=False)
+    assert summary["step"] == 2 and sorted(losses(run)) == [1, 2]  # the new run's log, not the old one's
+
+    def fail_at_once(self, row):
+        raise RuntimeError("boom at the first row")
+
+    monkeypatch.setattr(train.MetricLog, "write", fail_at_once)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError, match="boom"):
+        run_pretrain(toy_cfg(corpus, tmp_path / "c", "train.max_steps=6", "train.ckpt_interval=0"), fresh, progress=False)
+    assert not fresh.exists()

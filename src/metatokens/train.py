@@ -506,13 +506,15 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
 
 
 def abandon_run_dir(run_dir: Path) -> None:
-    """Undo a new run that failed before its first checkpoint: remove the run files this process wrote
-    (only names of RUN_FILES that were not there when it locked the folder), and the folder (and parents)
-    when this process made it. A resumed run, or one with a checkpoint, is left as it is. Releases the lock."""
+    """Undo a new run that failed before it trained: remove the run files this process wrote (only names of
+    RUN_FILES that were not there when it locked the folder), and the folder (and parents) when this
+    process made it. A resumed run, one with a checkpoint, or one that logged a training step (its
+    metrics.jsonl is the record of what happened; a new run in the folder replaces it) is left as it is.
+    Releases the lock."""
     run_dir = Path(run_dir)
     claim = _CLAIMS.get(run_dir.resolve())
     try:
-        keep = claim is None or not claim.new or latest_checkpoint(run_dir) is not None
+        keep = claim is None or not claim.new or latest_checkpoint(run_dir) is not None or _logged_training(run_dir)
     except CheckpointError:
         keep = True
     if not keep:
@@ -525,6 +527,15 @@ def abandon_run_dir(run_dir: Path) -> None:
     release_run_dir(run_dir)
     if not keep:
         _remove_empty(claim.created)
+
+
+def _logged_training(run_dir: Path) -> bool:
+    """Whether metrics.jsonl holds a training step's row (a run that failed mid-way, not at its start)."""
+    try:
+        with open(run_dir / "metrics.jsonl", encoding="utf-8", errors="replace") as fh:
+            return any('"train_loss"' in line for line in fh)
+    except OSError:
+        return False
 
 
 def _remove_empty(folders: tuple[Path, ...]) -> None:
