@@ -580,7 +580,7 @@ def differences_figure(res: StudyResults, rows: list[tuple[str, dict[str, Any] |
     ax.set_yticks(range(len(rows), 0, -1), [label for label, _ in rows], fontsize=7.5)
     ax.set_xlabel("difference in exact match (percentage points)\n95% bootstrap interval over test prompts and seeds"
                   + ("\nan arrow at ±100: the interval goes on past it" if clipped else ""))
-    tasks = [t for t in res.scale.tasks if any(label.startswith(TASK_LABELS[t] + ":") for label, _ in rows)]
+    tasks = [t for t in TASKS if any(label.startswith(TASK_LABELS[t] + ":") for label, _ in rows)]
     on = f" on {', '.join(TASK_LABELS[t] for t in tasks)}" if tasks else ""
     ax.set_title(f"Paired differences between models{on}, at L = {res.scale.ft_len}\n(each row: task: model vs "
                  "model; green: above 0; red: below; gray: 0 inside)", fontsize=10)
