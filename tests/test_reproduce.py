@@ -412,3 +412,14 @@ def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings
         assert mine[0] == f"seed{seed}/finetune-{first_scratch}"
         assert mine[1:] == [f"seed{seed}/{s.name}" for s in pipe.plan(seed) if s.name != f"finetune-{first_scratch}"]
     assert sorted(order) == sorted(f"seed{s.seed}/{s.name}" for _, s in todo)
+
+
+def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
+    """Seed 1 of the tiny study had no meta-token pair 65+ positions apart (NaN in that bin): the near-minus-far
+    contrast uses the farthest bin both measured instead of dropping the seed (hand computation)."""
+    from metatokens.study.report import near_minus_far
+
+    meta, ctrl = [0.1, 0.0, -0.2, float("nan")], [0.4, 0.3, 0.2, 0.1]
+    assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
+    assert near_minus_far([0.5, 0.1], [0.2, 0.2]) == pytest.approx(0.4)
+    assert near_minus_far([0.5, float("nan")], [0.2, 0.2]) is None

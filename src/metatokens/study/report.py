@@ -207,6 +207,18 @@ def _size_note(c: dict[str, Any] | None, v: str, paper_points: float) -> str:
     return ""
 
 
+def near_minus_far(meta: list[float], ctrl: list[float]) -> float | None:
+    """(near minus far cosine) of meta-token queries minus that of text queries, near and far being the
+    nearest and farthest distance bins measured for both (a seed whose meta-tokens never sit 65+
+    positions apart has no value in that bin: it is skipped, not allowed to void the seed)."""
+    both = [i for i, (a, b) in enumerate(zip(meta, ctrl)) if a is not None and b is not None
+            and math.isfinite(a) and math.isfinite(b)]
+    if len(both) < 2:
+        return None
+    near, far = both[0], both[-1]
+    return (meta[near] - meta[far]) - (ctrl[near] - ctrl[far])
+
+
 def _gain_note(res: StudyResults, m: str, c: dict[str, Any] | None, short: str, long: str) -> str:
     """For an L-to-2L contrast whose interval lies below 0: say that it is contrary, and what a baseline
     that has little to lose does to it (a model at the floor at L cannot drop much)."""
@@ -292,8 +304,7 @@ def findings(res: StudyResults) -> list[Finding]:
         vals = []
         for s in res.seed_list:
             r = res.result(s, "analyze-residual")
-            meta, ctrl = r["cosine_meta_binned"][-1], r["cosine_control_binned"][-1]
-            vals.append((meta[0] - meta[-1]) - (ctrl[0] - ctrl[-1]))
+            vals.append(near_minus_far(r["cosine_meta_binned"][-1], r["cosine_control_binned"][-1]))
         c = per_seed_interval(vals, None)
         v = INCONCLUSIVE if c is None or c["ci95"] is None else verdict(c["ci95"], rule_out=0.0)
         note = ("one value per seed: an interval needs two seeds or more" if c and c["ci95"] is None else
