@@ -23,6 +23,6 @@ metatokens finetune "${common[@]}" "${mix[@]}" --max-len 120 --steps 5000 \
 metatokens finetune "${common[@]}" "${mix[@]}" --max-len 96 --steps 5200 \
   --task list_recall,copying --task-weights 5,2 --out "$OUT/mixture-L96-5-2" &
 wait
-metatokens plot docs/results/list_recall_probe/seed0-meta "$OUT/list-recall-batch8-4000" "$OUT/list-recall-batch16-2500" \
-  --metric exact_match --names "batch 16 4000 steps (list_recall_probe),batch 8 4000 steps,batch 16 2500 steps" \
-  --out "$OUT/list-recall-batch-and-schedule.png"
+# the figure reads the copies kept beside this file (run.json, metrics.jsonl; the tiny preset's tokenizer.json in
+# list-recall-batch8-4000/): copy a new run's files there first
+python docs/results/recipe_probe/plot.py
