@@ -110,7 +110,7 @@ class Scale:
     tasks_note: str = ""  # why this scale leaves tasks out (said in the report)
 
     def __post_init__(self) -> None:
-        if not self.tasks or any(t not in TASKS for t in self.tasks) or list(self.tasks) != [t for t in TASKS if t in self.tasks]:
+        if not self.tasks or list(self.tasks) != [t for t in TASKS if t in self.tasks]:  # unknown, repeated, reordered
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, in that order, got {self.tasks}")
         if len(self.ft_weights) != len(self.tasks):
             raise ValueError(f"{len(self.ft_weights)} ft_weights for {len(self.tasks)} tasks")

@@ -427,7 +427,7 @@ class Pipeline:
         info = json.loads((run / "run.json").read_text())
         rows = _metrics(run)
         curves = {task: [[r["step"], r[f"val_exact_match/{task}"], r[f"val_token_accuracy/{task}"], r[f"val_loss/{task}"]]
-                         for r in rows if f"val_exact_match/{task}" in r] for task in self.scale.tasks}
+                         for r in rows if f"val_exact_match/{task}" in r] for task in sc.tasks}
         return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
                 "step": summary.get("step"), "curves": curves,
                 "train_curve": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r]}

@@ -653,8 +653,8 @@ def render_report(res: StudyResults) -> str:
             f"Paired differences in exact match at L = {L} (points, 95% CI); *shown* when the interval is above 0, "
             f"*ruled out* when it excludes a gain of {RULE_OUT_POINTS:g} points or more; *not learned*: neither model "
             "clears the majority answer and chance by 5 points, so the comparison cannot tell.", "",
-            "| comparison | " + " | ".join(TASK_LABELS[t] for t in res.scale.tasks) + " |",
-            "|---|" + "---|" * len(res.scale.tasks)]
+            "| comparison | " + " | ".join(TASK_LABELS[t] for t in sc.tasks) + " |",
+            "|---|" + "---|" * len(sc.tasks)]
     words = {REPRODUCED: "shown", NOT_REPRODUCED: "ruled out", INCONCLUSIVE: "inconclusive"}
     for question in dict.fromkeys(q for q, *_ in ctrl):
         cells = [f"{_ci(c)} {words[v]}" + (" (not learned)" if floor else "") for q, t, c, v, floor in ctrl
@@ -692,29 +692,29 @@ def render_report(res: StudyResults) -> str:
             f"{sc.eval_n} test prompts of 0.75 L to L tokens per task. Paper: fine-tuned and evaluated at 512 (its Fig. 1). "
             "*majority*: always answering the most common answer of the test prompts; *chance*: a uniform guess among "
             "the answers the question allows.", "",
-            "| model | " + " | ".join(f"{TASK_LABELS[t]} ours | paper" for t in res.scale.tasks) + " |",
-            "|---|" + "---|---|" * len(res.scale.tasks)]
+            "| model | " + " | ".join(f"{TASK_LABELS[t]} ours | paper" for t in sc.tasks) + " |",
+            "|---|" + "---|---|" * len(sc.tasks)]
     for m, ms in models.items():
         for variant in ("prompts", "no_meta") if ms.meta else ("prompts",):
             cells = []
-            for t in res.scale.tasks:
+            for t in sc.tasks:
                 cells.append(_pct([(cell(res, s, m, t, str(L), variant) or {}).get("exact_match") for s in res.seed_list]))
                 cells.append(_paper(PAPER_ACCURACY[t].get(m)) if variant == "prompts" and m in PAPER_MODELS else "—")
             label = ms.label + (" — meta-tokens removed from the test prompts" if variant == "no_meta" else "")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     for which in ("majority", "chance"):
         cells = []
-        for t in res.scale.tasks:
+        for t in sc.tasks:
             v = baseline(res, t, str(L), which)
             cells += ["n/a" if v is None else f"{100 * v:.1f}", "—"]
         out.append(f"| *{which} answer* | " + " | ".join(cells) + " |")
     out += ["", "Token accuracy (answer tokens right under teacher forcing, %) and answer loss (nats per answer token) "
             "separate models that tie on exact match:", "",
-            "| model | " + " | ".join(f"{TASK_LABELS[t]} token acc. / loss" for t in res.scale.tasks) + " |",
-            "|---|" + "---|" * len(res.scale.tasks)]
+            "| model | " + " | ".join(f"{TASK_LABELS[t]} token acc. / loss" for t in sc.tasks) + " |",
+            "|---|" + "---|" * len(sc.tasks)]
     for m, ms in models.items():
         cells = []
-        for t in res.scale.tasks:
+        for t in sc.tasks:
             vals = [cell(res, s, m, t, str(L)) or {} for s in res.seed_list]
             cells.append(f"{_pct([v.get('token_accuracy') for v in vals])} / {_num([v.get('answer_loss') for v in vals])}")
         out.append(f"| {ms.label} | " + " | ".join(cells) + " |")
@@ -728,7 +728,7 @@ def render_report(res: StudyResults) -> str:
             + ".", "",
             "| model | task | L | 2L | 2L - L | 4L + YaRN | paper gain at 2x |", "|---|---|---|---|---|---|---|"]
     for m, ms in models.items():
-        for t in res.scale.tasks:
+        for t in sc.tasks:
             accs = {k: [(cell(res, s, m, t, k) or {}).get("exact_match") for s in res.seed_list]
                     for k in (str(L), str(2 * L), f"{4 * L}+yarn")}
             diffs = [None if a is None or b is None else b - a for a, b in zip(accs[str(L)], accs[str(2 * L)])]
@@ -746,12 +746,12 @@ def render_report(res: StudyResults) -> str:
     for a, b in (("meta-ape", "gpt2"), ("meta-rope", "gpt2"), ("meta-rope", "gpt2-rope"), ("meta-rope", "gpt2-rope-wide")):
         if a not in models or b not in models:
             continue
-        for t in res.scale.tasks:
+        for t in sc.tasks:
             cells = [_ci(compare(res, (a, t, k, "prompts"), (b, t, k, "prompts")))
                      for k in (str(L), str(2 * L), f"{4 * L}+yarn")]
             out.append(f"| {models[a].label} vs {models[b].label} | {TASK_LABELS[t]} | " + " | ".join(cells) + " |")
     out.append("")
-    out += [accuracy_figure(res, t) for t in res.scale.tasks] + [""]
+    out += [accuracy_figure(res, t) for t in sc.tasks] + [""]
 
     # 4. ablations
     out += [f"## 4. Ablations at meta positions, at L = {L} (exact match %)", "",
@@ -763,7 +763,7 @@ def render_report(res: StudyResults) -> str:
     for m in PAPER_MODELS:
         if not res.has(f"ablate-{m}"):
             continue
-        for t in res.scale.tasks:
+        for t in sc.tasks:
             rows = [res.result(s, f"ablate-{m}")[t] for s in res.seed_list]
             out.append(f"| {models[m].label} | {TASK_LABELS[t]} | "
                        + " | ".join(_pct([row[v]["exact_match"] for row in rows]) for v in variants) + " | "
