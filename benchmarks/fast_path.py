@@ -16,10 +16,14 @@ the largest |loss - eager fp32 loss| over those steps (what "same loss curve" me
     python benchmarks/fast_path.py --device cuda --shapes gpt2-small:8x1024 --variants fp32,bf16,compiled+bf16
     python benchmarks/fast_path.py --finetune --threads 1 --clock cpu --curve 20
 
---finetune times the tiny study's fine-tuning step instead: real rows of the 3:1:1:3 task mixture
-at L = 120 (batch 16, the built-in BPE of 2,048 ids), where only the answer tokens are scored, and
-compares the LM head over every position (``logits=True``) with the head at the scored positions
-only (``logits=False``, what the training loop calls), eager and compiled.
+--finetune times the tiny study's fine-tuning step instead: real rows of the task mixture that
+`metatokens reproduce --scale tiny` fine-tunes on (its tasks, shares, L and batch, read from
+`metatokens.study.design.SCALES["tiny"]`; the built-in BPE of 2,048 ids), where only the answer
+tokens are scored, and compares the LM head over every position (``logits=True``) with the head
+at the scored positions only (``logits=False``, what the training loop calls), eager and compiled
+(and compiled with dynamic shapes from the first step: a batch's width is its longest row, so it
+changes from batch to batch, and the default compile specialises on the first width and then
+recompiles).
 """
 
 from __future__ import annotations
@@ -52,9 +56,10 @@ def device_peak(args, device) -> float | None:
     return next((v * 1e12 for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
 
 
-def make_step(model, compiled: bool, dtype: str, batches, device, **forward_kw):
-    """A closure that runs one optimiser step on the next batch; returns (step, losses list)."""
-    run = torch.compile(model) if compiled else model
+def make_step(model, compiled: bool | str, dtype: str, batches, device, **forward_kw):
+    """A closure that runs one optimiser step on the next batch; returns (step, losses list).
+    compiled="dynamic": torch.compile(dynamic=True), symbolic shapes from the first call."""
+    run = torch.compile(model, dynamic=True if compiled == "dynamic" else None) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
     ctx = (lambda: torch.autocast(device.type, dtype=DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
     state = {"i": 0}
@@ -74,27 +79,32 @@ def make_step(model, compiled: bool, dtype: str, batches, device, **forward_kw):
     return step, losses
 
 
-def finetune_batches(n: int, batch: int, seed: int = 0):
-    """n micro-batches of the tiny study's fine-tuning mixture, as train_loop receives them."""
+def finetune_batches(n: int, seed: int = 0):
+    """n micro-batches of the tiny study's fine-tuning mixture, as train_loop receives them, and a
+    line naming that mixture."""
     from metatokens.data import builtin_documents
     from metatokens.finetune import TaskBatches, TaskSpec, plan_phases
+    from metatokens.study.design import SCALES
     from metatokens.tokenizer import MetaTokenizer
 
+    sc = SCALES["tiny"]
     tok = MetaTokenizer.train(list(builtin_documents()), 2048)
-    tasks = ["list_recall", "segment_counting", "parity", "copying"]
-    spec = TaskSpec(task=",".join(tasks), max_len=120)
-    plans = [plan_phases(spec, tok, True, task) for task in tasks]
-    src = TaskBatches(tasks, tok, plans, batch_size=batch, seed=seed, meta=True, total_batches=n, weights=[3, 1, 1, 3])
-    return [src.next_batch() for _ in range(n)], tok
+    spec = TaskSpec(task=",".join(sc.tasks), max_len=sc.ft_len)
+    plans = [plan_phases(spec, tok, True, task) for task in sc.tasks]
+    src = TaskBatches(list(sc.tasks), tok, plans, batch_size=sc.ft_batch, seed=seed, meta=True, total_batches=n,
+                      weights=list(sc.ft_weights))
+    mix = ":".join(map(str, sc.ft_weights)) + f" {', '.join(sc.tasks)} at L = {sc.ft_len}"
+    return [src.next_batch() for _ in range(n)], tok, mix
 
 
 def finetune_main(args, device) -> None:
-    batches, tok = finetune_batches(8, 16)
+    batches, tok, mix = finetune_batches(8)
     scored = sum(int((y != -100).sum()) for _, y in batches) / sum(y.numel() for _, y in batches)
     R = args.repeats or 9
     fns, first, curves = {}, {}, {}
     variants = {"eager, full head": (False, True), "eager, scored head": (False, False),
-                "compiled, full head": (True, True), "compiled, scored head": (True, False)}
+                "compiled, full head": (True, True), "compiled, scored head": (True, False),
+                "compiled dynamic, scored head": ("dynamic", False)}
     for meta in (True, False):
         base = build("tiny", meta, device, vocab_size=len(tok), block_size=256, pos_encoding="rope").train()
         for name, (compiled, full) in variants.items():
@@ -124,8 +134,8 @@ def finetune_main(args, device) -> None:
         rows.append([name, f"{median(m) * 1e3:.0f}", f"{tok_step / median(m):,.0f}",
                      f"**{median_ratio(t['eager, full head meta'], m):.2f}x**", f"{median_ratio(m, pl):.3f}",
                      f"{first[(name, True)]:.0f} / {first[(name, False)]:.0f}", *([gap] if args.curve else [])])
-    print(f"\n# fine-tuning rows: {tok_step:.0f} tokens per micro-batch of 16, {100 * scored:.1f}% of the targets scored; "
-          f"repeats {R}")
+    print(f"\n# fine-tuning rows ({mix}): {tok_step:.0f} tokens per micro-batch of {batches[0][0].size(0)}, "
+          f"{100 * scored:.1f}% of the targets scored; repeats {R}")
     print(table(rows, ["variant", "meta ms/step", "meta tok/s", "speed-up vs eager full head", "meta / plain",
                        "first 8 steps s (meta / plain)", *([f"max loss gap over {args.curve} steps"] if args.curve else [])]))
 
