@@ -423,3 +423,18 @@ def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
     assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
     assert near_minus_far([0.5, 0.1], [0.2, 0.2]) == pytest.approx(0.4)
     assert near_minus_far([0.5, float("nan")], [0.2, 0.2]) is None
+
+
+def test_a_figure_copied_from_one_seed_says_which_when_the_report_holds_several(study):
+    """Ablation, entropy, residual and rate-distortion figures are drawn by one seed's stage while the
+    report (its ablation table, for one) covers every seed: with two seeds each figure says, visibly,
+    that it is seed 0's; with one seed nothing is added."""
+    res = _hand_made(study)
+    one = render_report(res)
+    assert "figure above is seed" not in one
+    res.seeds[1] = copy.deepcopy(res.seeds[0])
+    res.requested_seeds = 2
+    two = render_report(res)
+    alts = re.findall(r"!\[([^\]]*)\]\(figures/(?:ablate|analyze)-[^)]+\)", two)
+    assert len(alts) == 4 and all(a.endswith(", seed 0") for a in alts)
+    assert two.count("*The figure above is seed 0's, one of 2.*") == 4

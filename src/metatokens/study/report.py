@@ -407,7 +407,10 @@ def _figure(res: StudyResults, rel: str, alt: str) -> str:
         shutil.copyfile(src, dst)
     if not dst.is_file():
         return f"*({alt}: figure missing)*"
-    return f"![{alt}](figures/{dst.name})"
+    if len(res.seeds) == 1:
+        return f"![{alt}](figures/{dst.name})"
+    # the figure is one seed's in a report of several, and says so where a reader sees it
+    return f"![{alt}, seed {first}](figures/{dst.name})\n\n*The figure above is seed {first}'s, one of {len(res.seeds)}.*"
 
 
 def _colors(n: int):
