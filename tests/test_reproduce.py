@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -435,6 +436,32 @@ def test_a_figure_copied_from_one_seed_says_which_when_the_report_holds_several(
     res.seeds[1] = copy.deepcopy(res.seeds[0])
     res.requested_seeds = 2
     two = render_report(res)
-    alts = re.findall(r"!\[([^\]]*)\]\(figures/(?:ablate|analyze)-[^)]+\)", two)
+    alts = re.findall(r"!\[([^\]]*)\]\(figures/seed0-(?:ablate|analyze)-[^)]+\)", two)
     assert len(alts) == 4 and all(a.endswith(", seed 0") for a in alts)
     assert two.count("*The figure above is seed 0's, one of 2.*") == 4
+
+
+def test_a_seed_reused_without_its_figures_passes_them_to_the_next_seed(study, tmp_path):
+    """Seed 0's stage results reused from elsewhere (stage.json only, as committed): the ablation and analysis
+    figures come from seed 1's stages, are named and captioned as seed 1's, and a later re-render from
+    stage.json alone (the stage folders' figures gone) still finds those copies."""
+    src_out = study[0]
+    res = _hand_made(study)
+    res.seeds[1] = copy.deepcopy(res.seeds[0])
+    res.requested_seeds = 2
+    res.out = tmp_path
+    rels = ["ablate-meta-rope/ablate.png", "analyze-entropy/entropy.png", "analyze-residual/residual.png",
+            "analyze-rate-distortion/rate_distortion.png"]
+    for rel in rels:
+        (tmp_path / "stages" / "seed1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_out / "stages" / "seed0" / rel, tmp_path / "stages" / "seed1" / rel)
+    (tmp_path / "stages" / "seed0").mkdir(parents=True)
+    text = render_report(res)
+    linked = re.findall(r"!\[([^\]]*)\]\(figures/([^)]+)\)", text)
+    mine = [(alt, name) for alt, name in linked if "ablate" in name or "analyze" in name]
+    assert sorted(name for _, name in mine) == sorted("seed1-" + rel.replace("/", "-") for rel in rels)
+    assert all(alt.endswith(", seed 1") for alt, _ in mine)
+    assert text.count("*The figure above is seed 1's, one of 2.*") == 4 and "missing" not in text
+    shutil.rmtree(tmp_path / "stages" / "seed1")
+    again = render_report(res)
+    assert re.sub(r"written [^.]*\.", "", again) == re.sub(r"written [^.]*\.", "", text)

@@ -397,20 +397,26 @@ def _floor_note(res: StudyResults, task: str, models: list[str], key: str) -> st
 
 
 def _figure(res: StudyResults, rel: str, alt: str) -> str:
-    """Copy a stage's figure (seed 0) into OUT/figures and link it; an earlier copy is kept when the
-    stage folder holds only its stage.json (a committed study)."""
-    first = res.seed_list[0]
-    src = res.out / "stages" / f"seed{first}" / rel
-    dst = res.out / "figures" / rel.replace("/", "-")
-    if src.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-    if not dst.is_file():
+    """Link one seed's figure of a stage (ablation, an analysis), copied into OUT/figures as seedS-<stage>-<name>.
+    The first seed, in seed order, whose stage folder holds the figure or whose earlier copy is in OUT/figures
+    gives it: a committed study keeps only stage.json in its stage folders, and a seed reused from elsewhere
+    (stage results without their figures) passes the figure to the next seed. The caption names the seed when
+    the report holds several."""
+    name = rel.replace("/", "-")
+    for seed in res.seed_list:
+        src = res.out / "stages" / f"seed{seed}" / rel
+        dst = res.out / "figures" / f"seed{seed}-{name}"
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        if dst.is_file():
+            break
+    else:
         return f"*({alt}: figure missing)*"
     if len(res.seeds) == 1:
         return f"![{alt}](figures/{dst.name})"
     # the figure is one seed's in a report of several, and says so where a reader sees it
-    return f"![{alt}, seed {first}](figures/{dst.name})\n\n*The figure above is seed {first}'s, one of {len(res.seeds)}.*"
+    return f"![{alt}, seed {seed}](figures/{dst.name})\n\n*The figure above is seed {seed}'s, one of {len(res.seeds)}.*"
 
 
 def _colors(n: int):
