@@ -1,9 +1,10 @@
 """Paired differences on the same 100 test prompts at L = 96: lr 3e-3 against the study's own runs
-(docs/results/reproduce_tiny, lr 2e-3), with a bootstrap 95% interval over the prompts.
+at lr 2e-3 (docs/results/reproduce_tiny_2026-12-06), with a bootstrap 95% interval over the prompts.
 
 Two kinds of lr-3e-3 runs are compared: the two fine-tunes that missed List Recall's jump in the
 study, re-run alone (<run>/eval/<task>.json), and the whole of seed 0 re-run at lr 3e-3 by
-`metatokens reproduce` (its stage results in study-seed0/stages/seed0/).
+`metatokens reproduce` (its stage results became the current study's seed 0:
+docs/results/reproduce_tiny/stages/seed0/).
 
     python docs/results/lr_probe/compare.py [FOLDER]   # FOLDER holds <run>/eval/<task>.json (default: beside this file)
 """
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-STUDY = HERE.parent / "reproduce_tiny" / "stages"
-PROBE_STUDY = HERE / "study-seed0" / "stages" / "seed0"
+STUDY = HERE.parent / "reproduce_tiny_2026-12-06" / "stages"  # the study at lr 2e-3
+PROBE_STUDY = HERE.parent / "reproduce_tiny" / "stages" / "seed0"  # the whole of seed 0 at lr 3e-3, now the study's
 RUNS = [("seed2-meta-rope-lr3e-3", 2, "meta-rope"), ("seed1-scratch-meta-lr3e-3", 1, "scratch-meta")]
 SEED0_MODELS = ["meta-rope", "meta-ape", "scratch-meta", "gpt2", "gpt2-rope", "gpt2-rope-wide", "scratch-plain"]
 TASKS = ("list_recall", "copying")

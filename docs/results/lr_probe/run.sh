@@ -28,8 +28,8 @@ for pair in "seed2-meta-rope-lr3e-3 2" "seed1-scratch-meta-lr3e-3 1"; do
   done
 done
 python docs/results/lr_probe/compare.py "$OUT"
-# The whole of seed 0 at lr 3e-3 (study-seed0/: stage.json of every stage and seed.json, no checkpoints): set
-# ft_lr=3e-3 in the tiny Scale of src/metatokens/study/design.py, copy the study's seed-0 pre-training stages
+# The whole of seed 0 at lr 3e-3 (stage.json of every stage and seed.json, no checkpoints; since 2026-12-06 the
+# current study's seed 0, docs/results/reproduce_tiny/stages/seed0/): set ft_lr=3e-3 in the tiny Scale of
+# src/metatokens/study/design.py (now the default), copy the lr-2e-3 study's seed-0 pre-training stages
 # (runs/report-tiny/stages/seed0/pretrain-*, their settings are unchanged) into a new folder, then run
 #   metatokens reproduce --scale tiny --seeds 3 --seed 0 --out runs/report-tiny-lr3e-3
-# and copy its stages/seed0/*/stage.json and seed.json to study-seed0/stages/seed0/.
