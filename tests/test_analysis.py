@@ -483,6 +483,25 @@ def test_residual_figure_is_not_a_strip_and_its_layers_and_band_are_labelled(mon
     assert any("standard deviation" in t for t in legend) and any("4 examples" in t for t in legend)
 
 
+def test_residual_heatmaps_share_a_colour_scale_that_holds_every_measured_cell(monkeypatch):
+    """The tiny study's seed-1 figure: the meta grid had a NaN bin (no pair 65+ apart) and values below
+    every control cell, and its panel came out one flat colour because the range ignored that grid."""
+    import metatokens.analysis.residual as residual
+
+    figures = capture_figures(monkeypatch, residual)
+    nan = float("nan")
+    meta = [[0.02, -0.05, nan], [0.03, 0.01, nan]]
+    control = [[0.6, 0.4, 0.2], [0.5, 0.3, 0.1]]
+    result = {"layers": [0, 1], "distance_bins": [[1, 1], [2, 2], [3, 4]],
+              "cosine_meta_binned": meta, "cosine_control_binned": control,
+              "logit_lens": {"answer_first_token_prob": {"mean": [0.1, 0.2], "std": [0.05, 0.1]}}}
+    residual.plot_residual(result, "unused.png")
+    (fig,) = figures
+    clims = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
+    for name in ("cosine similarity: meta-token queries", "cosine similarity: non-meta queries (control)"):
+        assert clims[name] == pytest.approx((-0.05, 0.6)), name
+
+
 def test_rate_distortion_beta_labels_do_not_overlap(monkeypatch):
     import metatokens.analysis.rate_distortion as rd
 

@@ -151,8 +151,11 @@ def plot_residual(result: dict[str, Any], path, title: str = "") -> None:
     layers = list(result["layers"])
     layer_ticks = ["0 (emb.)"] + [str(layer) for layer in layers[1:]]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.6))
-    lo = float(np.nanmin([meta.min(initial=1.0), control.min(initial=1.0)]))
-    hi = float(np.nanmax([meta.max(initial=0.0), control.max(initial=0.0)]))
+    # one colour scale for both panels, from every cell either measured (a bin a run had no pair for is NaN and
+    # must not hide the other cells of its grid from the range)
+    both = np.concatenate([meta.ravel(), control.ravel()])
+    both = both[np.isfinite(both)]
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
     diff = meta - control
     bound = float(np.nanmax(np.abs(diff))) if not np.isnan(diff).all() else 0.0
     for ax, grid, name, kw in (
