@@ -465,3 +465,22 @@ def test_a_seed_reused_without_its_figures_passes_them_to_the_next_seed(study, t
     shutil.rmtree(tmp_path / "stages" / "seed1")
     again = render_report(res)
     assert re.sub(r"written [^.]*\.", "", again) == re.sub(r"written [^.]*\.", "", text)
+
+
+def test_learning_curves_title_sits_just_above_the_panels(study, monkeypatch):
+    """The committed 3-seed figure had a blank band of about half an inch between its two-line title and
+    the panels (the title's room reserved twice: by the layout rectangle and by tight_layout, which lays out
+    the suptitle itself). Measured on the drawn figure: title bottom to the panels' titles' top."""
+    import metatokens.plotting as plotting
+    from metatokens.study.report import learning_curves_figure
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
+    learning_curves_figure(_hand_made(study))
+    (fig,) = figures
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    panels_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.get_title())
+    gap = (title_bottom - panels_top) / fig.dpi
+    assert 0 <= gap < 0.25, gap  # nothing overlaps, and no blank band

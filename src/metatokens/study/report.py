@@ -460,7 +460,7 @@ def learning_curves_figure(res: StudyResults) -> str:
     cols = 2 if len(tasks) == 4 else len(tasks)
     rows = math.ceil(len(tasks) / cols)
     legend_in, title_in = 0.6, 0.5  # inches kept below the panels for the legend, above them for the title
-    height = 3.5 * rows + legend_in + title_in
+    height = 3.5 * rows + legend_in + title_in  # the title's room is made by tight_layout, which lays out suptitle
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height), sharex=True, squeeze=False)
     L = str(res.scale.ft_len)
     for ax, task in zip(axes.ravel(), tasks):
@@ -484,7 +484,7 @@ def learning_curves_figure(res: StudyResults) -> str:
     seeds = f"mean over {len(res.seeds)} seeds" if len(res.seeds) > 1 else f"seed {res.seed_list[0]}"
     fig.suptitle(f"Learning curves of every model, one fine-tune each on the mixture of the {_count(tasks)} tasks at "
                  f"L = {L} ({seeds})\nheld-out prompts of the run, not the test prompts; dashed: controls", fontsize=10)
-    fig.tight_layout(rect=(0, legend_in / height, 1, 1 - title_in / height))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     path = save_figure(fig, res.out / "figures" / "learning-curves.png")
     return f"![Held-out exact match during fine-tuning, every model and task]({path.relative_to(res.out)})"
 
