@@ -12,7 +12,8 @@ import time
 import pytest
 
 from metatokens.data import corpora
-from metatokens.data.corpora import DataError, builtin_documents, corpus_fingerprint, iter_documents
+from metatokens.errors import DataError
+from metatokens.data.corpora import builtin_documents, corpus_fingerprint, iter_documents
 
 
 def docs(source, **options) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from metatokens.data.inject import MetaBlockLoader, inject_meta, meta_positions, num_meta, val_batches
 
 META = 1
-IGNORE = -100
+IGNORE_INDEX = -100
 
 
 def stream(length: int) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_every_row_has_exactly_m_meta_tokens_in_input_positions():
         assert x.shape == y.shape == (4, 64) and x.dtype == y.dtype == torch.int64
         assert ((x == META).sum(dim=1) == m).all()
         # The last target is always text: the final position is not eligible for meta tokens.
-        assert (y[:, -1] != IGNORE).all()
+        assert (y[:, -1] != IGNORE_INDEX).all()
 
 
 def expected_row(tokens: np.ndarray, row: int, n: int, k: float, seed: int) -> tuple[list[int], list[int]]:
@@ -72,7 +72,7 @@ def expected_row(tokens: np.ndarray, row: int, n: int, k: float, seed: int) -> t
     meta = set(meta_positions(n, k, seed, row).tolist())
     text = iter(tokens[row * (n - len(meta)) :].tolist())
     seq = [META if slot in meta else next(text) for slot in range(n + 1)]
-    return seq[:-1], [IGNORE if t == META else t for t in seq[1:]]
+    return seq[:-1], [IGNORE_INDEX if t == META else t for t in seq[1:]]
 
 
 def test_no_text_token_lost_or_repeated_and_targets_are_next_tokens():
@@ -106,7 +106,7 @@ def test_k_zero_is_plain_nanogpt_windows():
             start = (step * 2 + b) * 16
             assert x[b].tolist() == tokens[start : start + 16].tolist()
             assert y[b].tolist() == tokens[start + 1 : start + 17].tolist()
-        assert not (x == META).any() and not (y == IGNORE).any()
+        assert not (x == META).any() and not (y == IGNORE_INDEX).any()
 
 
 def test_same_seed_same_batches_other_seed_differs():

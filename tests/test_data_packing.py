@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from metatokens.data import packing
-from metatokens.data.corpora import DataError, builtin_documents
+from metatokens.errors import DataError
+from metatokens.data.corpora import builtin_documents
 from metatokens.data.packing import PackedData, prepare_data, token_dtype, tokenizer_hash, train_tokenizer_on
 from metatokens.tokenizer import MetaTokenizer
 

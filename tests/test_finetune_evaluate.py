@@ -12,8 +12,9 @@ from metatokens import cli
 from metatokens.checkpoint import save_pretrained
 from metatokens.model.config import ModelConfig
 from metatokens.evaluate import evaluate_task, score_examples, wilson_interval
-from metatokens.loading import EvaluationError, LoadedModel, load_model
-from metatokens.yarn import apply_yarn
+from metatokens.errors import EvaluationError
+from metatokens.loading import LoadedModel, load_model
+from metatokens.model.yarn import apply_yarn
 from metatokens.finetune import TaskBatches, TaskSpec, make_train_config, run_finetune
 from metatokens.generate import generate
 from metatokens.model import GPT

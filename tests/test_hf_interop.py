@@ -446,7 +446,7 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
 def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
     import shutil
 
-    from metatokens.checkpoint import CheckpointError
+    from metatokens.errors import CheckpointError
     from metatokens.loading import load_model
     from metatokens.hf import EXPORT_MARKER
 
@@ -503,7 +503,7 @@ def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_mo
     import resource
     import shutil
 
-    from metatokens.checkpoint import CheckpointError
+    from metatokens.errors import CheckpointError
     from metatokens.loading import load_model
 
     folder = tmp_path / "hf"

@@ -10,16 +10,8 @@ import torch
 from conftest import META, meta_favourite_model, mixed_batch, toy_model
 from metatokens import cli
 from metatokens.checkpoint import save_pretrained
-from metatokens.inference import (
-    decoding_precision,
-    MetaPolicy,
-    MetaPolicyError,
-    StreamDecoder,
-    encode_prompt,
-    generate_ids,
-    insert_every,
-    stream_tokens,
-)
+from metatokens.inference import decoding_precision, MetaPolicy, StreamDecoder, encode_prompt, generate_ids, insert_every, stream_tokens
+from metatokens.errors import MetaPolicyError
 from metatokens.model import GPT, KVCache
 from metatokens.devices import cpu_has_bf16
 from metatokens.tokenizer import META_TOKEN, MetaTokenizer

@@ -16,7 +16,8 @@ import pytest
 
 from metatokens.study import design, pipeline
 from metatokens.study.design import SCALES, TASKS
-from metatokens.study.pipeline import Pipeline, StudyError
+from metatokens.study.pipeline import Pipeline
+from metatokens.errors import StudyError
 from metatokens.study.report import StudyResults, controls, findings, render_report
 from metatokens.study.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
 

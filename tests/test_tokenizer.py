@@ -15,7 +15,8 @@ import pytest
 import torch
 from tokenizers import pre_tokenizers
 
-from metatokens.tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer, TokenizerError
+from metatokens.tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer
+from metatokens.errors import TokenizerError
 
 VOCAB_SIZE = 400
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from metatokens import cli
-from metatokens.checkpoint import CheckpointError
+from metatokens.errors import CheckpointError
 from metatokens.pretrain import run_pretrain
 from metatokens.runconfig import TrainConfig, load_run_config
 from metatokens import devices
 from metatokens.devices import cpu_has_bf16
-from metatokens.train import TrainingError, build_optimizer, lr_at
+from metatokens.errors import TrainingError
+from metatokens.train import build_optimizer, lr_at
 
 WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
          "and to in is that for it as with was on be by this are from or at an which").split()

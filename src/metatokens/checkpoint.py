@@ -21,16 +21,13 @@ from safetensors.torch import load_model, save_model
 from . import __version__
 from .model.config import ConfigError, ModelConfig
 from .fileio import atomic_folder, atomic_write_text, fsync_path
-from .model import GPT
+from .model.gpt import GPT
 from .model.family import build_model
+from .errors import CheckpointError
 
 FORMAT = "metatokens"
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-
-
-class CheckpointError(ValueError):
-    """A model folder is missing, truncated, corrupted or inconsistent. The message is one line."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -168,7 +165,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
 
 
 def load_tokenizer(file: Path):
-    from .tokenizer import MetaTokenizer, TokenizerError
+    from .tokenizer import MetaTokenizer
+    from .errors import TokenizerError
 
     try:
         return MetaTokenizer.from_file(file)

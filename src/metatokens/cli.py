@@ -1,8 +1,8 @@
 """The `metatokens` command line: one subcommand per workflow.
 
 Each workflow module exposes `add_command(subparsers)`, which adds its parser and sets
-`func(args) -> int`. Bad input raises a ValueError subclass (ConfigError, CheckpointError,
-TokenizerError, DataError, ...) or OSError, printed here as one line with exit status 2.
+`func(args) -> int`. A refusal raises a `metatokens.errors.MetatokensError` (or a ValueError / OSError
+for bad input met elsewhere), printed here as one line with exit status 2.
 Set METATOKENS_DEBUG=1 to see the traceback instead.
 """
 
@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import __version__
+from .errors import MetatokensError, one_line
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -70,14 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metatokens: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError) as err:
-        # our own errors (and bad input, missing files) are one line; a RuntimeError from elsewhere
-        # (PyTorch, say) is a bug or an environment problem and keeps its traceback
-        if os.environ.get("METATOKENS_DEBUG") or (isinstance(err, RuntimeError)
-                                                  and not type(err).__module__.startswith("metatokens")):
+    except (MetatokensError, ValueError, OSError) as err:
+        # Our refusals, bad input met by a library (a ValueError) and missing or unwritable files
+        # are one line. Anything else, a RuntimeError from PyTorch say, is a bug or an environment
+        # problem and keeps its traceback.
+        if os.environ.get("METATOKENS_DEBUG"):
             raise
-        msg = " ".join(str(err).split()) or type(err).__name__
-        print(f"metatokens {args.command}: error: {msg}", file=sys.stderr)
+        print(f"metatokens {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

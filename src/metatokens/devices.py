@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import re
+from .errors import DeviceError
 
 DEVICE_FORMS = "cpu, cuda, cuda:N, mps or auto"
 _DEVICE = re.compile(r"(?P<kind>cpu|mps|auto|cuda)(?::(?P<index>[0-9]+))?")
-
-
-class DeviceError(ValueError):
-    """A device string is malformed or names a device this machine does not have. One line."""
 
 
 def resolve_device(spec: object, what: str = "--device") -> str:

@@ -43,11 +43,14 @@ from torch import nn
 
 from .data.packing import tokenizer_hash
 from .fileio import atomic_write_text
-from .loading import EvaluationError, LoadedModel, uses_meta
+from .errors import EvaluationError
+from .loading import LoadedModel, uses_meta
 from .plotting import pyplot, save_figure, wrap_title
-from .tasks import Example, TaskError, get_task, make_examples
-from .train import IGNORE
-from .yarn import apply_yarn
+from .tasks.base import Example
+from .tasks import TaskError
+from .tasks.registry import get_task, make_examples
+from .model.config import IGNORE_INDEX
+from .model.yarn import apply_yarn
 
 Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95% intervals
 
@@ -151,7 +154,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, tor
     """
     width = needed_positions(examples)
     x = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     for i, e in enumerate(examples):
         seq = list(e.prompt_ids) + list(e.answer_ids)
         x[i, : len(seq) - 1] = torch.tensor(seq[:-1])
@@ -191,7 +194,7 @@ def score_examples(
         batch = [examples[i] for i in rows]
         x, y = collate(batch, pad_id)
         x, y = x.to(device), y.to(device)
-        where = (y != IGNORE).nonzero(as_tuple=True)
+        where = (y != IGNORE_INDEX).nonzero(as_tuple=True)
         logits = answer_logits(model, x, where)  # (answer tokens, V)
         targets = y[where]
         nll = F.cross_entropy(logits, targets, reduction="sum")

@@ -43,11 +43,14 @@ from .model.config import ConfigError, parse_value
 from .evaluate import collate, needed_positions, score_examples
 from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
 from .loading import LoadedModel, load_model, pretrain_rate, uses_meta
-from .yarn import apply_yarn
-from .model import GPT
+from .model.yarn import apply_yarn
+from .model.gpt import GPT
 from .runconfig import RunConfig, TrainConfig
-from .tasks import Example, Phase, TaskError, curriculum, get_task, iter_examples, make_examples
+from .tasks.base import Example
+from .tasks.registry import Phase, curriculum, get_task, iter_examples, make_examples
+from .tasks import TaskError
 from .tokenizer import MetaTokenizer
+from .errors import FinetuneError
 
 CHUNK = 256  # examples generated at a time; a resume regenerates at most this many
 _STATE_VERSION = 1
@@ -55,10 +58,6 @@ _STATE_VERSION = 1
 # Optimisation defaults for fine-tuning (TrainConfig's are pre-training's); all overridable.
 FINETUNE_TRAIN = dict(batch_size=16, max_steps=500, lr=5e-4, min_lr=5e-5, warmup_steps=50, weight_decay=0.1,
                       eval_interval=100, log_interval=10, ckpt_interval=250, keep_last=2)
-
-
-class FinetuneError(ValueError):
-    """A fine-tuning run cannot start or continue as asked. The message is one line."""
 
 
 @dataclass
@@ -87,7 +86,7 @@ def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
 
 def task_names(task: str) -> list[str]:
     """The tasks of a `--task` value: one name, several comma-separated ones, or "all" (the four)."""
-    from .tasks import TASKS
+    from .tasks.registry import TASKS
 
     names = list(TASKS) if task.strip() == "all" else [t.strip() for t in task.split(",") if t.strip()]
     if not names:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from .inference import stream_tokens
-from .model import GPT
+from .model.gpt import GPT
 
 
 def stream(

@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 from .model.config import ModelConfig
 from .fileio import atomic_folder, atomic_write_text
-from .loading import EvaluationError
-from .tokenizer import MetaTokenizer, TokenizerError
-from .train import IGNORE
+from .errors import EvaluationError
+from .tokenizer import MetaTokenizer
+from .errors import TokenizerError
+from .model.config import IGNORE_INDEX
+from .errors import GPT2ImportWarning
+from .errors import HFInteropError
 
 # GPT-2 stores these projections as Conv1D with (in, out) weights; ours are Linear (out, in).
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -64,14 +67,6 @@ def state_dict_from_hf_gpt2(hf_state: dict[str, torch.Tensor]) -> dict[str, torc
 # ---------------------------------------------------------------------------------------------
 # Export to a transformers folder, import of a Hugging Face GPT-2 checkpoint.
 # transformers is imported inside the functions, so `import metatokens.hf` stays light.
-
-
-class HFInteropError(ValueError):
-    """An export or import cannot proceed (missing folder, wrong model type, ...). One line."""
-
-
-class GPT2ImportWarning(UserWarning):
-    """Something an import did that the user should know about (e.g. learned positions dropped)."""
 
 
 def _require_transformers() -> None:
@@ -359,7 +354,7 @@ def gpt2_to_meta_model(
     is zero: the new sublayers add nothing until trained, so on text without meta-tokens the
     logits are GPT-2's. pos_encoding "rope"/"none" drops GPT-2's learned position table.
     """
-    from .model import GPT
+    from .model.gpt import GPT
 
     tied = bool(getattr(hf_config, "tie_word_embeddings", True))
     cfg = config_from_hf_gpt2(
@@ -490,7 +485,7 @@ class HFCausalLM(nn.Module):
         h = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(h), None
-        keep = targets != IGNORE
+        keep = targets != IGNORE_INDEX
         logits = self.lm_head(h[keep])
         return None, F.cross_entropy(logits.float(), targets[keep])
 

@@ -24,17 +24,14 @@ from dataclasses import dataclass
 import torch
 
 from . import devices
-from .model import GPT, KVCache
+from .model.gpt import GPT, KVCache
 from .tokenizer import META_TOKEN, MetaTokenizer
+from .errors import MetaPolicyError
 
 __all__ = [
     "MetaPolicy", "MetaPolicyError", "StreamDecoder", "encode_prompt", "generate_ids", "insert_every", "stream_tokens",
     "stream_text",
 ]
-
-
-class MetaPolicyError(ValueError):
-    """A meta-token policy string is malformed or does not fit the model. One line."""
 
 
 @dataclass(frozen=True)

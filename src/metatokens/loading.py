@@ -22,15 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_pretrained
-from .model import GPT
+from .errors import CheckpointError
+from .checkpoint import load_pretrained
+from .model.gpt import GPT
 from .tokenizer import MetaTokenizer
+from .errors import EvaluationError
 
 EXPORT_MODEL_TYPE = "metatokens"  # config.json "model_type" of `metatokens export` folders (hf_model.MODEL_TYPE)
-
-
-class EvaluationError(ValueError):
-    """An evaluation cannot run as asked (length beyond a model's positions, bad options). One line."""
 
 
 @dataclass
@@ -126,7 +124,8 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
 
     from .checkpoint import check_shapes_fit, check_tokenizer, load_tokenizer
     from .model.config import ConfigError, ModelConfig
-    from .model.family import FamilyConfig, build_model
+    from .model.config import FamilyConfig
+    from .model.family import build_model
 
     file = folder / "config.json"
     kind = FamilyConfig if "family" in config else ModelConfig  # an export of an `import-hf` model

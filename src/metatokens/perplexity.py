@@ -22,12 +22,13 @@ import torch.nn.functional as F
 
 from .data.packing import tokenizer_hash
 from .evaluate import answer_logits
-from .loading import EvaluationError, LoadedModel, auto_meta_rate
-from .model import GPT
+from .errors import EvaluationError
+from .loading import LoadedModel, auto_meta_rate
+from .model.gpt import GPT
 from .plotting import pyplot, save_figure
 from .tokenizer import MetaTokenizer
-from .train import IGNORE
-from .yarn import apply_yarn
+from .model.config import IGNORE_INDEX
+from .model.yarn import apply_yarn
 
 
 def _token_stream(tokenizer: MetaTokenizer, source: str, need: int, *, every: int, max_documents: int | None,
@@ -139,7 +140,7 @@ def evaluate_perplexity(
             iterator = progress_bar(batches, desc=f"perplexity {m.name}", unit="batch")
         for x, y in iterator:
             x, y = x.to(device), y.to(device)
-            keep = y != IGNORE
+            keep = y != IGNORE_INDEX
             where = keep.nonzero(as_tuple=True)
             logits = answer_logits(m.model, x, where)
             nll = F.cross_entropy(logits, y[where], reduction="none").double().cpu()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-
-class PlotError(ValueError):
-    """matplotlib is missing; a ValueError, so the command line reports it in one line."""
+from .errors import PlotError
 
 
 def pyplot():

@@ -16,15 +16,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, load_pretrained
+from .errors import CheckpointError
+from .checkpoint import load_pretrained
 from .fileio import atomic_write_text
 from .data.inject import MetaBlockLoader, val_batches
 from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
 from .model.family import build_model
 from .runconfig import RunConfig
 from .tokenizer import MetaTokenizer
-from .train import (IGNORE, Dist, RunDirError, TrainingError, abandon_run_dir, check_resume_steps, check_run_dir,
-                    check_step_memory, read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop)
+from .model.config import IGNORE_INDEX
+from .train import Dist, abandon_run_dir, check_resume_steps, check_run_dir, check_step_memory, read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop
+from .errors import RunDirError, TrainingError
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -76,7 +78,7 @@ def make_evaluator(cfg: RunConfig, packed: PackedData, meta_id: int, d: Dist):
         loss_sum, count = 0.0, 0
         for i in range(d.rank, usable, d.world):
             x, y = (b.to(d.device) for b in batches[i])
-            n = int((y != IGNORE).sum())
+            n = int((y != IGNORE_INDEX).sum())
             if n:
                 _, loss = model(x, y)
                 loss_sum += float(loss) * n

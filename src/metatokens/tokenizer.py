@@ -24,6 +24,8 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .fileio import atomic_write_text
+from .errors import TokenizerError
+from .errors import one_line
 
 __all__ = ["EOS_TOKEN", "META_TOKEN", "SPECIAL_TOKENS", "MetaTokenizer", "TokenizerError"]
 
@@ -49,24 +51,6 @@ _GPT2_HUB_REPO = "openai-community/gpt2"
 # The variables that put huggingface_hub offline, in its order of precedence.
 _HF_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-class TokenizerError(ValueError):
-    """A tokenizer could not be built, loaded or validated.
-
-    The message is always a single line, prefixed with the file when there is one,
-    so it reads well in logs and CLI output.
-    """
-
-    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = None if path is None else os.fspath(path)
-        message = _one_line(problem)
-        if self.path is not None:
-            message = f"{self.path}: {message}"
-        super().__init__(message)
 
 
 class MetaTokenizer:
@@ -514,7 +498,7 @@ def _download_gpt2(hub: Path) -> Path:
             folder = fetch("vocab.json").parent
             fetch("merges.txt", revision=folder.name)
     except Exception as exc:  # noqa: BLE001 - network, proxy, repository: all end the same way for the user
-        reason = _one_line(f"{type(exc).__name__}: {exc}")[:300]
+        reason = one_line(f"{type(exc).__name__}: {exc}")[:300]
         raise TokenizerError(
             f"{not_cached}, and downloading them from the Hugging Face Hub ({_GPT2_HUB_REPO}) failed ({reason}); "
             f"check the network (or HF_ENDPOINT, for a mirror), or {_GPT2_DOWNLOAD_HINT}"

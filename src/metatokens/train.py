@@ -36,40 +36,27 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, load_pretrained, save_pretrained, sha256_file
+from .errors import CheckpointError
+from .checkpoint import load_pretrained, save_pretrained, sha256_file
 from . import devices
 from .devices import resolve_device
 from .fileio import atomic_write_text
-from .model import GPT
+from .model.gpt import GPT
 from .model.family import build_model
 from .runconfig import TrainConfig
+from .model.config import IGNORE_INDEX
+from .errors import RunDirError
+from .errors import RunStopped
+from .errors import TrainingError
+from .errors import one_line
 
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
     fcntl = None
 
-IGNORE = -100
 STEP_NAME = re.compile(r"step-[0-9]{8,}")  # checkpoint folders: step-NNNNNNNN
 KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (non-finite loss, mismatched resume); the message is one line."""
-
-
-class RunStopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was saved: it is not finished (continue with
-    resume). A KeyboardInterrupt, so callers that do not catch it stop as on Ctrl-C. The message is one line."""
-
-    def __init__(self, step: int, signum: int, checkpoint: Path):
-        self.step, self.signum, self.checkpoint = step, signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {checkpoint}")
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process the signal ended (130 SIGINT, 143 SIGTERM)."""
-        return 128 + self.signum
 
 
 class BatchSource(Protocol):
@@ -342,10 +329,6 @@ RUN_FILES = frozenset({"run.json", "tokenizer.json", "metrics.jsonl", "checkpoin
 _TEMP_NAME = re.compile(r"\.(?:step-[0-9]{8,}|LATEST)\.(?:tmp|old|prune)-(?P<pid>[0-9]+)")
 
 
-class RunDirError(ValueError):
-    """A run folder cannot be used as asked (in use, not a run, nothing to resume). The message is one line."""
-
-
 @dataclass
 class _Claim:
     fd: int  # the open lock file, flock'ed by this process
@@ -593,7 +576,7 @@ def read_run_json(run_dir: str | Path, *keys: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunDirError(f"{file}: missing; is {run_dir} a metatokens run folder?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{file}: unreadable, not valid JSON ({_one_line(err)}); the run's settings are damaged") from None
+        raise RunDirError(f"{file}: unreadable, not valid JSON ({one_line(err, 200)}); the run's settings are damaged") from None
     if not isinstance(info, dict):
         raise RunDirError(f"{file}: not a JSON object; the run's settings are damaged")
     missing = [k for k in keys if not isinstance(info.get(k), (dict, str))]
@@ -626,9 +609,6 @@ def check_resume_steps(run_dir: str | Path, max_steps: int, flag: str = "--max-s
 CHECKPOINT_EXTRA = ("optimizer.pt", "rng.safetensors")  # written by save_checkpoint, checksummed in trainer_state.json
 
 
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    return " ".join(str(err).split())[:limit] or type(err).__name__
-
 
 def read_trainer_state(folder: Path) -> dict:
     """trainer_state.json of a checkpoint, checked: a JSON object with the step, the data position and
@@ -637,7 +617,7 @@ def read_trainer_state(folder: Path) -> dict:
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{state_file}: unreadable ({_one_line(err)}); the checkpoint is incomplete or damaged") from None
+        raise CheckpointError(f"{state_file}: unreadable ({one_line(err, 200)}); the checkpoint is incomplete or damaged") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_file}: not a JSON object; the file is damaged")
     step, sums = state.get("step"), state.get("sha256")
@@ -673,13 +653,13 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
     try:
         optim_state = torch.load(optim_file, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors of many kinds; weights_only never runs code
-        raise CheckpointError(f"{optim_file}: cannot load the optimizer state ({_one_line(err)})") from None
+        raise CheckpointError(f"{optim_file}: cannot load the optimizer state ({one_line(err, 200)})") from None
     if not isinstance(optim_state, dict) or not {"state", "param_groups"} <= set(optim_state):
         raise CheckpointError(f"{optim_file}: not an optimizer state (no state / param_groups)")
     try:
         rng = load_file(str(rng_file))
     except Exception as err:  # SafetensorError, OSError, ...
-        raise CheckpointError(f"{rng_file}: cannot load the RNG state ({_one_line(err)})") from None
+        raise CheckpointError(f"{rng_file}: cannot load the RNG state ({one_line(err, 200)})") from None
     if fsdp and d.world > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -690,14 +670,14 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
         try:
             optimizer.load_state_dict(optim_state)
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise CheckpointError(f"{optim_file}: does not fit this run's optimizer ({_one_line(err)})") from None
+            raise CheckpointError(f"{optim_file}: does not fit this run's optimizer ({one_line(err, 200)})") from None
     try:
         if f"rank{d.rank}.cpu" in rng:
             torch.set_rng_state(rng[f"rank{d.rank}.cpu"])
             if d.device.type == "cuda" and f"rank{d.rank}.cuda" in rng:
                 torch.cuda.set_rng_state(rng[f"rank{d.rank}.cuda"], d.device)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{rng_file}: not a valid RNG state ({_one_line(err)})") from None
+        raise CheckpointError(f"{rng_file}: not a valid RNG state ({one_line(err, 200)})") from None
     return state
 
 
@@ -788,7 +768,7 @@ def truncate_metrics(file: Path, step: int) -> None:
 
 
 def _valid_targets(y: torch.Tensor) -> int:
-    return int((y != IGNORE).sum())
+    return int((y != IGNORE_INDEX).sum())
 
 
 def train_loop(

@@ -12,7 +12,7 @@ from collections import Counter
 import torch
 
 from metatokens.loading import load_model, uses_meta
-from metatokens.yarn import apply_yarn
+from metatokens.model.yarn import apply_yarn
 from metatokens.generate import generate
 from metatokens.tasks import make_examples
 

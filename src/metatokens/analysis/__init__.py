@@ -11,7 +11,8 @@ attention.py), so the model itself is used exactly as trained and never modified
 
 from .ablate import VARIANTS, ablation_study, answer_accuracy, markdown_table, plot_ablation
 from .attention import Attention, attention_entropy, attention_output, meta_attention, self_attention
-from .common import AnalysisError, bootstrap_ci, load_for_analysis, model_variant
+from ..errors import AnalysisError
+from .common import bootstrap_ci, load_for_analysis, model_variant
 from .entropy import entropy_analysis, plot_entropy
 from .rate_distortion import (
     DEFAULT_BETAS,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from ..progress import progress_bar
 
-from ..model import GPT
+from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
 from .common import check_fits, model_variant
 
@@ -76,7 +76,7 @@ def ablation_study(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of the three variants on every (task, length); rows in task-major order."""
-    from ..tasks import make_examples
+    from ..tasks.registry import make_examples
 
     examples = {}
     for task in tasks:  # made (and checked) before any model run, so bad input fails fast

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model import GPT
+from ..model.gpt import GPT
 from ..model.positions import apply_rotary
 from .trace import Trace
 

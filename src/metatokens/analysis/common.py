@@ -12,16 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import GPT
-
-
-class AnalysisError(ValueError):
-    """An analysis cannot run on this input (no meta-tokens, prompts too long ...). One line."""
+from ..model.gpt import GPT
+from ..errors import AnalysisError
 
 
 def load_for_analysis(checkpoint: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, model folder) from a model folder or a run folder."""
-    from ..checkpoint import CheckpointError, load_pretrained
+    from ..errors import CheckpointError
+    from ..checkpoint import load_pretrained
     from ..devices import resolve_device
     from ..train import resolve_model_dir
 

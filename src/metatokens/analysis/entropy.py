@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ..progress import progress_bar
 
-from ..model import GPT
+from ..model.gpt import GPT
 from .attention import attention_entropy, meta_attention, self_attention
 from ..plotting import analysis_title, label_cells, pyplot, save_figure, wrap_title
 from .common import check_fits, check_has_meta, example_ids, model_variant, summary

@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from ..progress import progress_bar
 
-from ..model import GPT
+from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
-from .common import AnalysisError, check_fits, check_has_meta, example_ids, model_variant
+from ..errors import AnalysisError
+from .common import check_fits, check_has_meta, example_ids, model_variant
 from .trace import trace
 
 DEFAULT_BETAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from ..progress import progress_bar
 
-from ..model import GPT
+from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
 from .common import check_fits, check_has_meta, example_ids
 from .trace import trace

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import GPT
+from ..model.gpt import GPT
 
 
 @dataclass

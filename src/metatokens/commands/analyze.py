@@ -128,7 +128,7 @@ def add_command(sub) -> None:
 
 def _check_task_args(tasks: list[str], difficulty: str) -> list[str]:
     """Fail on a bad task or difficulty before the (slow) model load; returns canonical names."""
-    from ..tasks import get_task
+    from ..tasks.registry import get_task
 
     names = []
     for task in tasks:
@@ -151,7 +151,7 @@ def _settings(args, folder: Path, model, **extra: Any) -> dict[str, Any]:
 
 
 def _examples(args, tokenizer, task: str, *, n: int | None = None, split: str | None = None):
-    from ..tasks import make_examples
+    from ..tasks.registry import make_examples
 
     return make_examples(
         task, tokenizer, length=args.length, difficulty=args.difficulty, n=n or args.n,

@@ -57,8 +57,10 @@ def add_command(sub) -> None:
 
 def run(args) -> int:
     from ..devices import resolve_device
-    from ..finetune import FinetuneError, TaskSpec, make_train_config, parse_overrides, run_finetune
-    from ..train import RunStopped, check_resume_steps, read_run_json
+    from ..errors import FinetuneError
+    from ..finetune import TaskSpec, make_train_config, parse_overrides, run_finetune
+    from ..errors import RunStopped
+    from ..train import check_resume_steps, read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work

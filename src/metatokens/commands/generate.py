@@ -35,7 +35,8 @@ def add_command(sub) -> None:
 def run(args) -> int:
     import torch  # here, not at import: every `metatokens` call builds this command's parser
 
-    from ..checkpoint import CheckpointError, load_pretrained
+    from ..errors import CheckpointError
+    from ..checkpoint import load_pretrained
     from ..devices import resolve_device
     from ..inference import MetaPolicy, decoding_precision, stream_text
 

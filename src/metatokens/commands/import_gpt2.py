@@ -30,7 +30,8 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..hf import GPT2ImportWarning, import_gpt2
+    from ..errors import GPT2ImportWarning
+    from ..hf import import_gpt2
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GPT2ImportWarning)

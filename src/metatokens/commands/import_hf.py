@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_command(sub) -> None:
-    from ..model.family import SUPPORTED
+    from ..model.config import SUPPORTED
 
     p = sub.add_parser(
         "import-hf",

@@ -22,7 +22,7 @@ def parameter_counts(shape: str) -> tuple[int, int]:
     """(with meta-attention, without) for a named shape; built on the meta device, so free."""
     import torch  # here, not at import: every `metatokens` call builds this command's parser
 
-    from ..model import GPT
+    from ..model.gpt import GPT
 
     with torch.device("meta"):
         meta = GPT(model_shape(shape, meta_token_id=0))
@@ -53,7 +53,7 @@ def preset_counts() -> list[tuple[str, str, object, int]]:
     (the vocabulary is the preset's; a run pads its tokenizer's size to the same number)."""
     import torch
 
-    from ..model import GPT
+    from ..model.gpt import GPT
     from ..runconfig import load_run_config, list_presets
 
     rows = []

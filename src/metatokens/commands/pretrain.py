@@ -34,7 +34,8 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..pretrain import run_pretrain
-    from ..train import RunStopped, check_resume_steps
+    from ..errors import RunStopped
+    from ..train import check_resume_steps
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
@@ -68,7 +69,8 @@ def _saved_preset(run_dir: Path, tmp: Path) -> str:
     return its path."""
     import yaml
 
-    from ..train import RunDirError, read_run_json
+    from ..errors import RunDirError
+    from ..train import read_run_json
 
     saved = read_run_json(run_dir, "config")["config"]
     missing = [k for k in ("model", "data", "train") if not isinstance(saved.get(k), dict)]

@@ -34,7 +34,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..study.pipeline import Pipeline, StudyError, default_jobs
+    from ..study.pipeline import Pipeline, default_jobs
+    from ..errors import StudyError
 
     if args.seeds < 1:
         raise StudyError(f"--seeds must be a positive integer, got {args.seeds}")

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..fileio import json_sha256
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 # Bump when the way documents are extracted changes, so caches keyed on a fingerprint are rebuilt.
 _FORMAT_VERSION = 1
-
-
-class DataError(ValueError):
-    """A corpus cannot be read. The message is one line naming the source and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------

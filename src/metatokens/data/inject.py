@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ..model.config import IGNORE_INDEX
 
 __all__ = ["MetaBlockLoader", "inject_meta", "meta_positions", "num_meta", "row_rng", "val_batches"]
 
@@ -167,7 +168,7 @@ class MetaBlockLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -233,7 +234,7 @@ def val_batches(
     seed: int = 0,
     max_batches: int | None = None,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield a fixed, deterministic set of validation batches (the last one may be smaller).
 

@@ -34,7 +34,8 @@ import numpy as np
 from ..progress import progress_bar
 
 from ..fileio import atomic_write_text, fsync_dir, json_sha256
-from .corpora import DataError, corpus_fingerprint, iter_documents
+from ..errors import DataError
+from .corpora import corpus_fingerprint, iter_documents
 
 if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
     from ..tokenizer import MetaTokenizer

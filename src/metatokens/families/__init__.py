@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from ..model import GPT
+from ..model.gpt import GPT
 from ..tokenizer import MetaTokenizer
 from . import llama, neox
-from .common import SUPPORTED, ImportRefused, meta_tokenizer, read_hf_config, resolve_source
+from .common import SUPPORTED, meta_tokenizer, read_hf_config, resolve_source
+from ..errors import ImportRefused
 
 __all__ = ["SUPPORTED", "ImportRefused", "convert", "from_transformers", "import_hf"]
 
@@ -47,7 +48,8 @@ def _config_classes() -> dict[str, Any]:
 def _build_family(module, hf_config, hf_state, rows: int, meta_token_id: int, *, meta_attention: bool,
                   meta_pos: str, block_size: int, seed: int) -> GPT:
     from ..model.config import ConfigError
-    from ..model.family import FamilyConfig, FamilyModel
+    from ..model.config import FamilyConfig
+    from ..model.family import FamilyModel
 
     fields = module.config_fields(hf_config)
     window = getattr(hf_config, "max_position_embeddings", None) or block_size

@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..hf import HFInteropError, read_hf_config as hf_read_config, resolve_hub_folder
-from ..model.family import SUPPORTED
-from ..tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer, TokenizerError
+from ..hf import read_hf_config as hf_read_config, resolve_hub_folder
+from ..model.config import SUPPORTED
+from ..tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer
+from ..errors import TokenizerError
+from ..errors import ImportRefused
 
 __all__ = ["SUPPORTED", "ImportRefused", "activation", "rope_settings", "meta_tokenizer", "resolve_source", "read_hf_config"]
-
-
-class ImportRefused(HFInteropError):
-    """A checkpoint that import-hf cannot turn into an equivalent model. One line."""
 
 
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 
+
+# Label of a target that carries no loss (prompt, padding, meta-token targets): PyTorch's
+# cross_entropy default, used by the model, the data pipeline, fine-tuning and evaluation alike.
+IGNORE_INDEX = -100
+
+
 class ConfigError(ValueError):
     """A setting is unknown or impossible. The message is one line."""
 
@@ -179,8 +185,6 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: model settings must be a mapping, got {type(data).__name__}")
         if cls is ModelConfig and "family" in data:  # an imported Llama / GPT-NeoX model (family.py)
-            from .family import FamilyConfig
-
             return FamilyConfig.from_dict(data, source=source)
         data = dict(data)
         try:
@@ -217,3 +221,69 @@ def model_shape(name: str, **overrides: Any) -> ModelConfig:
         raise ConfigError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
     return ModelConfig.from_dict({**MODEL_SHAPES[name], **overrides}, source=f"shape {name}")
 
+
+FAMILIES = ("llama", "neox")
+
+
+# What `metatokens import-hf` takes (GPT-2 becomes gpt.GPT); said in one line by its help and its refusals.
+SUPPORTED = "Llama family (model_type llama, mistral, qwen2), GPT-NeoX (gpt_neox) and GPT-2 (gpt2)"
+
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+
+
+@dataclass
+class FamilyConfig(ModelConfig):
+    """ModelConfig plus what a Llama or GPT-NeoX decoder needs. pos_encoding is always rope."""
+
+    family: Literal["llama", "neox"] = "llama"  # block style (see the module docstring)
+    n_kv_head: int = 0  # key/value heads of both attentions (grouped-query attention); 0 = n_head
+    intermediate_size: int = 0  # MLP width; 0 = 4 * n_embd
+    hidden_act: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"  # MLP activation (Llama: silu, gated)
+    gated_mlp: bool = True  # SwiGLU MLP down(act(gate x) * up x) (Llama); False: down(act(up x)) (NeoX)
+    norm: Literal["rms", "layer"] = "rms"  # RMSNorm (Llama) or LayerNorm with bias (NeoX)
+    parallel_residual: bool = False  # NeoX: the MLP reads the block input, not the attention output
+    attn_bias: bool = False  # biases of q/k/v (Qwen2, NeoX)
+    attn_out_bias: bool = False  # bias of the attention output projection (NeoX)
+    mlp_bias: bool = False  # biases of the MLP (NeoX)
+    rotary_dim: int = 0  # leading channels of each head that rotate (NeoX: a quarter); 0 = all
+    rope_type: Literal["default", "linear", "llama3"] = "default"  # Hugging Face rope_type of the checkpoint
+    rope_factor: float = 1.0  # linear / llama3 scaling factor
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_positions: int = 8192  # llama3 only: the window before scaling
+    attention_window: int | None = None  # Mistral's sliding window: longer inputs are refused
+    init_std: float = 0.02  # std of new weights (the checkpoint's initializer_range)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def max_positions(self) -> int | None:
+        """Inputs longer than a sliding window would attend differently from the original: refused."""
+        return self.attention_window
+
+    def validate(self) -> "FamilyConfig":
+        super().validate()
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family must be one of {', '.join(FAMILIES)}; got {self.family!r}")
+        if self.pos_encoding != "rope":
+            raise ConfigError(f"a {self.family} model uses pos_encoding='rope', got {self.pos_encoding!r}")
+        if self.yarn is not None:
+            raise ConfigError(f"YaRN is not supported for imported {self.family} models")
+        if self.meta_impl != "sparse":  # its blocks have the sparse path only; the dense one would be ignored
+            raise ConfigError(f"imported {self.family} models have the sparse meta-attention only; got meta_impl={self.meta_impl!r}")
+        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.intermediate_size < 0:
+            raise ConfigError(f"intermediate_size must be >= 0, got {self.intermediate_size}")
+        if not (0 <= self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ConfigError(f"rotary_dim must be even and at most the head size {self.head_dim}, got {self.rotary_dim}")
+        choices = {"hidden_act": ACTIVATIONS, "norm": ("rms", "layer"), "rope_type": ("default", "linear", "llama3")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.attention_window is not None and self.attention_window <= 0:
+            raise ConfigError(f"attention_window must be positive, got {self.attention_window}")
+        return self

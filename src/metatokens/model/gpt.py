@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import IGNORE_INDEX, ModelConfig
 from .positions import Rotary, apply_rotary
 
 
@@ -407,7 +407,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, *, meta_mask=None, cache: KVCache | None = None, logits: bool = True):
         """Returns (logits (B, T, V), loss or None).
 
-        Targets equal to -100 or to the meta-token id carry no loss: the model learns to use
+        Targets equal to IGNORE_INDEX (-100) or to the meta-token id carry no loss: the model learns to use
         meta-tokens, never to emit them. With ``logits=False`` (and targets) the LM head runs only
         at the scored positions and the logits returned are None: the same loss and gradients,
         without a (B, T, V) head where most targets are -100 (a fine-tuning row scores only its
@@ -417,10 +417,10 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(h), None
         if self.config.meta_token_id is not None:
-            targets = targets.masked_fill(targets == self.config.meta_token_id, -100)
+            targets = targets.masked_fill(targets == self.config.meta_token_id, IGNORE_INDEX)
         if logits:
             out = self.lm_head(h)
-            return out, F.cross_entropy(out.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        keep = (targets != -100).flatten().nonzero().squeeze(1)  # host sync, like MetaIndex
+            return out, F.cross_entropy(out.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        keep = (targets != IGNORE_INDEX).flatten().nonzero().squeeze(1)  # host sync, like MetaIndex
         scored = self.lm_head(h.flatten(0, 1).index_select(0, keep))
         return None, F.cross_entropy(scored.float(), targets.flatten().index_select(0, keep))

@@ -24,8 +24,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .config import ModelConfig
-from .family import FamilyConfig, FamilyRotary, RMSNorm, build_model
+from .config import IGNORE_INDEX, ModelConfig
+from .config import FamilyConfig
+from .family import FamilyRotary, RMSNorm, build_model
 from .gpt import GPT, KVCache
 from .positions import Rotary
 
@@ -236,12 +237,12 @@ class MetaTokensForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             if logits_to_keep:
                 raise ValueError("labels need the logits of every position; leave logits_to_keep at 0")
-            targets = torch.cat((labels[:, 1:], labels.new_full((labels.size(0), 1), -100)), 1)
+            targets = torch.cat((labels[:, 1:], labels.new_full((labels.size(0), 1), IGNORE_INDEX)), 1)
             meta_id = self.config.meta_token_id
             if meta_id is not None:
-                targets = targets.masked_fill(targets == meta_id, -100)
+                targets = targets.masked_fill(targets == meta_id, IGNORE_INDEX)
             loss = nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten().to(logits.device), ignore_index=-100
+                logits.flatten(0, 1).float(), targets.flatten().to(logits.device), ignore_index=IGNORE_INDEX
             )
         out = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
         return out if return_dict is not False else out.to_tuple()

@@ -39,10 +39,7 @@ from typing import Any
 
 from ..fileio import atomic_write_text, json_sha256
 from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT, SCALES, Scale
-
-
-class StudyError(ValueError):
-    """The study cannot go on (a stage failed, an input stage is missing). One-line message."""
+from ..errors import StudyError
 
 
 @dataclass
@@ -449,7 +446,7 @@ class Pipeline:
                   yarn: float | None) -> dict[str, Any]:
         from ..evaluate import answer_baselines, evaluate_task, write_report
         from ..loading import load_model
-        from ..yarn import apply_yarn
+        from ..model.yarn import apply_yarn
 
         sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
         loaded = load_model(self.run_path(inputs[f"finetune-{m}"]), device=self._device())
@@ -471,7 +468,7 @@ class Pipeline:
                 if variant == "prompts":
                     write_report(result, folder, stem=task)
                 keep(result, task, variant)
-        from ..tasks import make_examples
+        from ..tasks.registry import make_examples
 
         lengths = [L, 2 * L] + ([4 * L] if yarn is not None else [])
         out["baselines"] = {task: {str(n): answer_baselines(make_examples(
@@ -488,7 +485,7 @@ class Pipeline:
         return out
 
     def _ablate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-        from ..analysis import ablation_study, markdown_table, plot_ablation
+        from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
         from ..analysis.common import load_for_analysis, write_json
 
         model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
@@ -504,7 +501,7 @@ class Pipeline:
     def _analyze(self, analysis: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
         from .. import analysis as an
         from ..analysis.common import load_for_analysis, write_json
-        from ..tasks import make_examples
+        from ..tasks.registry import make_examples
 
         sc = self.scale
         model, tok, _ = load_for_analysis(self.run_path(inputs["finetune-meta-rope"]), self._device())

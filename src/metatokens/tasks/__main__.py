@@ -25,7 +25,7 @@ def load_tokenizer(spec: str):
     if spec == "gpt2":
         return MetaTokenizer.from_gpt2()
     if spec == "builtin":
-        from ..data import builtin_documents
+        from ..data.corpora import builtin_documents
 
         return MetaTokenizer.train(list(builtin_documents()), 4096)
     return MetaTokenizer.from_file(spec)

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+from ..errors import TaskError
 
 __all__ = [
     "DIFFICULTIES",
@@ -38,10 +39,6 @@ PAPER_MAX_LENGTH: Mapping[str, int] = {"medium": 1024, "hard": 1024, "extra-hard
 # Prompts generated for a target length L have between ceil(0.75 * L) and L tokens, so targets
 # that double (128, 256, 512 ...) give windows that never overlap.
 WINDOW_LOW_FRACTION = 0.75
-
-
-class TaskError(ValueError):
-    """A task request cannot be met (unknown name, length too short ...). One-line message."""
 
 
 class TokenizerLike(Protocol):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .model.config import YarnConfig
-from .loading import EvaluationError
-from .model import GPT
-from .model.positions import Rotary
+from .config import YarnConfig
+from ..errors import EvaluationError
+from .gpt import GPT
+from .positions import Rotary
 
 
 def apply_yarn(model: GPT, scale: float) -> GPT:
