@@ -40,7 +40,7 @@ from bench_utils import (
     DTYPES, add_common_args, build, compare, median, median_ratio, print_machine, random_meta_batch, setup, table,
 )
 
-from metatokens.train import KNOWN_PEAK_TFLOPS, flops_per_token  # noqa: E402 (bench_utils puts src/ on the path)
+from metatokens.training.setup import KNOWN_PEAK_TFLOPS, flops_per_token
 
 VARIANTS = {"fp32": (False, "fp32"), "compiled": (True, "fp32"), "bf16": (False, "bf16"), "compiled+bf16": (True, "bf16")}
 DEFAULT_REPEATS = {"toy": 15, "tiny": 15, "gpt2-small": 3}
@@ -83,7 +83,7 @@ def finetune_batches(n: int, seed: int = 0):
     """n micro-batches of the tiny study's fine-tuning mixture, as train_loop receives them, and a
     line naming that mixture."""
     from metatokens.data import builtin_documents
-    from metatokens.finetune import TaskBatches, TaskSpec, plan_phases
+    from metatokens.training.task_batches import TaskBatches, TaskSpec, plan_phases
     from metatokens.study.design import SCALES
     from metatokens.tokenizer import MetaTokenizer
 

@@ -23,8 +23,8 @@ import torch
 from bench_utils import add_common_args, autocast, build, compare, median, median_ratio, print_machine, random_meta_batch, setup, table
 from hf_compare import hf_gpt2
 
-from metatokens.generate import generate
-from metatokens.inference import decoding_precision, generate_ids
+from metatokens.generation import generate
+from metatokens.generation.decode import decoding_precision, generate_ids
 
 DEFAULTS = {"toy": (16, 40), "tiny": (32, 64), "small": (64, 128), "gpt2-small": (64, 128)}  # (prompt, new tokens)
 

@@ -18,7 +18,7 @@ import torch
 from bench_utils import add_common_args, autocast, compare, maybe_compile, median, median_ratio, print_machine, setup, table
 
 from metatokens.model.config import MODEL_SHAPES
-from metatokens.hf import config_from_hf_gpt2, state_dict_from_hf_gpt2
+from metatokens.hf.gpt2 import config_from_hf_gpt2, state_dict_from_hf_gpt2
 from metatokens.model import GPT
 
 

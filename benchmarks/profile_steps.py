@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench_utils import add_common_args, autocast, build, print_machine, random_meta_batch, setup
 
-from metatokens.generate import stream
+from metatokens.generation import stream
 from metatokens.model import KVCache
 
 

@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--skip", type=int, default=10, help="steps left out of the median (warm-up)")
     p.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
     args = p.parse_args()
-    from metatokens.runconfig import load_run_config
+    from metatokens.training.config import load_run_config
 
     cfg = load_run_config(args.config)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size

@@ -35,7 +35,7 @@ from metatokens.analysis import (
 )
 from metatokens.analysis.entropy import near_meta
 from metatokens.model.config import YarnConfig, model_shape
-from metatokens.generate import generate
+from metatokens.generation import generate
 from metatokens.model import GPT
 from metatokens.tasks import Example
 
@@ -319,7 +319,7 @@ def test_vib_rate_vanishes_at_large_beta_and_distortion_falls_with_beta():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from metatokens.checkpoint import save_pretrained
+    from metatokens.runs.model_folder import save_pretrained
     from metatokens.tasks.words import ITEMS
     from metatokens.tokenizer import MetaTokenizer
 

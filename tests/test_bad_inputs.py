@@ -253,7 +253,7 @@ def test_sigterm_saves_then_exits_143_with_one_line_saying_how_to_resume(base, t
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 def test_a_stopped_run_saves_and_exits_128_plus_the_signal(base, tmp_path, monkeypatch, capsys, command):
     """In-process: the loop sends itself SIGTERM during step 3; the run saves step 3, then exits 143."""
-    import metatokens.train as train_mod
+    import metatokens.training.loop as train_mod
 
     real_lr_at = train_mod.lr_at
 
@@ -290,7 +290,7 @@ def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_
     checkpoint (the first is saved), with the file system reporting 1 MiB free."""
     from collections import namedtuple
 
-    import metatokens.train as train_mod
+    import metatokens.training.checkpoints as train_mod
 
     real_save, calls = torch.save, {"n": 0}
 

@@ -53,7 +53,7 @@ def test_info_counts_each_preset_as_pretraining_built_it(capsys):
 def _model_folder(folder: Path) -> Path:
     import torch
 
-    from metatokens.checkpoint import save_pretrained
+    from metatokens.runs.model_folder import save_pretrained
     from metatokens.model import GPT, ModelConfig
     from metatokens.tasks import make_examples
     from metatokens.tokenizer import MetaTokenizer

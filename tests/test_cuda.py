@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import META, mixed_batch, toy_model
-from metatokens.inference import generate_ids
+from metatokens.generation.decode import generate_ids
 from metatokens.model.config import model_shape
 from metatokens.model.gpt import GPT
 

@@ -9,14 +9,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from metatokens import cli
-from metatokens.checkpoint import save_pretrained
+from metatokens.runs.model_folder import save_pretrained
 from metatokens.model.config import ModelConfig
-from metatokens.evaluate import evaluate_task, score_examples, wilson_interval
+from metatokens.evaluation.tasks import evaluate_task
+from metatokens.evaluation.scoring import score_examples
+from metatokens.stats import wilson_interval
 from metatokens.errors import EvaluationError
-from metatokens.loading import LoadedModel, load_model
+from metatokens.evaluation.loading import LoadedModel, load_model
 from metatokens.model.yarn import apply_yarn
-from metatokens.finetune import TaskBatches, TaskSpec, make_train_config, run_finetune
-from metatokens.generate import generate
+from metatokens.training.task_batches import TaskBatches, TaskSpec
+from metatokens.training.finetune import make_train_config, run_finetune
+from metatokens.generation import generate
 from metatokens.model import GPT
 from metatokens.model.positions import rope_inv_freq
 from metatokens.tasks import Example, Phase, make_examples
@@ -111,7 +114,8 @@ def test_an_always_right_model_scores_100_and_a_never_right_one_0(tok):
 
 
 def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chance_lines(tok, monkeypatch):
-    import metatokens.evaluate as evaluate
+    import metatokens.evaluation.report as report
+    import metatokens.evaluation.scoring as scoring
 
     known, result = _oracles_on_list_recall(tok)
     for r in result["models"][0]["results"]:  # the guessers' exact match on the very prompts scored
@@ -119,11 +123,11 @@ def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chan
         assert r["baselines"]["chance"] == pytest.approx(sum(1 / len(e.info["lists"][e.info["target"]]) for e in ex) / 12)
         assert r["baselines"]["majority"] == max(sum(e.answer_text == a.answer_text for e in ex) for a in ex) / 12
     parity = make_examples("parity", tok, length=64, n=8, seed=0, split="test", meta=False)
-    assert evaluate.answer_baselines(parity)["chance"] == 0.5
+    assert scoring.answer_baselines(parity)["chance"] == 0.5
 
     figures = []
     monkeypatch.setattr(evaluate, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    evaluate.task_plot(result, "unused.png")
+    report.task_plot(result, "unused.png")
     (fig,) = figures
     title = fig._suptitle.get_text()
     assert "right, wrong" in title and "list_recall" in title and "12 test prompts per length" in title
@@ -138,7 +142,7 @@ def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chan
 
 
 def test_teacher_forced_exact_match_is_greedy_decoding(tok):
-    """Exact match must agree with metatokens.generate's greedy answer, token for token."""
+    """Exact match must agree with metatokens.generation's greedy answer, token for token."""
     model = gpt(tok, seed=1)
     base = make_examples("list_recall", tok, length=64, n=6, seed=0, split="test")
     agree, off_by_one = [], []
@@ -264,7 +268,7 @@ def test_finetune_takes_pretrains_max_steps_flag():
 
 
 def test_mixture_slots_share_the_cycle_evenly():
-    from metatokens.finetune import mixture_slots
+    from metatokens.training.task_batches import mixture_slots
 
     assert mixture_slots([1]) == [0]
     assert mixture_slots([2, 1, 1]) == [0, 1, 2, 0]  # worked by hand: credits 2,1,1 added, the top one pays 4
@@ -278,7 +282,7 @@ def test_mixture_slots_share_the_cycle_evenly():
 def test_a_mixture_interleaves_each_tasks_own_stream_in_its_share(tok):
     """Every example of a mixed batch is the next one of its own task's stream (made here directly with
     iter_examples, in the order the stream would give it), and tasks appear in the set shares."""
-    from metatokens.finetune import CHUNK, _chunk_seed
+    from metatokens.training.task_batches import CHUNK, _chunk_seed
     from metatokens.tasks import iter_examples
 
     tasks, weights = ["list_recall", "copying"], [3, 1]
@@ -452,7 +456,7 @@ def test_perplexity_auto_scores_exactly_the_documents_pretraining_held_out(tok, 
     """every=auto on the models' own pre-training corpus: the token stream scored is the packed
     validation split of `prepare_data` (the pre-training's own hold-out), token for token."""
     from metatokens.data.packing import prepare_data
-    from metatokens.perplexity import _token_stream, documents_to_score
+    from metatokens.evaluation.perplexity import _token_stream, documents_to_score
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -469,7 +473,7 @@ def test_perplexity_auto_scores_exactly_the_documents_pretraining_held_out(tok, 
 
 
 def test_perplexity_auto_says_when_the_documents_may_have_been_trained_on(tok):
-    from metatokens.perplexity import documents_to_score
+    from metatokens.evaluation.perplexity import documents_to_score
 
     builtin = {"source": "builtin", "val_fraction": 0.005}
     assert documents_to_score([_loaded(tok, "a", builtin)], "builtin", "auto")[0] == 200

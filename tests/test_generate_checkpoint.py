@@ -8,8 +8,8 @@ import torch
 from conftest import META, meta_favourite_model, toy_model
 from metatokens.model.config import model_shape
 from metatokens.errors import CheckpointError
-from metatokens.checkpoint import load_pretrained, save_pretrained
-from metatokens.generate import generate
+from metatokens.runs.model_folder import load_pretrained, save_pretrained
+from metatokens.generation import generate
 from metatokens.tokenizer import MetaTokenizer
 
 

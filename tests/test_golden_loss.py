@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metatokens.pretrain import run_pretrain
-from metatokens.runconfig import load_run_config
+from metatokens.training.pretrain import run_pretrain
+from metatokens.training.config import load_run_config
 
 GOLDEN = Path(__file__).parent / "data" / "golden_toy_losses.json"
 STEPS = 20

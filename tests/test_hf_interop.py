@@ -19,10 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
 from metatokens import cli  # noqa: E402
-from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from metatokens.runs.model_folder import load_pretrained, save_pretrained
 from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
-from metatokens.generate import generate  # noqa: E402
-from metatokens.hf import export_hf  # noqa: E402
+from metatokens.generation import generate
+from metatokens.hf.export import export_hf
 from metatokens.model import GPT  # noqa: E402
 from metatokens.tokenizer import META_TOKEN, MetaTokenizer  # noqa: E402
 
@@ -418,7 +418,7 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
     """An exported folder's Python files are never imported: not even when they were tampered with."""
     import shutil
 
-    from metatokens.loading import EXPORT_MODEL_TYPE, load_model
+    from metatokens.evaluation.loading import EXPORT_MODEL_TYPE, load_model
 
     assert EXPORT_MODEL_TYPE == metatokens.model.hf_model.MODEL_TYPE
     _, model, tok = meta_run
@@ -433,7 +433,7 @@ def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(expor
     idx = prompts(tok, with_meta=True)
     with torch.no_grad():
         assert torch.equal(loaded.model(idx)[0], model(idx)[0])
-    script = ("import sys; from metatokens.loading import load_model; m = load_model(sys.argv[1]); "
+    script = ("import sys; from metatokens.evaluation.loading import load_model; m = load_model(sys.argv[1]); "
               "print(type(m.model).__name__, m.kind, 'transformers' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, stdin=subprocess.DEVNULL,
@@ -447,8 +447,8 @@ def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
     import shutil
 
     from metatokens.errors import CheckpointError
-    from metatokens.loading import load_model
-    from metatokens.hf import EXPORT_MARKER
+    from metatokens.evaluation.loading import load_model
+    from metatokens.hf.hub import EXPORT_MARKER
 
     folder = tmp_path / "hf"
     shutil.copytree(exported, folder)
@@ -504,7 +504,7 @@ def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_mo
     import shutil
 
     from metatokens.errors import CheckpointError
-    from metatokens.loading import load_model
+    from metatokens.evaluation.loading import load_model
 
     folder = tmp_path / "hf"
     shutil.copytree(exported, folder)

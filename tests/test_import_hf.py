@@ -23,9 +23,9 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT
 
 import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
 from metatokens import cli  # noqa: E402
-from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from metatokens.families import import_hf  # noqa: E402
-from metatokens.inference import generate_ids  # noqa: E402
+from metatokens.runs.model_folder import load_pretrained, save_pretrained
+from metatokens.hf.families import import_hf
+from metatokens.generation.decode import generate_ids
 from metatokens.model import GPT, KVCache  # noqa: E402
 from metatokens.model.family import FamilyModel  # noqa: E402
 from metatokens.model.gpt import PosInfo  # noqa: E402
@@ -406,7 +406,7 @@ def test_the_dense_meta_attention_is_refused_for_imported_families(imported):
     silently run sparse (with the meta index rebuilt in every block)."""
     import dataclasses
 
-    from metatokens.checkpoint import read_config
+    from metatokens.runs.model_folder import read_config
     from metatokens.model.config import ConfigError
 
     cfg = read_config(imported["neox"])["model"]

@@ -9,8 +9,8 @@ import torch
 
 from conftest import META, meta_favourite_model, mixed_batch, toy_model
 from metatokens import cli
-from metatokens.checkpoint import save_pretrained
-from metatokens.inference import decoding_precision, MetaPolicy, StreamDecoder, encode_prompt, generate_ids, insert_every, stream_tokens
+from metatokens.runs.model_folder import save_pretrained
+from metatokens.generation.decode import decoding_precision, MetaPolicy, StreamDecoder, encode_prompt, generate_ids, insert_every, stream_tokens
 from metatokens.errors import MetaPolicyError
 from metatokens.model import GPT, KVCache
 from metatokens.devices import cpu_has_bf16
@@ -239,7 +239,7 @@ def run_cli(monkeypatch, argv):
 
 
 def expected_text(checkpoint, tokenizer, prompt, n, policy, show_meta=False, **kw):
-    from metatokens.checkpoint import load_pretrained
+    from metatokens.runs.model_folder import load_pretrained
 
     model, tok, _ = load_pretrained(checkpoint)
     ids = torch.tensor([encode_prompt(tok, prompt, policy)])

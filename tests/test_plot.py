@@ -83,7 +83,7 @@ def test_report_differences_clip_at_100_points_and_name_the_tasks(tmp_path, monk
     from types import SimpleNamespace
 
     import metatokens.plotting as plotting
-    import metatokens.study.report as report
+    import metatokens.study.figures as report
 
     figures = []  # the report imports save_figure when it draws
     monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or path)
@@ -101,7 +101,7 @@ def test_report_differences_clip_at_100_points_and_name_the_tasks(tmp_path, monk
 def test_report_accuracy_baselines_follow_each_length(monkeypatch):
     from types import SimpleNamespace
 
-    import metatokens.study.report as report
+    import metatokens.study.figures as report
     from metatokens.plotting import pyplot
 
     baselines = {"parity": {"120": {"majority": 0.55, "chance": 0.5}, "240": {"majority": 0.6, "chance": 0.5}}}

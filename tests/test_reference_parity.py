@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import _compute_yarn_parameters  # noqa: E402
 
 from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
-from metatokens.hf import config_from_hf_gpt2, state_dict_from_hf_gpt2  # noqa: E402
+from metatokens.hf.gpt2 import config_from_hf_gpt2, state_dict_from_hf_gpt2
 from metatokens.model import GPT  # noqa: E402
 from metatokens.model.positions import yarn_inv_freq  # noqa: E402
 

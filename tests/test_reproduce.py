@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metatokens.study import design, pipeline
+from metatokens.study import design, runner, stages
 from metatokens.study.design import SCALES, TASKS
-from metatokens.study.pipeline import Pipeline
+from metatokens.study.runner import Pipeline
 from metatokens.errors import StudyError
-from metatokens.study.report import StudyResults, controls, findings, render_report
+from metatokens.study.results import StudyResults
+from metatokens.study.findings import controls, findings
+from metatokens.study.report import render_report
 from metatokens.study.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
 
 L = SCALES["toy"].ft_len
@@ -239,7 +241,7 @@ def test_one_stage_needs_its_inputs(tmp_path):
 
 def test_interrupted_training_stage_resumes(tmp_path):
     pipe = Pipeline(tmp_path, "toy", progress=False, log=lambda s: None)
-    from metatokens.runconfig import load_run_config
+    from metatokens.training.config import load_run_config
 
     cfg = load_run_config("tiny", list(SCALES["toy"].pretrain_overrides) + ["train.ckpt_interval=3"])
     calls = []
@@ -248,7 +250,7 @@ def test_interrupted_training_stage_resumes(tmp_path):
         calls.append(resume)
         return pipe._pretrain(cfg, folder, resume)
 
-    spec = pipeline.StageSpec(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, key="k")
+    spec = stages.StageSpec(0, "pretrain-x", {"a": 1}, [], "metatokens pretrain", body, key="k")
     cfg.train.max_steps = 3  # "interrupted" after 3 of 6 steps: a checkpoint exists, no stage.json
     pipe.execute(spec, {})
     (tmp_path / "stages/seed0/pretrain-x/stage.json").unlink()
@@ -403,11 +405,11 @@ def test_a_gain_below_zero_is_called_contrary_and_a_floor_baseline_is_named(stud
 
 
 def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings(tmp_path):
-    """The scheduling order (pipeline.early_first): per seed, the first fine-tune of a model that is not
+    """The scheduling order (runner.early_first): per seed, the first fine-tune of a model that is not
     pre-trained moves ahead of the pre-trainings; everything else keeps the plan's order."""
     pipe = Pipeline(tmp_path, "toy", seeds=2, progress=False)
     todo = list(enumerate(pipe.plan(0) + pipe.plan(1)))
-    order = [f"seed{s.seed}/{s.name}" for _, s in pipeline.early_first(todo, pipe.scale)]
+    order = [f"seed{s.seed}/{s.name}" for _, s in runner.early_first(todo, pipe.scale)]
     first_scratch = next(m for m, ms in MODELS.items() if not ms.pretrained)
     for seed in (0, 1):
         mine = [name for name in order if name.startswith(f"seed{seed}/")]
@@ -419,7 +421,7 @@ def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings
 def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
     """Seed 1 of the tiny study had no meta-token pair 65+ positions apart (NaN in that bin): the near-minus-far
     contrast uses the farthest bin both measured instead of dropping the seed (hand computation)."""
-    from metatokens.study.report import near_minus_far
+    from metatokens.study.results import near_minus_far
 
     meta, ctrl = [0.1, 0.0, -0.2, float("nan")], [0.4, 0.3, 0.2, 0.1]
     assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
@@ -473,7 +475,7 @@ def test_learning_curves_title_sits_just_above_the_panels(study, monkeypatch):
     the panels (the title's room reserved twice: by the layout rectangle and by tight_layout, which lays out
     the suptitle itself). Measured on the drawn figure: title bottom to the panels' titles' top."""
     import metatokens.plotting as plotting
-    from metatokens.study.report import learning_curves_figure
+    from metatokens.study.figures import learning_curves_figure
 
     figures = []
     monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))

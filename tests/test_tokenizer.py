@@ -450,7 +450,7 @@ def test_from_gpt2_offline_says_how_to_allow_the_download(empty_hf_cache, monkey
 def test_offline_rule_is_huggingface_hubs(monkeypatch, hub_offline, transformers_offline) -> None:
     # Same variables, precedence and truthy spellings as huggingface_hub.constants (and so datasets).
     constants = pytest.importorskip("huggingface_hub.constants")
-    from metatokens.tokenizer import _hf_offline_setting
+    from metatokens.tokenizer.gpt2 import _hf_offline_setting
 
     for var, value in (("HF_HUB_OFFLINE", hub_offline), ("TRANSFORMERS_OFFLINE", transformers_offline)):
         if value is None:

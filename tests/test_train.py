@@ -15,12 +15,12 @@ import torch
 
 from metatokens import cli
 from metatokens.errors import CheckpointError
-from metatokens.pretrain import run_pretrain
-from metatokens.runconfig import TrainConfig, load_run_config
+from metatokens.training.pretrain import run_pretrain
+from metatokens.training.config import TrainConfig, load_run_config
 from metatokens import devices
 from metatokens.devices import cpu_has_bf16
 from metatokens.errors import TrainingError
-from metatokens.train import build_optimizer, lr_at
+from metatokens.training.setup import build_optimizer, lr_at
 
 WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
          "and to in is that for it as with was on be by this are from or at an which").split()
@@ -200,8 +200,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, 
 
 def test_weights_made_non_finite_by_a_checkpoint_step_are_never_saved(corpus, tmp_path, monkeypatch):
     """The loss of step 3 is finite, but its optimizer step turns the weights NaN: step-3 must not be saved."""
-    import metatokens.train as train_mod
-    from metatokens.checkpoint import load_pretrained
+    import metatokens.training.loop as train_mod
+    from metatokens.runs.model_folder import load_pretrained
 
     real_build = train_mod.build_optimizer
 
@@ -330,7 +330,7 @@ def test_set_values_parse_numbers_in_every_usual_spelling(text, value):
 
 
 def test_set_numbers_become_the_fields_types():
-    from metatokens.runconfig import load_run_config
+    from metatokens.training.config import load_run_config
 
     cfg = load_run_config("toy", ["train.lr=3e-4", "train.max_steps=1e3", "data.k=1e-1", "train.grad_clip=1"])
     assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 1000 and type(cfg.train.max_steps) is int
@@ -373,7 +373,7 @@ def test_presets_load_and_paper_presets_match_the_paper():
 def fake_run(root: Path, steps=(2, 4)) -> Path:
     """A run folder with model-folder checkpoints (no training) and LATEST naming the last."""
     from conftest import toy_model
-    from metatokens.checkpoint import save_pretrained
+    from metatokens.runs.model_folder import save_pretrained
 
     run = root / "run"
     for step in steps:
@@ -385,8 +385,8 @@ def fake_run(root: Path, steps=(2, 4)) -> Path:
 @pytest.mark.parametrize("pointer", ["../../outside", "../../..", "ABS", "", "step-00000004/../../../outside"])
 def test_latest_must_name_a_checkpoint_inside_the_run(tmp_path, pointer):
     from conftest import toy_model
-    from metatokens.checkpoint import save_pretrained
-    from metatokens.train import latest_checkpoint, resolve_model_dir
+    from metatokens.runs.model_folder import save_pretrained
+    from metatokens.runs.checkpoints import latest_checkpoint, resolve_model_dir
 
     run = fake_run(tmp_path)
     save_pretrained(tmp_path / "outside", toy_model(), None)  # a loadable model folder the pointer could reach
@@ -400,7 +400,7 @@ def test_latest_must_name_a_checkpoint_inside_the_run(tmp_path, pointer):
 def test_latest_skips_incomplete_checkpoints(tmp_path):
     import shutil
 
-    from metatokens.train import latest_checkpoint
+    from metatokens.runs.checkpoints import latest_checkpoint
 
     run = fake_run(tmp_path, steps=(2, 4))
     (run / "checkpoints" / "step-00000004" / "model.safetensors").unlink()
@@ -415,7 +415,7 @@ def test_latest_skips_incomplete_checkpoints(tmp_path):
 
 
 def test_a_kill_during_pruning_leaves_no_checkpoint_without_weights(tmp_path, monkeypatch):
-    import metatokens.train as train_mod
+    import metatokens.runs.checkpoints as checkpoints_mod
 
     run = fake_run(tmp_path, steps=(2, 4, 6))
 
@@ -423,14 +423,14 @@ def test_a_kill_during_pruning_leaves_no_checkpoint_without_weights(tmp_path, mo
         (Path(path) / "model.safetensors").unlink()
         raise KeyboardInterrupt  # the process dies with the folder half deleted
 
-    monkeypatch.setattr(train_mod.shutil, "rmtree", killed_mid_delete)
+    monkeypatch.setattr(checkpoints_mod.shutil, "rmtree", killed_mid_delete)
     with pytest.raises(KeyboardInterrupt):
-        train_mod._prune(run / "checkpoints", keep=2)
+        checkpoints_mod._prune(run / "checkpoints", keep=2)
     monkeypatch.undo()
     steps = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert sorted(p.name for p in steps) == ["step-00000004", "step-00000006"]
     assert all((p / "model.safetensors").is_file() for p in steps)
-    assert train_mod.latest_checkpoint(run).name == "step-00000006"
+    assert checkpoints_mod.latest_checkpoint(run).name == "step-00000006"
 
 
 def test_new_run_refuses_a_folder_that_is_not_a_run(corpus, tmp_path):
@@ -537,7 +537,7 @@ def test_a_run_that_fails_mid_way_keeps_its_log_and_one_that_fails_at_once_leave
     """A new run that dies before its first checkpoint used to lose everything, its metrics.jsonl too (a
     fine-tune stopped at step 2,100 by a task error left no trace). Now the log of the steps it trained is
     kept, and a new run in the same folder replaces it; a run that fails before any step still leaves nothing."""
-    from metatokens import train
+    from metatokens.training import loop as train
 
     real_write = train.MetricLog.write
 

@@ -1,6 +1,6 @@
 """Where do the fine-tuned models' greedy answers come from? (docs/results/list_recall_tiny.md)
 
-For each test example: decode the greedy answer (metatokens.generate, temperature 0) and classify
+For each test example: decode the greedy answer (metatokens.generation, temperature 0) and classify
 the word as the right one, another word of the queried (meta-marked) list, a word of another list,
 or something else. Run from the repository root: python docs/results/list_recall_tiny/diagnose.py
 """
@@ -11,9 +11,9 @@ from collections import Counter
 
 import torch
 
-from metatokens.loading import load_model, uses_meta
+from metatokens.evaluation.loading import load_model, uses_meta
 from metatokens.model.yarn import apply_yarn
-from metatokens.generate import generate
+from metatokens.generation import generate
 from metatokens.tasks import make_examples
 
 RUNS = sys.argv[1:] or ["runs/lr120-tiny", "runs/lr120-tiny-ape", "runs/lr120-tiny-baseline",

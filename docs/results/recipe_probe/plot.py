@@ -10,8 +10,8 @@ the fine-tuning seed + HELD_OUT_SEED_OFFSET, as `metatokens finetune` draws them
 import json
 from pathlib import Path
 
-from metatokens.evaluate import answer_baselines
-from metatokens.finetune import HELD_OUT_SEED_OFFSET
+from metatokens.evaluation.scoring import answer_baselines
+from metatokens.training.finetune import HELD_OUT_SEED_OFFSET
 from metatokens.plotting import pyplot, save_figure
 from metatokens.tasks import make_examples
 from metatokens.tokenizer import MetaTokenizer

@@ -4,7 +4,7 @@ The same weights are run three ways: as trained ("full"), with the positional en
 meta positions (meta_pos="zero": no APE vector there, no RoPE rotation of meta q/k), and with
 the meta-token's embedding zeroed (meta_embed="zero"). Accuracy is exact match of the answer.
 
-Accuracy is scored by `metatokens.evaluate.score_examples`, as `metatokens evaluate` scores it:
+Accuracy is scored by `metatokens.evaluation.scoring.score_examples`, as `metatokens evaluate` scores it:
 teacher-forced, the prompt plus the answer (without its last id) fed once, an answer correct
 when the argmax at every answer position is the answer's token (EOS included). That exact match
 equals greedy decoding's: if every teacher-forced argmax is right, greedy decoding reproduces
@@ -47,10 +47,10 @@ def answer_accuracy(
 ) -> dict[str, Any]:
     """Teacher-forced exact match and token accuracy of the answers, with 95% Wilson intervals.
 
-    The scoring is `metatokens.evaluate.score_examples`, so `ablate` and `evaluate` report the
+    The scoring is `metatokens.evaluation.scoring.score_examples`, so `ablate` and `evaluate` report the
     same number for the same model; `model(idx)` must return (logits (B, T, V), ...).
     """
-    from ..evaluate import score_examples
+    from ..evaluation.scoring import score_examples
 
     device = next(model.parameters()).device
     pad = 0 if meta_token_id != 0 else 1  # never the meta id, so padding adds no meta-token

@@ -19,9 +19,9 @@ from ..errors import AnalysisError
 def load_for_analysis(checkpoint: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, model folder) from a model folder or a run folder."""
     from ..errors import CheckpointError
-    from ..checkpoint import load_pretrained
+    from ..runs.model_folder import load_pretrained
     from ..devices import resolve_device
-    from ..train import resolve_model_dir
+    from ..runs.checkpoints import resolve_model_dir
 
     device = resolve_device(device)  # a bad --device, in one line, before the model loads
     folder = resolve_model_dir(checkpoint)

@@ -79,9 +79,11 @@ def add_command(sub) -> None:
 
 def run(args) -> int:
     from ..devices import resolve_device
-    from ..evaluate import evaluate_task, task_markdown, write_report
-    from ..loading import load_model, unique_names
-    from ..perplexity import evaluate_perplexity, perplexity_markdown
+    from ..evaluation.tasks import evaluate_task
+    from ..evaluation.report import task_markdown, write_report
+    from ..evaluation.loading import load_model, unique_names
+    from ..evaluation.perplexity import evaluate_perplexity
+    from ..evaluation.report import perplexity_markdown
 
     args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
     if args.batch_size < 1:

@@ -19,7 +19,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..hf import export_hf
+    from ..hf.export import export_hf
 
     out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
     has_tokenizer = (out / "tokenizer.json").is_file()

@@ -40,7 +40,7 @@ def add_command(sub) -> None:
     task.add_argument("--meta", choices=("auto", "on", "off"), default="auto",
                       help="use the tasks' meta-token variant (auto: when the model was pre-trained with meta-tokens)")
     task.add_argument("--eval-n", type=int, default=64, help="held-out examples scored at each evaluation (default 64)")
-    opt = p.add_argument_group("optimisation (defaults: metatokens.finetune.FINETUNE_TRAIN)")
+    opt = p.add_argument_group("optimisation (defaults: metatokens.training.finetune.FINETUNE_TRAIN)")
     opt.add_argument("--max-steps", "--steps", dest="steps", type=int, help="optimiser steps (default 500; the same "
                      "flag as pretrain's --max-steps, --steps also works)")
     opt.add_argument("--batch-size", type=int, help="examples per micro-batch (default 16)")
@@ -58,9 +58,11 @@ def add_command(sub) -> None:
 def run(args) -> int:
     from ..devices import resolve_device
     from ..errors import FinetuneError
-    from ..finetune import TaskSpec, make_train_config, parse_overrides, run_finetune
+    from ..training.task_batches import TaskSpec
+    from ..training.finetune import make_train_config, parse_overrides, run_finetune
     from ..errors import RunStopped
-    from ..train import check_resume_steps, read_run_json
+    from ..runs.checkpoints import check_resume_steps
+    from ..runs.folder import read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work

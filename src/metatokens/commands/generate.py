@@ -36,9 +36,9 @@ def run(args) -> int:
     import torch  # here, not at import: every `metatokens` call builds this command's parser
 
     from ..errors import CheckpointError
-    from ..checkpoint import load_pretrained
+    from ..runs.model_folder import load_pretrained
     from ..devices import resolve_device
-    from ..inference import MetaPolicy, decoding_precision, stream_text
+    from ..generation.decode import MetaPolicy, decoding_precision, stream_text
 
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
@@ -50,7 +50,7 @@ def run(args) -> int:
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     args.device = resolve_device(args.device)
-    from ..train import resolve_model_dir
+    from ..runs.checkpoints import resolve_model_dir
 
     model, tokenizer, _ = load_pretrained(resolve_model_dir(args.checkpoint), args.device)
     if tokenizer is None:

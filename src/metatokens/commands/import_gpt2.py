@@ -31,7 +31,7 @@ def add_command(sub) -> None:
 
 def run(args) -> int:
     from ..errors import GPT2ImportWarning
-    from ..hf import import_gpt2
+    from ..hf.gpt2 import import_gpt2
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GPT2ImportWarning)

@@ -31,8 +31,8 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..families import import_hf
-    from ..checkpoint import read_config
+    from ..hf.families import import_hf
+    from ..runs.model_folder import read_config
 
     out = import_hf(args.source, args.out, meta_attention=not args.no_meta, meta_pos=args.meta_pos,
                     block_size=args.block_size, vocab_multiple=args.vocab_multiple, seed=args.seed, overwrite=args.overwrite)

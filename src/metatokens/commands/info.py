@@ -54,7 +54,7 @@ def preset_counts() -> list[tuple[str, str, object, int]]:
     import torch
 
     from ..model.gpt import GPT
-    from ..runconfig import load_run_config, list_presets
+    from ..training.config import load_run_config, list_presets
 
     rows = []
     for name in list_presets():

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..runconfig import list_presets, load_run_config
+from ..training.config import list_presets, load_run_config
 
 
 def add_command(sub) -> None:
@@ -33,9 +33,9 @@ def add_command(sub) -> None:
 
 def run(args) -> int:
     from ..devices import resolve_device
-    from ..pretrain import run_pretrain
+    from ..training.pretrain import run_pretrain
     from ..errors import RunStopped
-    from ..train import check_resume_steps
+    from ..runs.checkpoints import check_resume_steps
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
@@ -70,7 +70,7 @@ def _saved_preset(run_dir: Path, tmp: Path) -> str:
     import yaml
 
     from ..errors import RunDirError
-    from ..train import read_run_json
+    from ..runs.folder import read_run_json
 
     saved = read_run_json(run_dir, "config")["config"]
     missing = [k for k in ("model", "data", "train") if not isinstance(saved.get(k), dict)]

@@ -34,7 +34,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..study.pipeline import Pipeline, default_jobs
+    from ..study.runner import Pipeline, default_jobs
     from ..errors import StudyError
 
     if args.seeds < 1:

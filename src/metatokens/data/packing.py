@@ -38,7 +38,7 @@ from ..errors import DataError
 from .corpora import corpus_fingerprint, iter_documents
 
 if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
-    from ..tokenizer import MetaTokenizer
+    from ..tokenizer.meta import MetaTokenizer
 
 # Bump whenever the file layout or the split rule changes: old cache entries are then ignored.
 CACHE_FORMAT = 1
@@ -355,7 +355,7 @@ def train_tokenizer_on(
     every document, validation ones included, as is usual for BPE; the effect on held-out loss
     is negligible.
     """
-    from ..tokenizer import MetaTokenizer
+    from ..tokenizer.meta import MetaTokenizer
 
     corpus_options = dict(text_field=text_field, hf_config=hf_config, split=split, max_documents=max_documents)
     path = None

@@ -2,7 +2,7 @@
 it compares (`stats`) and what it writes (`report`)."""
 
 from .design import SCALES, TASKS, ModelSpec, Scale
-from .pipeline import Pipeline
+from .runner import Pipeline
 from ..errors import StudyError
 
 __all__ = ["SCALES", "TASKS", "ModelSpec", "Pipeline", "Scale", "StudyError"]

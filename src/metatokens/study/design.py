@@ -1,6 +1,6 @@
 """What the study compares: its models and controls, tasks, scales, and the paper's numbers.
 
-One home for these constants, read by the pipeline (`metatokens.study.pipeline`) and the report
+One home for these constants, read by the pipeline (`metatokens.study.runner`) and the report
 (`metatokens.study.report`); neither imports the other's internals.
 
 The models. The paper compares three pre-trained models (GPT-2 with learned absolute positions and

@@ -20,7 +20,7 @@ from .registry import TASKS, make_examples
 
 
 def load_tokenizer(spec: str):
-    from ..tokenizer import MetaTokenizer
+    from ..tokenizer.meta import MetaTokenizer
 
     if spec == "gpt2":
         return MetaTokenizer.from_gpt2()

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from ..model.gpt import GPT
-from ..tokenizer import MetaTokenizer
-from . import llama, neox
-from .common import SUPPORTED, meta_tokenizer, read_hf_config, resolve_source
-from ..errors import ImportRefused
+from ...model.gpt import GPT
+from ...tokenizer.meta import MetaTokenizer
+from ..families import llama, neox
+from ..families.common import SUPPORTED, meta_tokenizer, read_hf_config, resolve_source
+from ...errors import ImportRefused
 
 __all__ = ["SUPPORTED", "ImportRefused", "convert", "from_transformers", "import_hf"]
 
@@ -47,9 +47,9 @@ def _config_classes() -> dict[str, Any]:
 
 def _build_family(module, hf_config, hf_state, rows: int, meta_token_id: int, *, meta_attention: bool,
                   meta_pos: str, block_size: int, seed: int) -> GPT:
-    from ..model.config import ConfigError
-    from ..model.config import FamilyConfig
-    from ..model.family import FamilyModel
+    from ...model.config import ConfigError
+    from ...model.config import FamilyConfig
+    from ...model.family import FamilyModel
 
     fields = module.config_fields(hf_config)
     window = getattr(hf_config, "max_position_embeddings", None) or block_size
@@ -84,7 +84,7 @@ def _build_family(module, hf_config, hf_state, rows: int, meta_token_id: int, *,
 
 def _build_gpt2(hf_config, hf_state, rows: int, meta_token_id: int, *, meta_attention: bool, meta_pos: str,
                 block_size: int, seed: int) -> GPT:
-    from ..hf import gpt2_to_meta_model
+    from ..gpt2 import gpt2_to_meta_model
 
     model = gpt2_to_meta_model(hf_config, hf_state, meta_token_id, rows, meta_attention=meta_attention, seed=seed)
     model.config = model.config.replace(meta_pos=meta_pos)  # GPT-2 keeps its learned position table (block_size)
@@ -138,7 +138,7 @@ def from_transformers(hf_model: torch.nn.Module, tokenizer: Any, **options: Any)
 
 
 def _is_import(folder: Path) -> bool:
-    from ..hf import _is_import as is_import
+    from . import _is_import as is_import
 
     return is_import(folder, key=IMPORT_KEY)
 
@@ -154,8 +154,9 @@ def import_hf(source: Any, out: str | Path, *, tokenizer: Any = None, meta_atten
     `pretrain --init` (at most the checkpoint's max_position_embeddings; GPT-2 keeps n_positions).
     An existing `out` must be empty, or an earlier import-hf output, replaced only with overwrite=True.
     """
-    from ..checkpoint import save_pretrained
-    from ..hf import _check_out_dir, _read_safetensors_weights, _require_transformers
+    from ...runs.model_folder import save_pretrained
+    from ..gpt2 import _read_safetensors_weights
+    from ..hub import _check_out_dir, _require_transformers
 
     _require_transformers()
     out = Path(out)

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ImportRefused
-from .common import activation, rope_settings
+from ...errors import ImportRefused
+from ..families.common import activation, rope_settings
 
 MODEL_TYPES = ("gpt_neox",)
 _RENAMES = {"attention.dense.": "self_attn.o_proj.", "mlp.dense_h_to_4h.": "mlp.up_proj.",

@@ -32,225 +32,44 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .fileio import atomic_write_text
-from .model.config import ConfigError, parse_value
-from .evaluate import collate, needed_positions, score_examples
-from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
-from .loading import LoadedModel, load_model, pretrain_rate, uses_meta
-from .model.yarn import apply_yarn
-from .model.gpt import GPT
-from .runconfig import RunConfig, TrainConfig
-from .tasks.base import Example
-from .tasks.registry import Phase, curriculum, get_task, iter_examples, make_examples
-from .tasks import TaskError
-from .tokenizer import MetaTokenizer
-from .errors import FinetuneError
+from ..fileio import atomic_write_text
+from ..model.config import ConfigError, parse_value
+from ..evaluation.scoring import needed_positions, score_examples
+from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
+from ..evaluation.loading import LoadedModel, load_model, pretrain_rate, uses_meta
+from ..model.yarn import apply_yarn
+from ..model.gpt import GPT
+from .config import RunConfig, TrainConfig
+from ..tasks.base import Example
+from ..tasks.registry import Phase, make_examples
+from ..tokenizer.meta import MetaTokenizer
+from ..errors import FinetuneError
+from .setup import Dist
+from ..runs.folder import RunFolder
+from .setup import check_step_memory
+from ..runs.checkpoints import latest_checkpoint
+from ..data.packing import tokenizer_hash
+from .loop import train_loop
+from .task_batches import TaskBatches
+from .task_batches import TaskSpec
+from .task_batches import plan_phases
+from .task_batches import task_names
 
-CHUNK = 256  # examples generated at a time; a resume regenerates at most this many
-_STATE_VERSION = 1
 
 # Optimisation defaults for fine-tuning (TrainConfig's are pre-training's); all overridable.
 FINETUNE_TRAIN = dict(batch_size=16, max_steps=500, lr=5e-4, min_lr=5e-5, warmup_steps=50, weight_decay=0.1,
                       eval_interval=100, log_interval=10, ckpt_interval=250, keep_last=2)
 
 
-@dataclass
-class TaskSpec:
-    """What to fine-tune on."""
-
-    task: str = "list_recall"  # a task of metatokens.tasks, or several comma-separated (a mixture), or "all"
-    weights: list[int] | None = None  # a mixture's share of each task, in examples (default: equal shares)
-    max_len: int = 128  # longest prompt in tokens (prompts of 0.75 L to L); rows add the answer
-    difficulty: str | None = None  # medium, hard, extra-hard, long; None: medium (or the curriculum's ladder)
-    curriculum: bool = False  # phases of growing length (and difficulty unless one is given)
-    phases: int = 5  # curriculum phases (paper: 5)
-    meta: str = "auto"  # auto (the model's pre-training decides), on, off: the tasks' meta-token variant
-    seed: int = 0  # seeds the example stream and the held-out examples
-    eval_n: int = 64  # test-split examples scored at every evaluation
-    yarn_scale: float | None = None  # extend a RoPE model's window L -> s * L with YaRN before fine-tuning
-
-
 # ----------------------------------------------------------------------------- batches
 
 
-def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
-    # Distinct per (seed, phase, chunk); tasks key every candidate on this integer.
-    return (seed << 32) | (phase << 24) | chunk
-
-
-def task_names(task: str) -> list[str]:
-    """The tasks of a `--task` value: one name, several comma-separated ones, or "all" (the four)."""
-    from .tasks.registry import TASKS
-
-    names = list(TASKS) if task.strip() == "all" else [t.strip() for t in task.split(",") if t.strip()]
-    if not names:
-        raise FinetuneError("--task names no task")
-    canonical = [get_task(n).name for n in names]
-    if len(set(canonical)) != len(canonical):
-        raise FinetuneError(f"--task names a task twice: {task}")
-    return canonical
-
-
-def mixture_slots(weights: list[int]) -> list[int]:
-    """One cycle of task indices, ``weights[t]`` times task t, spread evenly (smooth weighted round
-    robin): weights 2,1,1 give [0, 1, 0, 2]. Example g of the stream is of task ``slots[g % len]``."""
-    if not weights or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in weights):
-        raise FinetuneError(f"mixture weights must be positive integers, got {weights}")
-    current, slots = [0] * len(weights), []
-    for _ in range(sum(weights)):
-        current = [c + w for c, w in zip(current, weights)]
-        best = max(range(len(weights)), key=lambda t: current[t])
-        current[best] -= sum(weights)
-        slots.append(best)
-    return slots
-
-
-class TaskBatches:
-    """Endless, deterministic, resumable micro-batches of right-padded task examples.
-
-    One task, or a mixture: example ``g`` of the stream (counted over all processes) is of task
-    ``slots[g % len(slots)]`` (see `mixture_slots`) and is that task's own example number ``q * c +
-    (its earlier slots in the cycle)``, so each task has its own stream and a batch mixes tasks in
-    the set shares. `next_batch()` returns ``(x, y)`` int64 tensors of shape (B, width), width =
-    the longest ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter.
-    """
-
-    def __init__(
-        self,
-        task: str | list[str],
-        tokenizer: MetaTokenizer,
-        plan: list[Phase] | list[list[Phase]],
-        *,
-        batch_size: int,
-        seed: int,
-        meta: bool,
-        total_batches: int,
-        max_positions: int | None = None,
-        rank: int = 0,
-        world: int = 1,
-        weights: list[int] | None = None,
-    ):
-        self.tasks = task_names(task) if isinstance(task, str) else [get_task(t).name for t in task]
-        self.tokenizer = tokenizer
-        # one task's plan is a list of (length, difficulty); a mixture's is one such list per task
-        plans = plan if plan and isinstance(plan[0][0], (list, tuple)) else [plan]
-        if not plan or not all(plans):
-            raise FinetuneError("the phase plan is empty")
-        if len(plans) != len(self.tasks) or len({len(p) for p in plans}) != 1:
-            raise FinetuneError("a mixture needs one phase plan per task, all with the same number of phases")
-        self.plans = [[Phase(*p) for p in pl] for pl in plans]
-        self.weights = list(weights) if weights is not None else [1] * len(self.tasks)
-        if len(self.weights) != len(self.tasks):
-            raise FinetuneError(f"{len(self.weights)} mixture weights for {len(self.tasks)} tasks")
-        self.slots = mixture_slots(self.weights)
-        self._slot_rank = [sum(1 for s in self.slots[:r] if s == self.slots[r]) for r in range(len(self.slots))]
-        self.batch_size, self.seed, self.meta = batch_size, seed, meta
-        self.per_phase = max(1, math.ceil(total_batches / len(self.plans[0])))
-        self.max_positions, self.rank, self.world = max_positions, rank, world
-        self.batch = 0
-        self._chunks: dict[tuple[int, int, int], list[Example]] = {}
-
-    @property
-    def task(self) -> str:
-        return ",".join(self.tasks)
-
-    @property
-    def plan(self) -> list[Phase]:
-        return self.plans[0]
-
-    def phase_of(self, batch: int) -> int:
-        return min(len(self.plans[0]) - 1, batch // self.per_phase)
-
-    def _chunk(self, t: int, phase: int, chunk: int) -> list[Example]:
-        key = (t, phase, chunk)
-        if key not in self._chunks:
-            if len(self._chunks) >= 4 * len(self.tasks):  # keep memory flat over a long run
-                self._chunks.pop(next(iter(self._chunks)))
-            length, difficulty = self.plans[t][phase]
-            self._chunks[key] = list(iter_examples(
-                self.tasks[t], self.tokenizer, length=length, difficulty=difficulty, n=CHUNK,
-                seed=_chunk_seed(self.seed, phase, chunk), split="train", meta=self.meta,
-            ))
-        return self._chunks[key]
-
-    def _example(self, phase: int, g: int) -> Example:
-        cycle, r = divmod(g, len(self.slots))
-        t = self.slots[r]
-        i = cycle * self.weights[t] + self._slot_rank[r]  # this task's own example number
-        return self._chunk(t, phase, i // CHUNK)[i % CHUNK]
-
-    def examples(self, batch: int) -> list[Example]:
-        """The examples of this process's micro-batch number `batch`."""
-        phase = self.phase_of(batch)
-        within = batch - phase * self.per_phase
-        first = (within * self.world + self.rank) * self.batch_size
-        return [self._example(phase, g) for g in range(first, first + self.batch_size)]
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = collate(self.examples(self.batch), self.tokenizer.eos_token_id)
-        if self.max_positions is not None and x.size(1) > self.max_positions:
-            raise FinetuneError(f"a {self.task} row of {x.size(1)} tokens exceeds the model's {self.max_positions} learned "
-                                "positions; use a smaller --max-len")
-        self.batch += 1
-        return x, y
-
-    def _identity(self) -> dict[str, Any]:
-        # The phase split matters only with several phases; one phase may be run for longer.
-        per_phase = self.per_phase if len(self.plans[0]) > 1 else None
-        ident = {"task": self.task, "plan": [list(p) for p in self.plans[0]], "batch_size": self.batch_size,
-                 "seed": self.seed, "meta": self.meta, "per_phase": per_phase, "world": self.world}
-        if len(self.tasks) > 1:  # single-task runs keep the identity they always had
-            ident.update(weights=self.weights, plans=[[list(p) for p in pl] for pl in self.plans])
-        return ident
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "batch": self.batch, **self._identity()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION:
-            raise FinetuneError(f"unknown task-batch state version {state.get('version')!r}")
-        mine = self._identity()
-        changed = [k for k in mine if state.get(k) != mine[k]]
-        if changed:
-            raise FinetuneError(f"the saved example stream differs from this run's ({', '.join(changed)}); refusing to resume")
-        self.batch = int(state["batch"])
-
-
 # ----------------------------------------------------------------------------- plan and settings
-
-
-def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool, task: str | None = None) -> list[Phase]:
-    """The (length, difficulty) phases of `task` (default: the spec's only task); lengths raised
-    where a difficulty needs more tokens."""
-    task = get_task(task or spec.task).name
-    if not spec.curriculum:
-        plan = [Phase(spec.max_len, spec.difficulty or "medium")]
-    else:
-        try:
-            plan = curriculum(task, spec.max_len, spec.phases)
-        except TaskError as err:
-            raise FinetuneError(str(err)) from None
-        if spec.difficulty:
-            plan = [Phase(p.length, spec.difficulty) for p in plan]
-    fitted = []
-    for length, difficulty in plan:
-        while True:
-            try:
-                make_examples(task, tokenizer, length=length, difficulty=difficulty, n=1, seed=spec.seed, meta=meta)
-                break
-            except TaskError as err:
-                if length >= spec.max_len:
-                    raise FinetuneError(f"{task}/{difficulty} does not fit --max-len {spec.max_len} with this "
-                                        f"tokenizer ({err})") from None
-                length = min(spec.max_len, length + 8)
-        fitted.append(Phase(length, difficulty))
-    return fitted
 
 
 def parse_overrides(items: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -298,7 +117,7 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
         loaded = LoadedModel(Path(str(hf_model)).name, str(hf_model), model, load_hf_tokenizer(hf_model), "hf")
         return loaded, None, {"hf_model": str(hf_model)}
     from .pretrain import get_tokenizer, padded_vocab
-    from .runconfig import load_run_config
+    from .config import load_run_config
 
     cfg = load_run_config(from_scratch, model_overrides)
     tokenizer = MetaTokenizer.from_file(tokenizer_path) if tokenizer_path else get_tokenizer(cfg, d, progress)
@@ -363,13 +182,18 @@ def run_finetune(
     With `resume`, every setting comes from the run's run.json and `spec` / `train_cfg` are
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
-    from .data.packing import tokenizer_hash
-    from .train import check_run_dir, check_step_memory, latest_checkpoint, setup_distributed, train_loop
+    from .setup import setup_distributed
 
     d = setup_distributed(train_cfg.device)
-    run_dir = Path(out)
-    check_run_dir(run_dir, resume, FinetuneError)
+    with RunFolder(out, resume=resume, error=FinetuneError) as folder:
+        return _finetune(folder, spec, train_cfg, d, init=init, from_scratch=from_scratch, hf_model=hf_model,
+                         tokenizer_path=tokenizer_path, model_overrides=model_overrides, resume=resume,
+                         resume_steps=resume_steps, progress=progress)
 
+
+def _finetune(folder: RunFolder, spec: TaskSpec, train_cfg: TrainConfig, d: Dist, *, init, from_scratch, hf_model,
+              tokenizer_path, model_overrides, resume, resume_steps, progress) -> dict[str, Any]:
+    run_dir = folder.path
     if resume:
         # Everything comes from the run itself: its settings, and a model of the right shape
         # (train_loop then restores weights, optimiser, RNG and the example position).
@@ -431,7 +255,7 @@ def run_finetune(
         held_out = {task: _held_out(spec, p, tokenizer, meta, task) for task, p in zip(tasks, plans)}
 
     # Everything that can fail on bad input has run; only now does the run folder appear.
-    check_run_dir(run_dir, resume, FinetuneError, create=True)  # makes and locks the folder
+    folder.create()
     if isinstance(model, GPT):
         model_settings = model.config.to_dict()
     else:

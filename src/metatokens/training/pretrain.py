@@ -16,17 +16,21 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .checkpoint import load_pretrained
-from .fileio import atomic_write_text
-from .data.inject import MetaBlockLoader, val_batches
-from .data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
-from .model.family import build_model
-from .runconfig import RunConfig
-from .tokenizer import MetaTokenizer
-from .model.config import IGNORE_INDEX
-from .train import Dist, abandon_run_dir, check_resume_steps, check_run_dir, check_step_memory, read_run_json, release_run_dir, resolve_model_dir, setup_distributed, train_loop
-from .errors import RunDirError, TrainingError
+from ..errors import CheckpointError
+from ..runs.model_folder import load_pretrained
+from ..fileio import atomic_write_text
+from ..data.inject import MetaBlockLoader, val_batches
+from ..data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
+from ..model.family import build_model
+from .config import RunConfig
+from ..tokenizer.meta import MetaTokenizer
+from ..model.config import IGNORE_INDEX
+from .setup import Dist, check_step_memory, setup_distributed
+from ..runs.folder import read_run_json
+from ..runs.checkpoints import check_resume_steps, resolve_model_dir
+from .loop import train_loop
+from ..errors import RunDirError, TrainingError
+from ..runs.folder import RunFolder
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -110,19 +114,12 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
     A new run that fails before its first checkpoint leaves nothing behind.
     """
     d = setup_distributed(cfg.train.device)
-    run_dir = Path(out)
-    check_run_dir(run_dir, resume)
-    try:
-        return _pretrain(cfg, run_dir, d, resume=resume, init=init, progress=progress)
-    except BaseException:
-        abandon_run_dir(run_dir)
-        raise
-    finally:
-        release_run_dir(run_dir)
+    with RunFolder(out, resume=resume) as folder:
+        return _pretrain(cfg, folder, d, resume=resume, init=init, progress=progress)
 
 
-def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str | None, progress: bool) -> dict[str, Any]:
-    init_model = None
+def _pretrain(cfg: RunConfig, folder: RunFolder, d: Dist, *, resume: bool, init: str | None, progress: bool) -> dict[str, Any]:
+    run_dir, init_model = folder.path, None
     if resume:
         read_run_json(run_dir, "config", "tokenizer_sha256")  # a damaged run.json is named before any work
         check_resume_steps(run_dir, cfg.train.max_steps, "train.max_steps", allow_equal=True)
@@ -152,7 +149,7 @@ def _pretrain(cfg: RunConfig, run_dir: Path, d: Dist, *, resume: bool, init: str
     evaluate = make_evaluator(cfg, packed, tokenizer.meta_token_id, d)
 
     # Everything that can fail on bad input has run; only now does the run folder appear.
-    check_run_dir(run_dir, resume, create=True)
+    folder.create()
     info = {"config": cfg.to_dict(), "tokenizer_sha256": tok_hash, "init": init, "world_size": d.world,
             "data": {k: packed.meta.get(k) for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")},
             "params": model.num_params(), "torch": torch.__version__}

@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .data.packing import tokenizer_hash
-from .evaluate import answer_logits
-from .errors import EvaluationError
+from ..data.packing import tokenizer_hash
+from .scoring import answer_logits
+from ..errors import EvaluationError
 from .loading import LoadedModel, auto_meta_rate
-from .model.gpt import GPT
-from .plotting import pyplot, save_figure
-from .tokenizer import MetaTokenizer
-from .model.config import IGNORE_INDEX
-from .model.yarn import apply_yarn
+from ..model.gpt import GPT
+from ..tokenizer.meta import MetaTokenizer
+from ..model.config import IGNORE_INDEX
+from ..model.yarn import apply_yarn
 
 
 def _token_stream(tokenizer: MetaTokenizer, source: str, need: int, *, every: int, max_documents: int | None,
                   text_field: str, hf_config: str | None, split: str) -> tuple[torch.Tensor, int]:
     """EOS-joined tokens of every `every`-th document until `need` tokens (pre-training's layout)."""
-    from .data.corpora import iter_documents
+    from ..data.corpora import iter_documents
 
     ids: list[int] = []
     used = 0
@@ -86,7 +84,7 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss and perplexity per text token, overall and by position bucket (module docstring)."""
-    from .data.inject import num_meta, val_batches
+    from ..data.inject import num_meta, val_batches
 
     if not models:
         raise EvaluationError("no models to evaluate")
@@ -135,7 +133,7 @@ def evaluate_perplexity(
         batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
         iterator = batches
         if progress:
-            from .progress import progress_bar
+            from ..progress import progress_bar
 
             iterator = progress_bar(batches, desc=f"perplexity {m.name}", unit="batch")
         for x, y in iterator:
@@ -184,7 +182,7 @@ def documents_to_score(models: Sequence[LoadedModel], source: str, every: int | 
     share the documents: refused, pass an explicit R. Otherwise every document is scored, and the
     note says whether any model could have trained on them.
     """
-    from .data.packing import _check_val_fraction
+    from ..data.packing import _check_val_fraction
 
     if every != "auto":
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -218,42 +216,3 @@ def documents_to_score(models: Sequence[LoadedModel], source: str, every: int | 
     return 1, "every document (no model was pre-trained on this source)"
 
 
-def perplexity_markdown(result: dict[str, Any]) -> str:
-    lines = [
-        f"### Perplexity on {result['source']} ({_every(result['every'])}, seed {result['seed']})",
-        "",
-        f"Documents: {result.get('documents', _every(result['every']))}.",
-        "",
-        "| model | positions | context | meta-tokens per row | text tokens | loss | perplexity |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in result["models"]:
-        pos = m["pos_encoding"] + (f" + YaRN x{m['yarn']['factor']:g}" if m.get("yarn") else "")
-        lines.append(f"| {m['name']} | {pos} | {m['context']} | {m['meta_per_row']} (k={m['meta_rate']:g}) | {m['tokens']} | "
-                     f"{m['loss']:.4f} | {m['perplexity']:.2f} |")
-    lines += ["", "Perplexity by position within the context:", ""]
-    first = result["models"][0]["buckets"]
-    header = " | ".join(f"{b['positions'][0]}-{b['positions'][1]}" for b in first)
-    lines += [f"| model | {header} |", "|---|" + "---|" * len(first)]
-    for m in result["models"]:
-        cells = " | ".join("n/a" if b["perplexity"] is None else f"{b['perplexity']:.2f}" for b in m["buckets"])
-        lines.append(f"| {m['name']} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def perplexity_plot(result: dict[str, Any], out: Path) -> Path:
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in result["models"]:
-        pts = [((b["positions"][0] + b["positions"][1]) / 2, b["perplexity"]) for b in m["buckets"] if b["perplexity"]]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"{m['name']} (k={m['meta_rate']:g})")
-    ax.set_xlabel("position within the context (bucket centre)")
-    ax.set_ylabel("perplexity per text token")
-    ax.set_title(f"perplexity by position: {result['source']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out)
-    return out

@@ -18,12 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from . import __version__
-from .model.config import ConfigError, ModelConfig
-from .fileio import atomic_folder, atomic_write_text, fsync_path
-from .model.gpt import GPT
-from .model.family import build_model
-from .errors import CheckpointError
+from .. import __version__
+from ..model.config import ConfigError, ModelConfig
+from ..fileio import atomic_folder, atomic_write_text, fsync_path
+from ..model.gpt import GPT
+from ..model.family import build_model
+from ..errors import CheckpointError
 
 FORMAT = "metatokens"
 FORMAT_VERSION = 1
@@ -165,8 +165,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
 
 
 def load_tokenizer(file: Path):
-    from .tokenizer import MetaTokenizer
-    from .errors import TokenizerError
+    from ..tokenizer.meta import MetaTokenizer
+    from ..errors import TokenizerError
 
     try:
         return MetaTokenizer.from_file(file)

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..hf import read_hf_config as hf_read_config, resolve_hub_folder
-from ..model.config import SUPPORTED
-from ..tokenizer import EOS_TOKEN, META_TOKEN, MetaTokenizer
-from ..errors import TokenizerError
-from ..errors import ImportRefused
+from ..hub import read_hf_config as hf_read_config, resolve_hub_folder
+from ...model.config import SUPPORTED
+from ...tokenizer.backend import EOS_TOKEN, META_TOKEN
+from ...tokenizer.meta import MetaTokenizer
+from ...errors import TokenizerError
+from ...errors import ImportRefused
 
 __all__ = ["SUPPORTED", "ImportRefused", "activation", "rope_settings", "meta_tokenizer", "resolve_source", "read_hf_config"]
 

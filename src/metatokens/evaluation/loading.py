@@ -5,7 +5,7 @@
 network in eval mode, its tokenizer and what the reports say about it (name, kind, positions,
 meta-token, the run's run.json). Our own exports are read with our classes and safetensors, their
 SHA-256 checked against the export's marker; no Python file of a folder is ever run. Hugging Face
-models go through `metatokens.hf.HFCausalLM`, which gives them our model interface.
+models go through `metatokens.hf.baseline.HFCausalLM`, which gives them our model interface.
 
 `uses_meta` and `pretrain_rate` decide from a model's run.json whether it reads the tasks' meta-token
 prompts and at which rate its pre-training injected meta-tokens.
@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .checkpoint import load_pretrained
-from .model.gpt import GPT
-from .tokenizer import MetaTokenizer
-from .errors import EvaluationError
+from ..errors import CheckpointError
+from ..runs.model_folder import load_pretrained
+from ..model.gpt import GPT
+from ..tokenizer.meta import MetaTokenizer
+from ..errors import EvaluationError
 
 EXPORT_MODEL_TYPE = "metatokens"  # config.json "model_type" of `metatokens export` folders (hf_model.MODEL_TYPE)
 
@@ -90,8 +90,8 @@ def _model_name(path: Path, model_dir: Path) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> LoadedModel:
     """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one)."""
-    from .hf import HFCausalLM, load_hf_model, load_hf_tokenizer
-    from .train import resolve_model_dir
+    from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
+    from ..runs.checkpoints import resolve_model_dir
 
     path = Path(path)
     if not path.exists():
@@ -122,10 +122,10 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
     from its config.json, the weights read with safetensors. The folder's Python files are never run."""
     import dataclasses
 
-    from .checkpoint import check_shapes_fit, check_tokenizer, load_tokenizer
-    from .model.config import ConfigError, ModelConfig
-    from .model.config import FamilyConfig
-    from .model.family import build_model
+    from ..runs.model_folder import check_shapes_fit, check_tokenizer, load_tokenizer
+    from ..model.config import ConfigError, ModelConfig
+    from ..model.config import FamilyConfig
+    from ..model.family import build_model
 
     file = folder / "config.json"
     kind = FamilyConfig if "family" in config else ModelConfig  # an export of an `import-hf` model
@@ -161,8 +161,8 @@ def _export_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .checkpoint import sha256_file
-    from .hf import EXPORT_MARKER
+    from ..runs.model_folder import sha256_file
+    from ..hf.hub import EXPORT_MARKER
 
     marker = folder / EXPORT_MARKER
     try:

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import devices
-from .model.gpt import GPT, KVCache
-from .tokenizer import META_TOKEN, MetaTokenizer
-from .errors import MetaPolicyError
+from .. import devices
+from ..model.gpt import GPT, KVCache
+from ..tokenizer.backend import META_TOKEN
+from ..tokenizer.meta import MetaTokenizer
+from ..errors import MetaPolicyError
 
 __all__ = [
     "MetaPolicy", "MetaPolicyError", "StreamDecoder", "encode_prompt", "generate_ids", "insert_every", "stream_tokens",

@@ -1,0 +1,1 @@
+"""Hugging Face interop: the hub and folders, export, GPT-2 import, Llama/NeoX import, HF models as baselines."""

@@ -1,0 +1,1 @@
+"""Run folders and model folders: what a run writes, its lock and lifecycle, its checkpoints/ layout."""

@@ -1,0 +1,1 @@
+"""Training: settings, set-up (devices, parallelism, precision), checkpoints, the loop, pre-training and fine-tuning."""
