@@ -39,7 +39,7 @@ from metatokens.generation import generate
 from metatokens.model import GPT
 from metatokens.tasks import Example
 
-ANALYZE = "metatokens.commands.analyze"
+ANALYZE = "metatokens.cli.analyze"
 
 
 def sharpen(model: GPT, factor: float = 25.0) -> GPT:

@@ -69,7 +69,7 @@ def _model_folder(folder: Path) -> Path:
 
 
 def test_outputs_default_to_the_run_the_model_belongs_to_not_the_working_directory(tmp_path, monkeypatch, capsys):
-    from metatokens.commands import beside_model
+    from metatokens.cli.common import beside_model
 
     run = tmp_path / "run"
     step = _model_folder(run / "checkpoints" / "step-00000002")

@@ -25,7 +25,7 @@ from metatokens.model.positions import rope_inv_freq
 from metatokens.tasks import Example, Phase, make_examples
 from metatokens.tokenizer import MetaTokenizer
 
-COMMANDS = ["metatokens.commands.finetune", "metatokens.commands.evaluate"]
+COMMANDS = ["metatokens.cli.finetune", "metatokens.cli.evaluate"]
 VOCAB = 640  # embedding rows of the test models (>= the tokenizer's 600 ids)
 
 
@@ -126,7 +126,7 @@ def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chan
     assert scoring.answer_baselines(parity)["chance"] == 0.5
 
     figures = []
-    monkeypatch.setattr(evaluate, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: figures.append(fig))
     report.task_plot(result, "unused.png")
     (fig,) = figures
     title = fig._suptitle.get_text()
@@ -259,7 +259,7 @@ def test_curriculum_phases_grow_and_split_the_batches(tok):
 
 def test_finetune_takes_pretrains_max_steps_flag():
     """One flag vocabulary: `finetune --max-steps N` as `pretrain --max-steps N` (`--steps` still works)."""
-    from metatokens.cli import build_parser
+    from metatokens.cli.main import build_parser
 
     parser = build_parser()
     base = ["finetune", "--out", "x", "--init", "y"]

@@ -26,7 +26,7 @@ from metatokens.hf.export import export_hf
 from metatokens.model import GPT  # noqa: E402
 from metatokens.tokenizer import META_TOKEN, MetaTokenizer  # noqa: E402
 
-COMMANDS = ["metatokens.commands.export", "metatokens.commands.import_gpt2"]
+COMMANDS = ["metatokens.cli.export", "metatokens.cli.import_gpt2"]
 TEXTS = [
     "the quick brown fox jumps over the lazy dog. " * 3,
     "hello world, hello meta tokens! numbers 12 345 and symbols #$%",

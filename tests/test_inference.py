@@ -16,7 +16,7 @@ from metatokens.model import GPT, KVCache
 from metatokens.devices import cpu_has_bf16
 from metatokens.tokenizer import META_TOKEN, MetaTokenizer
 
-CMD = "metatokens.commands.generate"
+CMD = "metatokens.cli.generate"
 TEXT = ["the meta token marks a place in the text. " * 5, "Numbers 123 456 and words; more words here."] * 20
 
 

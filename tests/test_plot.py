@@ -8,7 +8,7 @@ import pytest
 
 
 from metatokens import cli
-from metatokens.commands.plot import run_labels
+from metatokens.cli.plot import run_labels
 
 
 def write_run(folder, losses):
@@ -51,7 +51,7 @@ def capture_figures(monkeypatch, module) -> list:
 
 
 def test_the_loss_plot_title_names_the_runs_and_what_they_trained_on(tmp_path, monkeypatch):
-    import metatokens.commands.plot as plot
+    import metatokens.cli.plot as plot
 
     for name in ("a", "b"):
         write_run(tmp_path / name / "run", [(1, 5.0), (2, 4.0)])
@@ -65,7 +65,7 @@ def test_the_loss_plot_title_names_the_runs_and_what_they_trained_on(tmp_path, m
 def test_the_title_explains_only_the_marks_the_figure_has(tmp_path, monkeypatch):
     """A metric logged at validation only (exact_match) has dots and no lines: the title must not
     promise training lines; a loss with both keeps the two-part key."""
-    import metatokens.commands.plot as plot
+    import metatokens.cli.plot as plot
 
     write_run(tmp_path / "both", [(1, 5.0), (2, 4.0)])
     (tmp_path / "val").mkdir()
@@ -82,11 +82,10 @@ def test_the_title_explains_only_the_marks_the_figure_has(tmp_path, monkeypatch)
 def test_report_differences_clip_at_100_points_and_name_the_tasks(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import metatokens.plotting as plotting
     import metatokens.study.figures as report
 
-    figures = []  # the report imports save_figure when it draws
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or path)
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: figures.append(fig) or path)
     res = SimpleNamespace(scale=SimpleNamespace(ft_len=120), out=tmp_path)
     rows = [("Copying: Meta+RoPE vs GPT-2 (APE)", {"diff": 0.5, "ci95": [-0.1, 1.4]}),
             ("List Recall: Meta+RoPE vs GPT-2 (APE)", {"diff": -0.1, "ci95": [-1.9, 0.3]})]

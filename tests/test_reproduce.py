@@ -474,11 +474,11 @@ def test_learning_curves_title_sits_just_above_the_panels(study, monkeypatch):
     """The committed 3-seed figure had a blank band of about half an inch between its two-line title and
     the panels (the title's room reserved twice: by the layout rectangle and by tight_layout, which lays out
     the suptitle itself). Measured on the drawn figure: title bottom to the panels' titles' top."""
-    import metatokens.plotting as plotting
+    import metatokens.study.figures as study_figures
     from metatokens.study.figures import learning_curves_figure
 
     figures = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
+    monkeypatch.setattr(study_figures, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
     learning_curves_figure(_hand_made(study))
     (fig,) = figures
     fig.canvas.draw()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+
+import torch
+
 from .errors import DeviceError
 
 DEVICE_FORMS = "cpu, cuda, cuda:N, mps or auto"
@@ -15,7 +18,6 @@ def resolve_device(spec: object, what: str = "--device") -> str:
     `what` names the setting in the message (--device, train.device). Returns the resolved string
     ("auto" becomes "cuda" or "cpu"); raises DeviceError before any model or data is touched.
     """
-    import torch
 
     if isinstance(spec, torch.device):
         spec = str(spec)
@@ -39,7 +41,6 @@ def resolve_device(spec: object, what: str = "--device") -> str:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated."""
-    import torch
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

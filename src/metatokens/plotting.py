@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
+
+import numpy as np
+
 from .errors import PlotError
 
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend; a one-line error when it is missing."""
     try:
-        import matplotlib
+        import matplotlib  # deferred: matplotlib takes about 0.5 s to import and only commands that draw need it
     except ImportError:
         raise PlotError("plots need matplotlib, a dependency of metatokens: pip install matplotlib") from None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib takes about 0.5 s to import and only commands that draw need it
 
     # Lay figures out at the resolution they are saved at: text is hinted to whole pixels, so a
     # layout measured at another dpi can be off by tens of pixels and crop long tick labels.
@@ -70,7 +74,6 @@ def analysis_title(result: dict, what: str, title: str = "") -> str:
 
 def wrap_title(text: str, width: int = 90) -> str:
     """Each line of `text` wrapped at `width` characters, so a long title does not run off the figure."""
-    import textwrap
 
     return "\n".join(textwrap.fill(line, width) if line else line for line in text.split("\n"))
 
@@ -93,7 +96,6 @@ def label_cells(ax, image, grid, fmt: str = "{:.2f}", max_size: float = 10.0, mi
     is final): black or white by the cell's colour, in the largest font (up to `max_size` points)
     that fits the cell; NaN cells read "n/a". None written, and [] returned, when the cells are too
     small for `min_size` points."""
-    import numpy as np
 
     grid = np.asarray(grid, dtype=float)
     rows, cols = grid.shape

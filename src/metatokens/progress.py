@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 LINE_INTERVAL_S = 30.0
 
 
@@ -85,7 +87,6 @@ def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
     desc, unit, disable, ...)."""
     stream = kwargs.get("file") or sys.stderr
     if getattr(stream, "isatty", lambda: False)():
-        from tqdm.auto import tqdm
 
         return tqdm(iterable, dynamic_ncols=True, **kwargs)
     return LineProgress(iterable, **kwargs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 Z95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95% intervals
 
 

@@ -9,9 +9,21 @@ Attention probabilities are recomputed from activations captured with forward ho
 attention.py), so the model itself is used exactly as trained and never modified.
 """
 
-from .ablate import VARIANTS, ablation_study, answer_accuracy, markdown_table, plot_ablation
-from .attention import Attention, attention_entropy, attention_output, meta_attention, self_attention
 from ..errors import AnalysisError
+from .ablate import (
+    VARIANTS,
+    ablation_study,
+    answer_accuracy,
+    markdown_table,
+    plot_ablation,
+)
+from .attention import (
+    Attention,
+    attention_entropy,
+    attention_output,
+    meta_attention,
+    self_attention,
+)
 from .common import bootstrap_ci, load_for_analysis, model_variant
 from .entropy import entropy_analysis, plot_entropy
 from .rate_distortion import (
@@ -26,7 +38,12 @@ from .rate_distortion import (
     sweep,
     train_vib,
 )
-from .residual import distance_bins, plot_residual, residual_analysis, similarity_by_distance
+from .residual import (
+    distance_bins,
+    plot_residual,
+    residual_analysis,
+    similarity_by_distance,
+)
 from .trace import Trace, trace
 
 __all__ = [

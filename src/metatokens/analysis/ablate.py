@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from ..progress import progress_bar
 
+from ..evaluation.scoring import score_examples
 from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
+from ..progress import progress_bar
+from ..tasks.registry import make_examples
 from .common import check_fits, model_variant
 
 VARIANTS = {  # name -> config changes, in the order of the table's columns
@@ -50,7 +52,6 @@ def answer_accuracy(
     The scoring is `metatokens.evaluation.scoring.score_examples`, so `ablate` and `evaluate` report the
     same number for the same model; `model(idx)` must return (logits (B, T, V), ...).
     """
-    from ..evaluation.scoring import score_examples
 
     device = next(model.parameters()).device
     pad = 0 if meta_token_id != 0 else 1  # never the meta id, so padding adds no meta-token
@@ -76,7 +77,6 @@ def ablation_study(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of the three variants on every (task, length); rows in task-major order."""
-    from ..tasks.registry import make_examples
 
     examples = {}
     for task in tasks:  # made (and checked) before any model run, so bad input fails fast

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import resolve_device
+from ..errors import AnalysisError, CheckpointError
+from ..fileio import atomic_write_text
 from ..model.gpt import GPT
-from ..errors import AnalysisError
+from ..runs.checkpoints import resolve_model_dir
+from ..runs.model_folder import load_pretrained
 
 
 def load_for_analysis(checkpoint: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, model folder) from a model folder or a run folder."""
-    from ..errors import CheckpointError
-    from ..runs.model_folder import load_pretrained
-    from ..devices import resolve_device
-    from ..runs.checkpoints import resolve_model_dir
 
     device = resolve_device(device)  # a bad --device, in one line, before the model loads
     folder = resolve_model_dir(checkpoint)
@@ -115,7 +115,6 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    from ..fileio import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from ..progress import progress_bar
 
 from ..model.gpt import GPT
-from .attention import attention_entropy, meta_attention, self_attention
 from ..plotting import analysis_title, label_cells, pyplot, save_figure, wrap_title
+from ..progress import progress_bar
+from .attention import attention_entropy, meta_attention, self_attention
 from .common import check_fits, check_has_meta, example_ids, model_variant, summary
 from .trace import trace
 

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..progress import progress_bar
 
+from ..errors import AnalysisError
 from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
-from ..errors import AnalysisError
+from ..progress import progress_bar
 from .common import check_fits, check_has_meta, example_ids, model_variant
 from .trace import trace
 

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ..progress import progress_bar
 
 from ..model.gpt import GPT
 from ..plotting import analysis_title, pyplot, save_figure, wrap_title
+from ..progress import progress_bar
 from .common import check_fits, check_has_meta, example_ids
 from .trace import trace
 

@@ -3,7 +3,13 @@
 from ..errors import DataError
 from .corpora import builtin_documents, corpus_fingerprint, iter_documents
 from .inject import MetaBlockLoader, inject_meta, meta_positions, num_meta, val_batches
-from .packing import PackedData, prepare_data, token_dtype, tokenizer_hash, train_tokenizer_on
+from .packing import (
+    PackedData,
+    prepare_data,
+    token_dtype,
+    tokenizer_hash,
+    train_tokenizer_on,
+)
 
 __all__ = [
     "DataError",

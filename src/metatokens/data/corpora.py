@@ -27,8 +27,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..fileio import json_sha256
 from ..errors import DataError
+from ..fileio import json_sha256
+from . import _stdlib_prose
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ def _builtin_corpus() -> tuple[str, ...]:
         # E.g. an embedded Python without a usable sys.executable. Extracting in this process
         # works too, but the text may then differ slightly with what the process has patched.
         log.warning("built-in corpus: fresh interpreter failed (%s); extracting in this process", _first_line(exc))
-        from . import _stdlib_prose
 
         documents = _stdlib_prose.extract()
     if not documents:
@@ -193,7 +193,7 @@ def _iter_jsonl(file: Path, text_field: str) -> Iterator[str]:
 
 def _import_pyarrow_parquet(file: Path):
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional dependency: pyarrow (pip install "metatokens[parquet]")
     except ImportError:
         raise DataError(f"{file}: reading .parquet needs pyarrow; pip install pyarrow") from None
     return pq
@@ -278,7 +278,7 @@ def _iter_hf(name: str, text_field: str, hf_config: str | None, split: str) -> I
     if not name:
         raise DataError("source 'hf:' needs a dataset name, e.g. 'hf:wikitext' with hf_config='wikitext-103-raw-v1'")
     try:
-        import datasets
+        import datasets  # optional dependency: datasets (pip install "metatokens[hf]")
     except ImportError:
         raise DataError(f"source {where!r} needs the `datasets` package; pip install datasets") from None
     try:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from ..model.config import IGNORE_INDEX
 
 __all__ = ["MetaBlockLoader", "inject_meta", "meta_positions", "num_meta", "row_rng", "val_batches"]

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ..progress import progress_bar
 
-from ..fileio import atomic_write_text, fsync_dir, json_sha256
 from ..errors import DataError
+from ..fileio import atomic_write_text, fsync_dir, json_sha256
+from ..progress import progress_bar
+from ..tokenizer.meta import MetaTokenizer
 from .corpora import corpus_fingerprint, iter_documents
 
 if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
@@ -134,7 +135,7 @@ def _exclusive(folder: Path):
     every file lands by atomic rename and the content is deterministic - only work is wasted.
     """
     try:
-        import fcntl
+        import fcntl  # platform: fcntl is missing on Windows
     except ImportError:
         yield
         return
@@ -355,7 +356,6 @@ def train_tokenizer_on(
     every document, validation ones included, as is usual for BPE; the effect on held-out loss
     is negligible.
     """
-    from ..tokenizer.meta import MetaTokenizer
 
     corpus_options = dict(text_field=text_field, hf_config=hf_config, split=split, max_documents=max_documents)
     path = None

@@ -13,6 +13,7 @@ prompts and at which rate its pre-training injected meta-tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError
-from ..runs.model_folder import load_pretrained
+from ..errors import CheckpointError, EvaluationError
+from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
+from ..hf.hub import EXPORT_MARKER
+from ..model.config import ConfigError, FamilyConfig, ModelConfig
+from ..model.family import build_model
 from ..model.gpt import GPT
+from ..runs.checkpoints import resolve_model_dir
+from ..runs.model_folder import (
+    check_shapes_fit,
+    check_tokenizer,
+    load_pretrained,
+    load_tokenizer,
+    sha256_file,
+)
 from ..tokenizer.meta import MetaTokenizer
-from ..errors import EvaluationError
 
 EXPORT_MODEL_TYPE = "metatokens"  # config.json "model_type" of `metatokens export` folders (hf_model.MODEL_TYPE)
 
@@ -90,8 +103,6 @@ def _model_name(path: Path, model_dir: Path) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> LoadedModel:
     """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one)."""
-    from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
-    from ..runs.checkpoints import resolve_model_dir
 
     path = Path(path)
     if not path.exists():
@@ -120,12 +131,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", name: str |
 def load_export(folder: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> tuple[GPT, MetaTokenizer]:
     """A `metatokens export` folder (or a transformers save of one) as our GPT and tokenizer: the settings
     from its config.json, the weights read with safetensors. The folder's Python files are never run."""
-    import dataclasses
 
-    from ..runs.model_folder import check_shapes_fit, check_tokenizer, load_tokenizer
-    from ..model.config import ConfigError, ModelConfig
-    from ..model.config import FamilyConfig
-    from ..model.family import build_model
 
     file = folder / "config.json"
     kind = FamilyConfig if "family" in config else ModelConfig  # an export of an `import-hf` model
@@ -158,11 +164,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
 def _export_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The safetensors weights of an exported folder, checked against the SHA-256 its marker records
     (a transformers save of a loaded export has no marker, and nothing to check against)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
-    from ..runs.model_folder import sha256_file
-    from ..hf.hub import EXPORT_MARKER
 
     marker = folder / EXPORT_MARKER
     try:

@@ -19,20 +19,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.packing import tokenizer_hash
-from .scoring import answer_logits
+from ..data.corpora import iter_documents
+from ..data.inject import num_meta, val_batches
+from ..data.packing import _check_val_fraction, tokenizer_hash
 from ..errors import EvaluationError
-from .loading import LoadedModel, auto_meta_rate
-from ..model.gpt import GPT
-from ..tokenizer.meta import MetaTokenizer
 from ..model.config import IGNORE_INDEX
+from ..model.gpt import GPT
 from ..model.yarn import apply_yarn
+from ..progress import progress_bar
+from ..tokenizer.meta import MetaTokenizer
+from .loading import LoadedModel, auto_meta_rate
+from .scoring import answer_logits
 
 
 def _token_stream(tokenizer: MetaTokenizer, source: str, need: int, *, every: int, max_documents: int | None,
                   text_field: str, hf_config: str | None, split: str) -> tuple[torch.Tensor, int]:
     """EOS-joined tokens of every `every`-th document until `need` tokens (pre-training's layout)."""
-    from ..data.corpora import iter_documents
 
     ids: list[int] = []
     used = 0
@@ -84,7 +86,6 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss and perplexity per text token, overall and by position bucket (module docstring)."""
-    from ..data.inject import num_meta, val_batches
 
     if not models:
         raise EvaluationError("no models to evaluate")
@@ -133,7 +134,6 @@ def evaluate_perplexity(
         batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
         iterator = batches
         if progress:
-            from ..progress import progress_bar
 
             iterator = progress_bar(batches, desc=f"perplexity {m.name}", unit="batch")
         for x, y in iterator:
@@ -182,7 +182,6 @@ def documents_to_score(models: Sequence[LoadedModel], source: str, every: int | 
     share the documents: refused, pass an explicit R. Otherwise every document is scored, and the
     note says whether any model could have trained on them.
     """
-    from ..data.packing import _check_val_fraction
 
     if every != "auto":
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
 from ..fileio import atomic_write_text
 from ..plotting import pyplot, save_figure, wrap_title
-
 from .perplexity import _every
 
 
@@ -119,7 +119,6 @@ def write_report(result: dict[str, Any], out_dir: str | Path, stem: str | None =
         atomic_write_text(paths["markdown"], task_markdown(result))
         task_plot(result, paths["png"])
     else:
-        from .report import perplexity_markdown, perplexity_plot
 
         atomic_write_text(paths["markdown"], perplexity_markdown(result))
         perplexity_plot(result, paths["png"])

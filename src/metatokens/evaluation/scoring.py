@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..tasks.base import Example
+
 from ..model.config import IGNORE_INDEX
 from ..stats import wilson_interval
+from ..tasks.base import Example
 
 
 @dataclass
@@ -53,7 +56,6 @@ def answer_baselines(examples: Sequence[Example]) -> dict[str, float]:
     among the answers the question allows (1/k for a List Recall list of k items, 1/2 for Parity,
     one over the possible counts 1..w for Segment Counting over w words, 0 for Copying, whose spans
     are random word sequences)."""
-    from collections import Counter
 
     if not examples:
         return {"majority": 0.0, "chance": 0.0}

@@ -36,16 +36,13 @@ import torch
 
 from ..data.packing import tokenizer_hash
 from ..errors import EvaluationError
-from .loading import LoadedModel, uses_meta
-from ..tasks.base import Example
-from ..tasks import TaskError
-from ..tasks.registry import get_task, make_examples
 from ..model.yarn import apply_yarn
-from .scoring import answer_baselines
-from .scoring import needed_positions
-from .scoring import prompts_digest
-from .scoring import score_examples
-
+from ..progress import progress_bar
+from ..tasks import TaskError
+from ..tasks.base import Example
+from ..tasks.registry import get_task, make_examples
+from .loading import LoadedModel, uses_meta
+from .scoring import answer_baselines, needed_positions, prompts_digest, score_examples
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -117,7 +114,6 @@ def evaluate_task(
 
     bar = None
     if progress:
-        from ..progress import progress_bar
 
         bar = progress_bar(total=sum(len(ex) for _, _, cells in plan for _, ex, _ in cells if ex), desc=f"evaluate {task}",
                            unit="ex")

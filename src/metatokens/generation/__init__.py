@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .decode import stream_tokens
 from ..model.gpt import GPT
+from .decode import stream_tokens
 
 
 def stream(

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from .. import devices
+from ..errors import MetaPolicyError
 from ..model.gpt import GPT, KVCache
 from ..tokenizer.backend import META_TOKEN
 from ..tokenizer.meta import MetaTokenizer
-from ..errors import MetaPolicyError
 
 __all__ = [
     "MetaPolicy", "MetaPolicyError", "StreamDecoder", "encode_prompt", "generate_ids", "insert_every", "stream_tokens",

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ..errors import CheckpointError
-from ..fileio import atomic_folder, atomic_write_text
-from ..errors import EvaluationError
-from ..tokenizer.meta import MetaTokenizer
-from ..errors import TokenizerError
-from ..model.config import IGNORE_INDEX
 
+from ..errors import CheckpointError, EvaluationError, TokenizerError
+from ..fileio import atomic_folder, atomic_write_text
+from ..model.config import IGNORE_INDEX
+from ..tokenizer.meta import MetaTokenizer
 
 HF_MARKER = "metatokens_hf.json"  # written beside a fine-tuned Hugging Face model's own files
 
@@ -91,7 +90,9 @@ def _learned_position_limit(hf_model: nn.Module) -> int | None:
 def load_hf_model(name_or_path: str | Path) -> nn.Module:
     """A Hugging Face causal LM in fp32 (local folder, or hub name from the local cache or the Hub)."""
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import (
+            AutoModelForCausalLM,  # optional dependency: transformers (pip install "metatokens[hf]")
+        )
 
         # Never the code a folder or Hub repository brings: without this, transformers asks whether to run it.
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32, trust_remote_code=False)
@@ -105,7 +106,9 @@ def load_hf_tokenizer(name_or_path: str | Path) -> MetaTokenizer:
     folder = Path(name_or_path)
     if not folder.is_dir():
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import (
+                snapshot_download,  # optional dependency: huggingface_hub (comes with transformers, metatokens[hf])
+            )
 
             folder = Path(snapshot_download(str(name_or_path), allow_patterns=["tokenizer.json", "vocab.json", "merges.txt"]))
         except Exception as err:  # the hub client raises many types; the message is what matters

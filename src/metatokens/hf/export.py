@@ -11,17 +11,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-from ..model.config import ModelConfig
-from ..fileio import atomic_folder
+from .. import __version__
 from ..errors import HFInteropError
-from .hub import EXPORT_FORMAT
-from .hub import EXPORT_MARKER
-from .hub import EXPORT_SUFFIXES
-from .hub import _check_out_dir
-from .hub import _is_export
-from .hub import _require_transformers
-
+from ..fileio import atomic_folder
+from ..model.config import ModelConfig
+from ..runs.checkpoints import resolve_model_dir
+from ..runs.model_folder import load_pretrained, sha256_file
+from ..tokenizer.backend import EOS_TOKEN, META_TOKEN
+from .hub import (
+    EXPORT_FORMAT,
+    EXPORT_MARKER,
+    EXPORT_SUFFIXES,
+    _check_out_dir,
+    _is_export,
+    _require_transformers,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Export to a transformers folder, import of a Hugging Face GPT-2 checkpoint.
@@ -38,12 +42,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = Fals
     `out` must be empty, or an earlier export, replaced only with overwrite=True (never the checkpoint).
     """
     _require_transformers()
-    from transformers import GenerationConfig
+    from transformers import (
+        GenerationConfig,  # optional dependency: transformers (pip install "metatokens[hf]")
+    )
 
-    from .. import __version__
-    from ..runs.model_folder import load_pretrained, sha256_file
-    from metatokens.model.hf_model import MetaTokensForCausalLM
-    from ..runs.checkpoints import resolve_model_dir
+    from metatokens.model.hf_model import (
+        MetaTokensForCausalLM,  # optional dependency: transformers (pip install "metatokens[hf]")
+    )
 
     out = Path(out)
     source = resolve_model_dir(checkpoint)
@@ -81,7 +86,6 @@ def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | 
     to the meta id, a transformers tokenizer turns the literal `<|meta|>` in a prompt into it
     (that is how users place meta-tokens), and `skip_special_tokens=True` drops it when decoding.
     """
-    from ..tokenizer.backend import EOS_TOKEN, META_TOKEN
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
-import torch
-from ..model.config import ModelConfig
-from ..tokenizer.meta import MetaTokenizer
-from ..errors import GPT2ImportWarning
-from ..errors import HFInteropError
-from .hub import _check_out_dir, _is_import, _require_transformers, read_hf_config
-from .hub import resolve_hub_folder
 
+import torch
+from safetensors.torch import load_file
+
+from ..errors import GPT2ImportWarning, HFInteropError
+from ..model.config import ModelConfig
+from ..model.gpt import GPT
+from ..runs.model_folder import save_pretrained
+from ..tokenizer.meta import MetaTokenizer
+from .hub import (
+    _check_out_dir,
+    _is_import,
+    _require_transformers,
+    read_hf_config,
+    resolve_hub_folder,
+)
 
 
 def config_from_hf_gpt2(hf_config: Any, **overrides: Any) -> ModelConfig:
@@ -57,14 +66,15 @@ def resolve_gpt2_source(name_or_path: str | Path) -> Path:
 
 
 def _read_gpt2_config(folder: Path):
-    from transformers import GPT2Config
+    from transformers import (
+        GPT2Config,  # optional dependency: transformers (pip install "metatokens[hf]")
+    )
 
     return read_hf_config(folder, {"gpt2": GPT2Config}, error=HFInteropError,
                           supported="import-gpt2 takes GPT-2 checkpoints only (other families: metatokens import-hf)")
 
 
 def _read_safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
@@ -119,7 +129,6 @@ def gpt2_to_meta_model(
     is zero: the new sublayers add nothing until trained, so on text without meta-tokens the
     logits are GPT-2's. pos_encoding "rope"/"none" drops GPT-2's learned position table.
     """
-    from ..model.gpt import GPT
 
     tied = bool(getattr(hf_config, "tie_word_embeddings", True))
     cfg = config_from_hf_gpt2(
@@ -173,9 +182,7 @@ def import_gpt2(
     other than "ape" a GPT2ImportWarning says that the learned positions are discarded. An existing
     `out` must be empty, or an earlier import, replaced only with overwrite=True (never the source).
     """
-    import warnings
 
-    from ..runs.model_folder import save_pretrained
     _require_transformers()
     if pos_encoding not in ("ape", "rope", "none"):
         raise HFInteropError(f"pos_encoding must be ape, rope or none; got {pos_encoding!r}")

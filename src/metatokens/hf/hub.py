@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
 from ..errors import HFInteropError
 
 
@@ -87,7 +88,9 @@ def resolve_hub_folder(name_or_path: str | Path, *, patterns: list[str], error: 
     if looks_like_path or not text:
         raise error(f"{text}: folder not found; pass {what} or a Hub name such as {example}")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import (
+            snapshot_download,  # optional dependency: huggingface_hub (comes with transformers, metatokens[hf])
+        )
 
         return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
     except Exception as err:  # network, offline mode, unknown repo: all end the same way for the user

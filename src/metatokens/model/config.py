@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-
-
 # Label of a target that carries no loss (prompt, padding, meta-token targets): PyTorch's
 # cross_entropy default, used by the model, the data pipeline, fine-tuning and evaluation alike.
 IGNORE_INDEX = -100
@@ -28,7 +26,7 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def parse_value(text: str) -> Any:
     """A `--set key=value` value: YAML (true, null, 12, [1, 2], words), and numbers in every usual
     spelling, `3e-4` and `1e6` included, which YAML 1.1 reads as strings."""
-    import yaml
+    import yaml  # shipped in exported folders: a loaded model must not need it
 
     try:
         value = yaml.safe_load(text)

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .gpt import GPT, LayerCache, MetaAttention as _GPTMetaAttention, MetaIndex, PosInfo, add_at_meta, extend_cache
+from .config import FamilyConfig, ModelConfig
+from .gpt import GPT, LayerCache, MetaIndex, PosInfo, add_at_meta, extend_cache
+from .gpt import MetaAttention as _GPTMetaAttention
 from .positions import Rotary, apply_rotary, rope_inv_freq
-from .config import FamilyConfig
 
 
 def family_inv_freq(cfg: FamilyConfig) -> torch.Tensor:

@@ -21,11 +21,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .config import IGNORE_INDEX, ModelConfig
-from .config import FamilyConfig
+from .config import IGNORE_INDEX, FamilyConfig, ModelConfig
 from .family import FamilyRotary, RMSNorm, build_model
 from .gpt import GPT, KVCache
 from .positions import Rotary

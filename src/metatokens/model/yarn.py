@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config import YarnConfig
 from ..errors import EvaluationError
+from .config import YarnConfig
 from .gpt import GPT
 from .positions import Rotary
 

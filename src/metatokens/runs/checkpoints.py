@@ -7,8 +7,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from ..errors import CheckpointError
-from ..errors import RunDirError
+
+from ..errors import CheckpointError, RunDirError
+
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked

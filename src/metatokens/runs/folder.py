@@ -26,12 +26,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from ..errors import CheckpointError
+
+from ..errors import CheckpointError, RunDirError, one_line
 from ..fileio import atomic_write_text
-from ..errors import RunDirError
-from ..errors import one_line
-from .checkpoints import STEP_NAME
-from .checkpoints import latest_checkpoint
+from .checkpoints import STEP_NAME, latest_checkpoint
+
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from .. import __version__
-from ..model.config import ConfigError, ModelConfig
+from ..errors import CheckpointError, TokenizerError
 from ..fileio import atomic_folder, atomic_write_text, fsync_path
-from ..model.gpt import GPT
+from ..model.config import ConfigError, ModelConfig
 from ..model.family import build_model
-from ..errors import CheckpointError
+from ..model.gpt import GPT
+from ..tokenizer.meta import MetaTokenizer
 
 FORMAT = "metatokens"
 FORMAT_VERSION = 1
@@ -122,7 +123,6 @@ def check_shapes_fit(cfg: ModelConfig, found: dict[str, tuple[int, ...]], config
 
 def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> None:
     """`check_shapes_fit` against the safetensors file's header (no tensor is read)."""
-    from safetensors import safe_open
 
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -165,8 +165,6 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
 
 
 def load_tokenizer(file: Path):
-    from ..tokenizer.meta import MetaTokenizer
-    from ..errors import TokenizerError
 
     try:
         return MetaTokenizer.from_file(file)

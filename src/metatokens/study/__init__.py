@@ -1,8 +1,8 @@
 """The study of `metatokens reproduce`: what it compares (`design`), how it runs (`pipeline`), how
 it compares (`stats`) and what it writes (`report`)."""
 
+from ..errors import StudyError
 from .design import SCALES, TASKS, ModelSpec, Scale
 from .runner import Pipeline
-from ..errors import StudyError
 
 __all__ = ["SCALES", "TASKS", "ModelSpec", "Pipeline", "Scale", "StudyError"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 import shutil
 from typing import Any
+
+from ..plotting import pyplot, save_figure
+from ..stats import wilson_interval
 from .design import (
     TASK_LABELS,
     TASKS,
 )
-from .results import StudyResults
-from .results import _count
-from .results import baseline
-from .results import cell
-from .results import mean_std
+from .results import StudyResults, _count, baseline, cell, mean_std
 
 
 def _figure(res: StudyResults, rel: str, alt: str) -> str:
@@ -40,14 +39,12 @@ def _figure(res: StudyResults, rel: str, alt: str) -> str:
 
 
 def _colors(n: int):
-    from ..plotting import pyplot
 
     cmap = pyplot().get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
 def loss_figure(res: StudyResults) -> str:
-    from ..plotting import pyplot, save_figure
 
     plt = pyplot()
     seed = res.seed_list[0]
@@ -72,7 +69,6 @@ def loss_figure(res: StudyResults) -> str:
 
 def learning_curves_figure(res: StudyResults) -> str:
     """Held-out exact match during fine-tuning, one panel per task, every model (mean over seeds)."""
-    from ..plotting import pyplot, save_figure
 
     plt = pyplot()
     models = [m for m in res.scale.models if res.has(f"finetune-{m}")]
@@ -132,8 +128,6 @@ def _baseline_lines(ax, res: StudyResults, task: str, key: str | dict[str, float
 def accuracy_figure(res: StudyResults, task: str) -> str:
     """Exact match by length, every model (and meta models without their meta-tokens), with chance
     and majority lines; error bars: 95% Wilson (one seed) or ± one standard deviation over seeds."""
-    from ..plotting import pyplot, save_figure
-    from ..stats import wilson_interval
 
     plt = pyplot()
     L = res.scale.ft_len
@@ -179,7 +173,6 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
 
 def differences_figure(res: StudyResults, rows: list[tuple[str, dict[str, Any] | None]]) -> str:
     """A forest plot: each paired difference (points) with its 95% interval."""
-    from ..plotting import pyplot, save_figure
 
     rows = [(label, c) for label, c in rows if c is not None]
     if not rows:

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
 from .design import (
-    PAPER_ACCURACY, PAPER_ENTROPY_DIFF, PAPER_LENGTH_GAIN, PAPER_LOGIT_BOOST, TASK_LABELS,
+    PAPER_ACCURACY,
+    PAPER_ENTROPY_DIFF,
+    PAPER_LENGTH_GAIN,
+    PAPER_LOGIT_BOOST,
+    TASK_LABELS,
+)
+from .results import (
+    StudyResults,
+    _ci,
+    _learned,
+    ablation_contrast,
+    cell,
+    compare,
+    gain_contrast,
+    mean_std,
+    min_gap_at_equal_rate,
+    near_minus_far,
+    per_seed_examples,
+    per_seed_interval,
 )
 from .stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, single, verdict
-from .results import StudyResults
-from .results import _ci
-from .results import _learned
-from .results import ablation_contrast
-from .results import cell
-from .results import compare
-from .results import gain_contrast
-from .results import mean_std
-from .results import min_gap_at_equal_rate
-from .results import near_minus_far
-from .results import per_seed_examples
-from .results import per_seed_interval
-
 
 # An accuracy effect smaller than this (percentage points) is not what the paper claims: an interval
 # entirely below it rules the claimed effect out ("not reproduced").

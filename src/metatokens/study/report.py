@@ -8,35 +8,45 @@ claim of the paper that the study can test gets a verdict from its interval.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from .design import (
-    PAPER_ABLATION, PAPER_ACCURACY, PAPER_ENTROPY_DIFF, PAPER_LENGTH_GAIN, PAPER_LOGIT_BOOST, PAPER_MODELS, TASK_LABELS,
-    TASKS, Scale,
+    PAPER_ABLATION,
+    PAPER_ACCURACY,
+    PAPER_ENTROPY_DIFF,
+    PAPER_LENGTH_GAIN,
+    PAPER_LOGIT_BOOST,
+    PAPER_MODELS,
+    TASK_LABELS,
+    TASKS,
+    Scale,
+)
+from .figures import (
+    _figure,
+    accuracy_figure,
+    differences_figure,
+    learning_curves_figure,
+    loss_figure,
+)
+from .findings import RULE_OUT_POINTS, controls, findings
+from .results import (
+    StudyResults,
+    _ci,
+    _count,
+    _fraction,
+    _num,
+    _paper,
+    _pct,
+    ablation_contrast,
+    baseline,
+    cell,
+    compare,
+    environment,
+    mean_std,
 )
 from .stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from .findings import RULE_OUT_POINTS
-from .results import StudyResults, _pct
-from .figures import _figure
-from .results import ablation_contrast
-from .figures import accuracy_figure
-from .results import baseline
-from .results import cell
-from .results import compare
-from .findings import controls
-from .figures import differences_figure
-from .results import environment
-from .findings import findings
-from .figures import learning_curves_figure
-from .figures import loss_figure
-from .results import mean_std
-from .results import _ci
-from .results import _count
-from .results import _fraction
-from .results import _num
-from .results import _paper
-
 
 # ----------------------------------------------------------------------------- reading the stages
 
@@ -286,7 +296,6 @@ def render_report(res: StudyResults) -> str:
 
 def seed_invocations(res: StudyResults, seed: int) -> list[dict[str, Any]]:
     """The invocations that ran stages of a seed (stages/seed<S>/seed.json), first first."""
-    import json
 
     path = res.out / "stages" / f"seed{seed}" / "seed.json"
     try:

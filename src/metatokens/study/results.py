@@ -8,13 +8,16 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy
+import numpy as np
+import torch
+
 from .. import __version__
 from .design import (
     Scale,
 )
 from .stats import contrast, mean_interval, paired
-
-
 
 
 @dataclass
@@ -37,8 +40,6 @@ class StudyResults:
 
 
 def environment() -> dict[str, str]:
-    import numpy
-    import torch
 
     env = {"metatokens": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "platform": platform.platform(), "cpus": str(os.cpu_count())}
@@ -151,7 +152,6 @@ def near_minus_far(meta: list[float], ctrl: list[float]) -> float | None:
 def min_gap_at_equal_rate(a: list[dict[str, Any]], b: list[dict[str, Any]], points: int = 25) -> float | None:
     """The smallest held-out distortion gap a - b over the rates both curves reach (linear
     interpolation of each curve's distortion against its rate); None where their rates do not overlap."""
-    import numpy as np
 
     key = "test_" if "test_distortion" in a[0] else ""
     curves = []

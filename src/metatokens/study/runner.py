@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..errors import StudyError
 from ..fileio import atomic_write_text
 from .design import SCALES, Scale
-from ..errors import StudyError
-from .stages import StageRecord
-from .stages import StageSpec
-from .stages import Stages
-from .stages import _last_line
+from .report import render_report
+from .results import StudyResults, environment
+from .stages import StageRecord, Stages, StageSpec, _last_line
 
 
 def usable_cpus() -> int:
@@ -74,7 +75,6 @@ def early_first(todo: list[tuple[int, StageSpec]], scale: Scale) -> list[tuple[i
 def default_jobs(device: str) -> int:
     """Parallel stage processes: 2 on a CPU with two or more cores (two one-thread processes beat one
     two-thread process on small models), 1 on a GPU."""
-    import torch
 
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return 1 if on_gpu else max(1, min(2, usable_cpus()))
@@ -156,7 +156,6 @@ class Pipeline(Stages):
     def _log_invocation(self, seeds: list[int], wall: float) -> None:
         """Append this invocation's wall-clock time (and machine) to stages/seed<S>/seed.json of every
         seed that had a stage run now; the report shows each seed's invocations."""
-        from .results import environment
 
         ran = {}
         for r in self.records:
@@ -305,8 +304,6 @@ class Pipeline(Stages):
         return out
 
     def write_report(self) -> Path:
-        from .results import StudyResults
-        from .report import render_report
 
         seeds = self.complete_seeds()
         if not seeds:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from __future__ import annotations
 import json
 import os
 import subprocess
@@ -11,9 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from ..fileio import atomic_write_text, json_sha256
-from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT
 
+import torch
+import yaml
+
+from .. import analysis as an
+from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
+from ..analysis.common import load_for_analysis, write_json
+from ..evaluation.loading import load_model
+from ..evaluation.report import write_report
+from ..evaluation.scoring import answer_baselines
+from ..evaluation.tasks import evaluate_task
+from ..fileio import atomic_write_text, json_sha256
+from ..model.yarn import apply_yarn
+from ..tasks.registry import make_examples
+from ..training.config import load_run_config
+from ..training.finetune import make_train_config, run_finetune
+from ..training.pretrain import run_pretrain
+from ..training.task_batches import TaskSpec
+from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT
 
 
 @dataclass
@@ -67,7 +82,6 @@ class Stages:
 
     def plan(self, seed: int) -> list[StageSpec]:
         """Every stage of one seed, in an order that starts the long ones first; keys filled in."""
-        from ..training.config import load_run_config
 
         sc, L = self.scale, self.scale.ft_len
         models = sc.models
@@ -140,12 +154,10 @@ class Stages:
         return specs
 
     def _pretrain(self, cfg, folder: Path, resume: bool) -> dict[str, Any]:
-        import torch
 
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
         run = folder / "run"
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
-            import yaml
 
             cfg_file = folder / "config.yaml"
             atomic_write_text(cfg_file, yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "name"}))
@@ -155,7 +167,6 @@ class Stages:
             rows = _metrics(run)
             summary = {k: v for r in rows for k, v in r.items()}
         else:
-            from ..training.pretrain import run_pretrain
 
             summary = run_pretrain(cfg, run, resume=resume, progress=self.progress)
         info = json.loads((run / "run.json").read_text())
@@ -167,8 +178,6 @@ class Stages:
                           "val": [[r["step"], r["val_loss"]] for r in rows if "val_loss" in r]}}
 
     def _finetune(self, m: str, seed: int, folder: Path, resume: bool, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-        from ..training.task_batches import TaskSpec
-        from ..training.finetune import make_train_config, run_finetune
 
         sc, ms = self.scale, self.scale.models[m]
         spec = TaskSpec(task=",".join(sc.tasks), weights=list(sc.ft_weights), max_len=sc.ft_len, difficulty=sc.difficulty,
@@ -204,17 +213,11 @@ class Stages:
         return self.out / rec.result["run"]
 
     def _device(self) -> str:
-        import torch
 
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
     def _evaluate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord],
                   yarn: float | None) -> dict[str, Any]:
-        from ..evaluation.scoring import answer_baselines
-        from ..evaluation.tasks import evaluate_task
-        from ..evaluation.report import write_report
-        from ..evaluation.loading import load_model
-        from ..model.yarn import apply_yarn
 
         sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
         loaded = load_model(self.run_path(inputs[f"finetune-{m}"]), device=self._device())
@@ -236,7 +239,6 @@ class Stages:
                 if variant == "prompts":
                     write_report(result, folder, stem=task)
                 keep(result, task, variant)
-        from ..tasks.registry import make_examples
 
         lengths = [L, 2 * L] + ([4 * L] if yarn is not None else [])
         out["baselines"] = {task: {str(n): answer_baselines(make_examples(
@@ -253,8 +255,6 @@ class Stages:
         return out
 
     def _ablate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-        from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
-        from ..analysis.common import load_for_analysis, write_json
 
         model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
         result = ablation_study(model, tok, list(self.scale.tasks), [self.scale.ft_len], n=self.scale.eval_n, seed=seed,
@@ -267,9 +267,6 @@ class Stages:
                               for name in result["variants"]} for row in result["rows"]}
 
     def _analyze(self, analysis: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-        from .. import analysis as an
-        from ..analysis.common import load_for_analysis, write_json
-        from ..tasks.registry import make_examples
 
         sc = self.scale
         model, tok, _ = load_for_analysis(self.run_path(inputs["finetune-meta-rope"]), self._device())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import sqrt
 from typing import Any
 
 import numpy as np
@@ -135,7 +136,6 @@ def mean_interval(values: Sequence[float]) -> list[float] | None:
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if x.size < 2:
         return None
-    from math import sqrt
 
     t = T975.get(x.size - 1, 1.96)
     half = t * x.std(ddof=1) / sqrt(x.size)

@@ -6,9 +6,28 @@ Each task module writes prompts as text; :mod:`.registry` tokenizes them, fits t
 requested length, inserts the meta-token ids and keeps train and test apart. See docs/tasks.md.
 """
 
-from .base import DIFFICULTIES, PAPER_MAX_LENGTH, Example, Task, TokenizerLike, bin_for, length_bins, length_window
 from ..errors import TaskError
-from .registry import ALIASES, SPLITS, TASKS, Phase, curriculum, get_task, iter_examples, make_examples, split_of
+from .base import (
+    DIFFICULTIES,
+    PAPER_MAX_LENGTH,
+    Example,
+    Task,
+    TokenizerLike,
+    bin_for,
+    length_bins,
+    length_window,
+)
+from .registry import (
+    ALIASES,
+    SPLITS,
+    TASKS,
+    Phase,
+    curriculum,
+    get_task,
+    iter_examples,
+    make_examples,
+    split_of,
+)
 
 __all__ = [
     "ALIASES",

@@ -15,17 +15,17 @@ import argparse
 import dataclasses
 import sys
 
+from ..data.corpora import builtin_documents
+from ..tokenizer.meta import MetaTokenizer
 from .base import DIFFICULTIES
 from .registry import TASKS, make_examples
 
 
 def load_tokenizer(spec: str):
-    from ..tokenizer.meta import MetaTokenizer
 
     if spec == "gpt2":
         return MetaTokenizer.from_gpt2()
     if spec == "builtin":
-        from ..data.corpora import builtin_documents
 
         return MetaTokenizer.train(list(builtin_documents()), 4096)
     return MetaTokenizer.from_file(spec)

@@ -26,8 +26,8 @@ import random
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .base import PAPER_MAX_LENGTH, Draft, Example, Task, TokenizerLike, length_window
 from ..errors import TaskError
+from .base import PAPER_MAX_LENGTH, Draft, Example, Task, TokenizerLike, length_window
 from .copying import Copying
 from .list_recall import ListRecall
 from .parity import Parity

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-
 META_TOKEN = "<|meta|>"
 
 

@@ -126,7 +126,10 @@ def _hf_offline_setting() -> str | None:
 def _missing_on_hub(exc: BaseException) -> bool:
     """True when the Hub answered that the file does not exist (not a network or offline failure)."""
     try:
-        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+        from huggingface_hub.utils import (  # optional dependency: huggingface_hub (comes with transformers, metatokens[hf])
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+        )
     except ImportError:
         return False
     return isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError)
@@ -142,7 +145,7 @@ def _download_gpt2(hub: Path) -> Path:
             f"to let from_gpt2() fetch them from the Hugging Face Hub ({_GPT2_HUB_REPO}), or {_GPT2_DOWNLOAD_HINT}"
         )
     try:
-        import huggingface_hub
+        import huggingface_hub  # optional dependency: huggingface_hub (comes with transformers, metatokens[hf])
     except ImportError:
         raise TokenizerError(
             f"{not_cached}, and downloading them needs huggingface_hub: `pip install huggingface_hub` "

@@ -23,19 +23,23 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 
-from ..fileio import atomic_write_text
 from ..errors import TokenizerError
-from .gpt2 import _download_gpt2
-from .gpt2 import _gpt2_backend_from_vocab_merges
-from .gpt2 import _gpt2_in_hf_cache
-from .gpt2 import _has_gpt2_files
-from .gpt2 import _hf_hub_cache
-from .backend import EOS_TOKEN
-from .backend import META_TOKEN
-from .backend import SPECIAL_TOKENS
-from .backend import _BYTE_ALPHABET_SIZE
-from .gpt2 import _GPT2_FILES
-from .backend import _new_byte_level_backend
+from ..fileio import atomic_write_text
+from .backend import (
+    _BYTE_ALPHABET_SIZE,
+    EOS_TOKEN,
+    META_TOKEN,
+    SPECIAL_TOKENS,
+    _new_byte_level_backend,
+)
+from .gpt2 import (
+    _GPT2_FILES,
+    _download_gpt2,
+    _gpt2_backend_from_vocab_merges,
+    _gpt2_in_hf_cache,
+    _has_gpt2_files,
+    _hf_hub_cache,
+)
 
 __all__ = ["EOS_TOKEN", "META_TOKEN", "SPECIAL_TOKENS", "MetaTokenizer", "TokenizerError"]
 

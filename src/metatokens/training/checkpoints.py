@@ -7,24 +7,31 @@ import math
 import shutil
 from pathlib import Path
 from typing import Any
+
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from ..errors import CheckpointError
-from ..runs.model_folder import load_pretrained, save_pretrained, sha256_file
+
+from ..errors import CheckpointError, TrainingError, one_line
 from ..fileio import atomic_write_text
-from ..model.gpt import GPT
 from ..model.family import build_model
+from ..model.gpt import GPT
+from ..runs.checkpoints import _prune, latest_checkpoint
+from ..runs.model_folder import load_pretrained, save_pretrained, sha256_file
 from .config import TrainConfig
-from ..errors import TrainingError
-from ..errors import one_line
 from .setup import Dist
-from ..runs.checkpoints import _prune
-from ..runs.checkpoints import latest_checkpoint
+
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
     fcntl = None
+import errno
+
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 
 def _rng_state(d: Dist) -> dict[str, torch.Tensor]:
@@ -42,7 +49,6 @@ def _full_state(model: GPT, optimizer, d: Dist, fsdp: bool):
     """Full (unsharded) model and optimizer state dicts, on CPU; only rank 0's copy is used."""
     if not fsdp or d.world == 1:
         return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_state_dict(model, optimizer, options=opts)
@@ -106,7 +112,6 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, 
 def _disk_full(err: BaseException, where: Path) -> bool:
     """Whether a failed write ran out of space: ENOSPC, or (torch.save's RuntimeError says only
     "file write failed") a file system with almost nothing left."""
-    import errno
 
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -170,7 +175,6 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
     except Exception as err:  # SafetensorError, OSError, ...
         raise CheckpointError(f"{rng_file}: cannot load the RNG state ({one_line(err, 200)})") from None
     if fsdp and d.world > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True))

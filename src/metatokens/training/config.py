@@ -14,7 +14,13 @@ from typing import Any
 
 import yaml
 
-from ..model.config import MODEL_SHAPES, ConfigError, ModelConfig, coerce_fields, parse_value
+from ..model.config import (
+    MODEL_SHAPES,
+    ConfigError,
+    ModelConfig,
+    coerce_fields,
+    parse_value,
+)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # src/metatokens/configs
 

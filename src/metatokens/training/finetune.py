@@ -37,29 +37,25 @@ from typing import Any
 
 import torch
 
-from ..fileio import atomic_write_text
-from ..model.config import ConfigError, parse_value
-from ..evaluation.scoring import needed_positions, score_examples
-from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
+from ..data.packing import tokenizer_hash
+from ..errors import FinetuneError
 from ..evaluation.loading import LoadedModel, load_model, pretrain_rate, uses_meta
-from ..model.yarn import apply_yarn
+from ..evaluation.scoring import needed_positions, score_examples
+from ..fileio import atomic_write_text
+from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
+from ..model.config import ConfigError, parse_value
 from ..model.gpt import GPT
-from .config import RunConfig, TrainConfig
+from ..model.yarn import apply_yarn
+from ..runs.checkpoints import latest_checkpoint
+from ..runs.folder import RunFolder
 from ..tasks.base import Example
 from ..tasks.registry import Phase, make_examples
 from ..tokenizer.meta import MetaTokenizer
-from ..errors import FinetuneError
-from .setup import Dist
-from ..runs.folder import RunFolder
-from .setup import check_step_memory
-from ..runs.checkpoints import latest_checkpoint
-from ..data.packing import tokenizer_hash
+from .config import RunConfig, TrainConfig, load_run_config
 from .loop import train_loop
-from .task_batches import TaskBatches
-from .task_batches import TaskSpec
-from .task_batches import plan_phases
-from .task_batches import task_names
-
+from .pretrain import get_tokenizer, padded_vocab
+from .setup import Dist, check_step_memory, setup_distributed
+from .task_batches import TaskBatches, TaskSpec, plan_phases, task_names
 
 # Optimisation defaults for fine-tuning (TrainConfig's are pre-training's); all overridable.
 FINETUNE_TRAIN = dict(batch_size=16, max_steps=500, lr=5e-4, min_lr=5e-5, warmup_steps=50, weight_decay=0.1,
@@ -116,8 +112,6 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
         model = HFCausalLM(load_hf_model(hf_model))
         loaded = LoadedModel(Path(str(hf_model)).name, str(hf_model), model, load_hf_tokenizer(hf_model), "hf")
         return loaded, None, {"hf_model": str(hf_model)}
-    from .pretrain import get_tokenizer, padded_vocab
-    from .config import load_run_config
 
     cfg = load_run_config(from_scratch, model_overrides)
     tokenizer = MetaTokenizer.from_file(tokenizer_path) if tokenizer_path else get_tokenizer(cfg, d, progress)
@@ -182,7 +176,6 @@ def run_finetune(
     With `resume`, every setting comes from the run's run.json and `spec` / `train_cfg` are
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
-    from .setup import setup_distributed
 
     d = setup_distributed(train_cfg.device)
     with RunFolder(out, resume=resume, error=FinetuneError) as folder:

@@ -30,31 +30,28 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import CheckpointError
-from ..model.gpt import GPT
-from .config import TrainConfig
+from ..errors import CheckpointError, RunDirError, RunStopped, TrainingError
 from ..model.config import IGNORE_INDEX
-from ..errors import RunDirError
-from ..errors import RunStopped
-from ..errors import TrainingError
-from .setup import Dist
-from .setup import autocast_for
-from .setup import build_optimizer
-from .setup import flops_per_token
+from ..model.gpt import GPT
 from ..runs.checkpoints import latest_checkpoint
-from .checkpoints import load_checkpoint
-from .setup import lr_at
-from .setup import parallelize
-from .setup import peak_flops
-from ..runs.folder import remove_stale_temps
-from .checkpoints import save_checkpoint
-from ..runs.folder import truncate_metrics
-from ..runs.folder import RunFolder
+from ..runs.folder import RunFolder, remove_stale_temps, truncate_metrics
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .setup import (
+    Dist,
+    autocast_for,
+    build_optimizer,
+    flops_per_token,
+    lr_at,
+    parallelize,
+    peak_flops,
+)
 
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
     fcntl = None
+from ..progress import progress_bar
 
 
 class BatchSource(Protocol):
@@ -107,12 +104,14 @@ class MetricLog:
         if not enabled:
             return
         with contextlib.suppress(ImportError):
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # optional dependency: tensorboard (pip install tensorboard)
+            )
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         if cfg.wandb:
             try:
-                import wandb
+                import wandb  # optional dependency: wandb (pip install wandb)
             except ImportError:
                 raise ValueError("train.wandb is on but wandb is not installed (pip install wandb)") from None
             self.wandb = wandb.init(project=cfg.wandb_project, name=run_dir.name, config=run_info, resume="allow")
@@ -201,7 +200,6 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     summary: dict[str, Any] = {"start_step": start, "losses": {}}
     bar = None
     if progress and d.main:
-        from ..progress import progress_bar
 
         bar = progress_bar(total=cfg.max_steps, initial=start, desc=run_dir.name, unit="step")
 

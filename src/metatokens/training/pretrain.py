@@ -16,21 +16,19 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
-from ..runs.model_folder import load_pretrained
-from ..fileio import atomic_write_text
 from ..data.inject import MetaBlockLoader, val_batches
 from ..data.packing import PackedData, prepare_data, tokenizer_hash, train_tokenizer_on
-from ..model.family import build_model
-from .config import RunConfig
-from ..tokenizer.meta import MetaTokenizer
+from ..errors import CheckpointError, RunDirError, TrainingError
+from ..fileio import atomic_write_text
 from ..model.config import IGNORE_INDEX
-from .setup import Dist, check_step_memory, setup_distributed
-from ..runs.folder import read_run_json
+from ..model.family import build_model
 from ..runs.checkpoints import check_resume_steps, resolve_model_dir
+from ..runs.folder import RunFolder, read_run_json
+from ..runs.model_folder import load_pretrained
+from ..tokenizer.meta import MetaTokenizer
+from .config import RunConfig
 from .loop import train_loop
-from ..errors import RunDirError, TrainingError
-from ..runs.folder import RunFolder
+from .setup import Dist, check_step_memory, setup_distributed
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:

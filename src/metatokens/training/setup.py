@@ -7,18 +7,22 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 import torch.distributed as dist
+
 from .. import devices
 from ..devices import resolve_device
+from ..errors import TrainingError
 from ..model.gpt import GPT
 from .config import TrainConfig
-from ..errors import TrainingError
+
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
     fcntl = None
-
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
 
@@ -108,13 +112,11 @@ def parallelize(model: GPT, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
     model.to(d.device)
     wrapped: torch.nn.Module = model
     if d.world > 1 and cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
 
         for block in model.h:
             fully_shard(block)
         fully_shard(model)
     elif d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [d.device.index] if d.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=ids)

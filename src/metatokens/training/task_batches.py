@@ -5,14 +5,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-import torch
-from ..evaluation.scoring import collate
-from ..tasks.base import Example
-from ..tasks.registry import Phase, curriculum, get_task, iter_examples, make_examples
-from ..tasks import TaskError
-from ..tokenizer.meta import MetaTokenizer
-from ..errors import FinetuneError
 
+import torch
+
+from ..errors import FinetuneError
+from ..evaluation.scoring import collate
+from ..tasks import TaskError
+from ..tasks.base import Example
+from ..tasks.registry import (
+    TASKS,
+    Phase,
+    curriculum,
+    get_task,
+    iter_examples,
+    make_examples,
+)
+from ..tokenizer.meta import MetaTokenizer
 
 CHUNK = 256  # examples generated at a time; a resume regenerates at most this many
 
@@ -43,7 +51,6 @@ def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
 
 def task_names(task: str) -> list[str]:
     """The tasks of a `--task` value: one name, several comma-separated ones, or "all" (the four)."""
-    from ..tasks.registry import TASKS
 
     names = list(TASKS) if task.strip() == "all" else [t.strip() for t in task.split(",") if t.strip()]
     if not names:

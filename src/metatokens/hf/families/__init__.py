@@ -19,6 +19,8 @@ The result is a metatokens model folder that `pretrain --init`, `finetune`, `eva
 
 from __future__ import annotations
 
+from ..hub import _is_import as is_hub_import
+
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,13 @@ from ...tokenizer.meta import MetaTokenizer
 from ..families import llama, neox
 from ..families.common import SUPPORTED, meta_tokenizer, read_hf_config, resolve_source
 from ...errors import ImportRefused
+from ...model.config import ConfigError
+from ...model.config import FamilyConfig
+from ...model.family import FamilyModel
+from ...runs.model_folder import save_pretrained
+from ..gpt2 import _read_safetensors_weights
+from ..gpt2 import gpt2_to_meta_model
+from ..hub import _check_out_dir, _require_transformers
 
 __all__ = ["SUPPORTED", "ImportRefused", "convert", "from_transformers", "import_hf"]
 
@@ -38,7 +47,7 @@ IMPORT_KEY = "imported_from_hf"  # config.json of an import-hf folder records th
 
 
 def _config_classes() -> dict[str, Any]:
-    import transformers
+    import transformers  # optional dependency: transformers (pip install "metatokens[hf]")
 
     names = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "gpt_neox": "GPTNeoXConfig", "gpt2": "GPT2Config"}
@@ -47,9 +56,6 @@ def _config_classes() -> dict[str, Any]:
 
 def _build_family(module, hf_config, hf_state, rows: int, meta_token_id: int, *, meta_attention: bool,
                   meta_pos: str, block_size: int, seed: int) -> GPT:
-    from ...model.config import ConfigError
-    from ...model.config import FamilyConfig
-    from ...model.family import FamilyModel
 
     fields = module.config_fields(hf_config)
     window = getattr(hf_config, "max_position_embeddings", None) or block_size
@@ -84,7 +90,6 @@ def _build_family(module, hf_config, hf_state, rows: int, meta_token_id: int, *,
 
 def _build_gpt2(hf_config, hf_state, rows: int, meta_token_id: int, *, meta_attention: bool, meta_pos: str,
                 block_size: int, seed: int) -> GPT:
-    from ..gpt2 import gpt2_to_meta_model
 
     model = gpt2_to_meta_model(hf_config, hf_state, meta_token_id, rows, meta_attention=meta_attention, seed=seed)
     model.config = model.config.replace(meta_pos=meta_pos)  # GPT-2 keeps its learned position table (block_size)
@@ -138,9 +143,7 @@ def from_transformers(hf_model: torch.nn.Module, tokenizer: Any, **options: Any)
 
 
 def _is_import(folder: Path) -> bool:
-    from . import _is_import as is_import
-
-    return is_import(folder, key=IMPORT_KEY)
+    return is_hub_import(folder, key=IMPORT_KEY)
 
 
 def import_hf(source: Any, out: str | Path, *, tokenizer: Any = None, meta_attention: bool = True,
@@ -154,9 +157,6 @@ def import_hf(source: Any, out: str | Path, *, tokenizer: Any = None, meta_atten
     `pretrain --init` (at most the checkpoint's max_position_embeddings; GPT-2 keeps n_positions).
     An existing `out` must be empty, or an earlier import-hf output, replaced only with overwrite=True.
     """
-    from ...runs.model_folder import save_pretrained
-    from ..gpt2 import _read_safetensors_weights
-    from ..hub import _check_out_dir, _require_transformers
 
     _require_transformers()
     out = Path(out)

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..hub import read_hf_config as hf_read_config, resolve_hub_folder
+from tokenizers import AddedToken, Tokenizer
+
+from ...errors import ImportRefused, TokenizerError
 from ...model.config import SUPPORTED
 from ...tokenizer.backend import EOS_TOKEN, META_TOKEN
 from ...tokenizer.meta import MetaTokenizer
-from ...errors import TokenizerError
-from ...errors import ImportRefused
+from ..hub import read_hf_config as hf_read_config
+from ..hub import resolve_hub_folder
 
 __all__ = ["SUPPORTED", "ImportRefused", "activation", "rope_settings", "meta_tokenizer", "resolve_source", "read_hf_config"]
 
@@ -66,7 +68,6 @@ def meta_tokenizer(source: Any, hf_config: Any, folder: Path | None = None) -> M
     stay as they are. MetaTokenizer spells the end-of-text token `<|endoftext|>`; a checkpoint whose
     eos token is spelled otherwise (`</s>`, `<|end_of_text|>`) keeps its id under that spelling.
     """
-    from tokenizers import AddedToken, Tokenizer
 
     if isinstance(source, MetaTokenizer):
         return source

@@ -10,16 +10,28 @@ Each writes ANALYSIS.json (its numbers and settings) and ANALYSIS.png to --out; 
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
-from . import beside_model
+from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
+from ..analysis.common import load_for_analysis, model_description, write_json
+from ..analysis.entropy import entropy_analysis, plot_entropy
+from ..analysis.rate_distortion import (
+    DEFAULT_BETAS,
+    plot_rate_distortion,
+    rate_distortion_analysis,
+)
+from ..analysis.residual import plot_residual, residual_analysis
+from ..fileio import atomic_write_text
+from ..plotting import model_label
+from ..tasks.registry import get_task, make_examples
+from .common import beside_model
 
 DEFAULT_OUT = "analysis"
 
 
 def _positive_int(text: str) -> int:
-    import argparse
 
     try:
         value = int(text)
@@ -32,7 +44,6 @@ def _positive_int(text: str) -> int:
 
 def _number_list(text: str, convert, ok, kind: str, bound: str) -> list:
     """Comma-separated numbers for an argparse `type=`: each converted, all passing `ok`."""
-    import argparse
 
     try:
         values = [convert(v) for v in text.split(",") if v.strip()]
@@ -128,7 +139,6 @@ def add_command(sub) -> None:
 
 def _check_task_args(tasks: list[str], difficulty: str) -> list[str]:
     """Fail on a bad task or difficulty before the (slow) model load; returns canonical names."""
-    from ..tasks.registry import get_task
 
     names = []
     for task in tasks:
@@ -139,7 +149,6 @@ def _check_task_args(tasks: list[str], difficulty: str) -> list[str]:
 
 
 def _settings(args, folder: Path, model, **extra: Any) -> dict[str, Any]:
-    from ..analysis.common import model_description
 
     keys = ("task", "length", "lengths", "difficulty", "n", "seed", "split")
     return {
@@ -151,7 +160,6 @@ def _settings(args, folder: Path, model, **extra: Any) -> dict[str, Any]:
 
 
 def _examples(args, tokenizer, task: str, *, n: int | None = None, split: str | None = None):
-    from ..tasks.registry import make_examples
 
     return make_examples(
         task, tokenizer, length=args.length, difficulty=args.difficulty, n=n or args.n,
@@ -160,7 +168,6 @@ def _examples(args, tokenizer, task: str, *, n: int | None = None, split: str | 
 
 
 def _finish(out: Path, name: str, result: dict[str, Any], plot, title: str) -> None:
-    from ..analysis.common import write_json
 
     png, js = out / f"{name}.png", out / f"{name}.json"
     plot(result, png, title=title)
@@ -170,7 +177,6 @@ def _finish(out: Path, name: str, result: dict[str, Any], plot, title: str) -> N
 
 def _title(folder: Path, args, what: str) -> str:
     """A figure's title: the model (its run and step, not just "step-00001800") and the task."""
-    from ..plotting import model_label
 
     where = f" @ {args.length}" if hasattr(args, "length") else ""
     return f"{model_label(folder)}: {what}, {args.task}{where} ({args.difficulty}, n={args.n})"
@@ -183,8 +189,6 @@ def _interval(h: dict[str, Any] | None) -> str:
 
 
 def run_entropy(args) -> int:
-    from ..analysis.common import load_for_analysis
-    from ..analysis.entropy import entropy_analysis, plot_entropy
 
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.window < 0:
@@ -204,9 +208,6 @@ def run_entropy(args) -> int:
 
 
 def run_ablate(args) -> int:
-    from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
-    from ..analysis.common import load_for_analysis
-    from ..fileio import atomic_write_text
 
     tasks = _check_task_args([t.strip() for t in args.task.split(",") if t.strip()], args.difficulty)
     if not tasks:
@@ -221,7 +222,6 @@ def run_ablate(args) -> int:
     print("exact match (%), change from the full model in parentheses:\n" + table, end="")
     out = _out(args)
     out.mkdir(parents=True, exist_ok=True)
-    from ..plotting import model_label
 
     title = f"{model_label(folder)}: ablations at meta positions ({args.difficulty}, {args.split}, n={args.n})"
     atomic_write_text(out / "ablate.md", "Exact match (%); change from the full model in parentheses.\n\n" + table)
@@ -230,8 +230,6 @@ def run_ablate(args) -> int:
 
 
 def run_residual(args) -> int:
-    from ..analysis.common import load_for_analysis
-    from ..analysis.residual import plot_residual, residual_analysis
 
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.lens_examples < 0:
@@ -255,8 +253,6 @@ def run_residual(args) -> int:
 
 
 def run_rate_distortion(args) -> int:
-    from ..analysis.common import load_for_analysis
-    from ..analysis.rate_distortion import DEFAULT_BETAS, plot_rate_distortion, rate_distortion_analysis
 
     (args.task,) = _check_task_args([args.task], args.difficulty)
     n_test = args.n if args.n_test is None else args.n_test

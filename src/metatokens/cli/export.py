@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..hf.export import export_hf
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -19,7 +21,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..hf.export import export_hf
 
     out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
     has_tokenizer = (out / "tokenizer.json").is_file()

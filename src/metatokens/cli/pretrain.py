@@ -7,7 +7,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
+from ..devices import resolve_device
+from ..errors import RunDirError, RunStopped
+from ..runs.checkpoints import check_resume_steps
+from ..runs.folder import read_run_json
 from ..training.config import list_presets, load_run_config
+from ..training.pretrain import run_pretrain
 
 
 def add_command(sub) -> None:
@@ -32,10 +39,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..devices import resolve_device
-    from ..training.pretrain import run_pretrain
-    from ..errors import RunStopped
-    from ..runs.checkpoints import check_resume_steps
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work
@@ -67,10 +70,7 @@ def run(args) -> int:
 def _saved_preset(run_dir: Path, tmp: Path) -> str:
     """Write the run's saved settings as a YAML file in `tmp` (nothing is added to the run folder) and
     return its path."""
-    import yaml
 
-    from ..errors import RunDirError
-    from ..runs.folder import read_run_json
 
     saved = read_run_json(run_dir, "config")["config"]
     missing = [k for k in ("model", "data", "train") if not isinstance(saved.get(k), dict)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..hf.families import import_hf
+from ..model.config import SUPPORTED
+from ..runs.model_folder import read_config
+
 
 def add_command(sub) -> None:
-    from ..model.config import SUPPORTED
 
     p = sub.add_parser(
         "import-hf",
@@ -31,8 +34,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..hf.families import import_hf
-    from ..runs.model_folder import read_config
 
     out = import_hf(args.source, args.out, meta_attention=not args.no_meta, meta_pos=args.meta_pos,
                     block_size=args.block_size, vocab_multiple=args.vocab_multiple, seed=args.seed, overwrite=args.overwrite)

@@ -7,7 +7,11 @@ own window); the preset table counts each preset as `metatokens pretrain --confi
 
 from __future__ import annotations
 
+import torch
+
 from ..model.config import MODEL_SHAPES, model_shape
+from ..model.gpt import GPT
+from ..training.config import list_presets, load_run_config
 
 
 def add_command(sub) -> None:
@@ -20,9 +24,7 @@ def add_command(sub) -> None:
 
 def parameter_counts(shape: str) -> tuple[int, int]:
     """(with meta-attention, without) for a named shape; built on the meta device, so free."""
-    import torch  # here, not at import: every `metatokens` call builds this command's parser
 
-    from ..model.gpt import GPT
 
     with torch.device("meta"):
         meta = GPT(model_shape(shape, meta_token_id=0))
@@ -51,10 +53,7 @@ def run(args) -> int:
 def preset_counts() -> list[tuple[str, str, object, int]]:
     """(preset, base shape, ModelConfig, parameters) of every preset, as pre-training builds it
     (the vocabulary is the preset's; a run pads its tokenizer's size to the same number)."""
-    import torch
 
-    from ..model.gpt import GPT
-    from ..training.config import load_run_config, list_presets
 
     rows = []
     for name in list_presets():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import beside_model
+from ..devices import resolve_device
+from ..evaluation.loading import load_model, unique_names
+from ..evaluation.perplexity import evaluate_perplexity
+from ..evaluation.report import perplexity_markdown, task_markdown, write_report
+from ..evaluation.tasks import evaluate_task
+from .common import beside_model
 
 
 def _lengths(text: str) -> list[int]:
@@ -78,12 +83,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..devices import resolve_device
-    from ..evaluation.tasks import evaluate_task
-    from ..evaluation.report import task_markdown, write_report
-    from ..evaluation.loading import load_model, unique_names
-    from ..evaluation.perplexity import evaluate_perplexity
-    from ..evaluation.report import perplexity_markdown
 
     args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
     if args.batch_size < 1:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import math
 import sys
 
+import torch
+
+from ..devices import resolve_device
+from ..errors import CheckpointError
+from ..generation.decode import MetaPolicy, decoding_precision, stream_text
+from ..runs.checkpoints import resolve_model_dir
+from ..runs.model_folder import load_pretrained
+
 # Most tokens one call samples, far past any window we train: a RoPE model has no position limit and its
 # KV cache keeps growing, so an unbounded request would run until memory runs out.
 MAX_NEW_TOKENS = 100_000
@@ -33,12 +41,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    import torch  # here, not at import: every `metatokens` call builds this command's parser
 
-    from ..errors import CheckpointError
-    from ..runs.model_folder import load_pretrained
-    from ..devices import resolve_device
-    from ..generation.decode import MetaPolicy, decoding_precision, stream_text
 
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
@@ -50,7 +53,6 @@ def run(args) -> int:
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     args.device = resolve_device(args.device)
-    from ..runs.checkpoints import resolve_model_dir
 
     model, tokenizer, _ = load_pretrained(resolve_model_dir(args.checkpoint), args.device)
     if tokenizer is None:

@@ -6,6 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+from ..devices import resolve_device
+from ..errors import FinetuneError, RunStopped
+from ..runs.checkpoints import check_resume_steps
+from ..runs.folder import read_run_json
+from ..training.finetune import make_train_config, parse_overrides, run_finetune
+from ..training.task_batches import TaskSpec
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -56,13 +63,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..devices import resolve_device
-    from ..errors import FinetuneError
-    from ..training.task_batches import TaskSpec
-    from ..training.finetune import make_train_config, parse_overrides, run_finetune
-    from ..errors import RunStopped
-    from ..runs.checkpoints import check_resume_steps
-    from ..runs.folder import read_run_json
 
     if args.device:
         resolve_device(args.device)  # a bad --device fails in one line before any work

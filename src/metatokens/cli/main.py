@@ -13,22 +13,22 @@ import importlib
 import os
 import sys
 
-from . import __version__
-from .errors import MetatokensError, one_line
+from .. import __version__
+from ..errors import MetatokensError, one_line
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
-    "metatokens.commands.pretrain",
-    "metatokens.commands.plot",
-    "metatokens.commands.export",
-    "metatokens.commands.import_gpt2",
-    "metatokens.commands.import_hf",
-    "metatokens.commands.finetune",
-    "metatokens.commands.evaluate",
-    "metatokens.commands.generate",
-    "metatokens.commands.analyze",
-    "metatokens.commands.reproduce",
-    "metatokens.commands.info",
+    "metatokens.cli.pretrain",
+    "metatokens.cli.plot",
+    "metatokens.cli.export",
+    "metatokens.cli.import_gpt2",
+    "metatokens.cli.import_hf",
+    "metatokens.cli.finetune",
+    "metatokens.cli.evaluate",
+    "metatokens.cli.generate",
+    "metatokens.cli.analyze",
+    "metatokens.cli.reproduce",
+    "metatokens.cli.info",
 ]
 
 

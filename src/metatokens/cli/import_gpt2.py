@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 import warnings
 
+from ..errors import GPT2ImportWarning
+from ..hf.gpt2 import import_gpt2
+
 
 def add_command(sub) -> None:
     p = sub.add_parser(
@@ -30,8 +33,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import GPT2ImportWarning
-    from ..hf.gpt2 import import_gpt2
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GPT2ImportWarning)

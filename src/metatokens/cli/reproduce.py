@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from ..errors import StudyError
+from ..study.design import SCALES
+from ..study.runner import Pipeline, default_jobs
+
 
 def add_command(sub) -> None:
-    from ..study.design import SCALES
 
     p = sub.add_parser(
         "reproduce",
@@ -31,11 +37,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-    import sys
-    from pathlib import Path
 
-    from ..study.runner import Pipeline, default_jobs
-    from ..errors import StudyError
 
     if args.seeds < 1:
         raise StudyError(f"--seeds must be a positive integer, got {args.seeds}")
