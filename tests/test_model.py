@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from conftest import META, mixed_batch, toy_model
 from metatokens.model.config import ConfigError, ModelConfig, model_shape
-from metatokens.model.gpt import GPT, Block, KVCache, PosInfo
+from metatokens.model.gpt import GPT, Block, PosInfo
+from metatokens.model.cache import KVCache
 
 POS_VARIANTS = list(itertools.product(["ape", "rope", "none"], ["keep", "zero"]))
 

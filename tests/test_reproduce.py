@@ -21,7 +21,7 @@ from metatokens.errors import StudyError
 from metatokens.study.results import StudyResults
 from metatokens.study.findings import controls, findings
 from metatokens.study.report import render_report
-from metatokens.study.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
+from metatokens.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
 
 L = SCALES["toy"].ft_len
 MODELS = SCALES["toy"].models

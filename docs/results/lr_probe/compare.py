@@ -1,6 +1,6 @@
 """Paired differences on the same 100 test prompts at L = 96: lr 3e-3 against the study's own runs
 at lr 2e-3 (docs/results/reproduce_tiny_2026-12-06), with the study's own intervals
-(metatokens.study.stats: a bootstrap over the prompts for one seed; over seeds and prompts, widened to
+(metatokens.stats: a bootstrap over the prompts for one seed; over seeds and prompts, widened to
 the t-interval over seeds, for several).
 
 Two kinds of lr-3e-3 runs are compared: the two fine-tunes that missed List Recall's jump in the
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from metatokens.study.stats import contrast, paired
+from metatokens.stats import contrast, paired
 
 HERE = Path(__file__).parent
 OLD = HERE.parent / "reproduce_tiny_2026-12-06" / "stages"  # the study at lr 2e-3

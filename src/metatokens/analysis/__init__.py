@@ -7,6 +7,8 @@
 
 Attention probabilities are recomputed from activations captured with forward hooks (trace.py,
 attention.py), so the model itself is used exactly as trained and never modified.
+
+May import: errors, fileio, plotting, progress, devices, model, tasks, runs, evaluation.
 """
 
 from ..errors import AnalysisError

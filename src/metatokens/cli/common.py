@@ -1,4 +1,4 @@
-"""Subcommands of the `metatokens` CLI; each module has `add_command(subparsers)`."""
+"""What several commands share: where a command that reads a model writes its output by default."""
 
 from __future__ import annotations
 

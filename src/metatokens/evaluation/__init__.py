@@ -1,1 +1,10 @@
-"""Evaluation: loading a model to score, task accuracy by length, perplexity by position, and their reports."""
+"""Evaluation.
+
+- `loading.py`: any model to score (run, model, export or Hugging Face folder) as a `LoadedModel`;
+- `scoring.py`: teacher-forced scoring of task examples: exact match, token accuracy, answer loss;
+- `tasks.py`: `evaluate_task`, accuracy by length bin (with YaRN, with or without meta-tokens);
+- `perplexity.py`: `evaluate_perplexity`, loss per text token by position;
+- `report.py`: their markdown tables, figures and files.
+
+May import: errors, fileio, plotting, progress, stats, model, tokenizer, data, tasks, runs, hf.
+"""

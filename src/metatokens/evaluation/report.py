@@ -1,5 +1,7 @@
-"""metatokens.evaluation.report"""
-
+"""What `metatokens evaluate` writes: markdown tables and figures of task accuracy by length and of
+perplexity by position, with the majority-answer and chance floors; `write_report` puts the JSON,
+markdown and PNG of one result in a folder.
+"""
 from __future__ import annotations
 
 import json

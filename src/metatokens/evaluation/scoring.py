@@ -1,5 +1,11 @@
-"""metatokens.evaluation.scoring"""
+"""Teacher-forced scoring of task examples: one forward pass per batch gives, for every example, whether
+its whole answer is right (exact match), how many answer tokens are right, and the answer's loss.
 
+`collate` lays a batch out as ``prompt + answer[:-1]`` with targets on the answer tokens only
+(IGNORE_INDEX elsewhere); `score_examples` takes the argmax at each answer position, the meta-token
+and padding rows excluded exactly as generation excludes them (tasks.py says why this equals greedy
+decoding). `answer_baselines` gives the floor a model must clear: the majority answer and chance.
+"""
 from __future__ import annotations
 
 import hashlib

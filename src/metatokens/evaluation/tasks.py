@@ -1,4 +1,4 @@
-"""Evaluation on the synthetic tasks: accuracy by length bin, its markdown and plots.
+"""Evaluation on the synthetic tasks: accuracy by length bin (`evaluate_task`).
 
 Task accuracy (arXiv 2509.16278, sections 5-6; docs/method.md section 5)
 -----------------------------------------------------------------
@@ -15,7 +15,7 @@ excludes them) is compared with the answer token.
   `metatokens.generation` in tests/test_finetune_evaluate.py). Teacher forcing needs one forward pass
   per batch instead of one per generated token.
 
-Both come with 95% Wilson score intervals. The token interval treats tokens as independent, which
+Both come with 95% Wilson score intervals (`metatokens.stats`). The token interval treats tokens as independent, which
 they are not inside one answer, so it is narrower than the truth; the exact-match interval is the
 one to compare models by.
 
@@ -24,7 +24,7 @@ bin whose examples need more positions is refused (one line, before anything run
 ``skip_unfit``, reported as not applicable. RoPE and NoPE models read any length; ``yarn_scale``
 puts YaRN on RoPE models first (`apply_yarn`).
 
-Models are loaded by `metatokens.evaluation.loading`; perplexity by position is `metatokens.evaluation.perplexity`.
+Models are loaded by `loading.py`, scored by `scoring.py`; markdown and figures are `report.py`.
 """
 
 from __future__ import annotations

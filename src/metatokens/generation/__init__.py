@@ -1,7 +1,9 @@
-"""Sampling with a key/value cache for both attentions. The meta-token is never sampled.
+"""Generation: sampling with a key/value cache for both attentions. The meta-token is never sampled.
 
-`stream` and `generate` are `inference.stream_tokens` without a meta-token policy: one decode loop
-serves both.
+`stream` and `generate` (here) are `decode.stream_tokens` without a meta-token policy: one decode
+loop serves both. `decode.py` also holds the meta-token policies of `metatokens generate`.
+
+May import: errors, devices, model, tokenizer.
 """
 
 from __future__ import annotations

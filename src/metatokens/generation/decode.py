@@ -25,7 +25,8 @@ import torch
 
 from .. import devices
 from ..errors import MetaPolicyError
-from ..model.gpt import GPT, KVCache
+from ..model.gpt import GPT
+from ..model.cache import KVCache
 from ..tokenizer.backend import META_TOKEN
 from ..tokenizer.meta import MetaTokenizer
 

@@ -1,5 +1,7 @@
-"""metatokens.hf.baseline"""
-
+"""`HFCausalLM`: a Hugging Face causal LM with our model interface (forward(idx, targets), saving,
+loading), so that it is fine-tuned and evaluated like ours: the paper's GPT-Neo baseline. It never
+sees meta-tokens.
+"""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""Hugging Face interoperability: GPT-2 weight conversion, export to transformers, GPT-2 import, and
-`HFCausalLM`, the adapter through which a Hugging Face causal LM is fine-tuned and evaluated like ours.
+"""`metatokens export`: a model folder as a transformers folder that `AutoModelForCausalLM` loads,
+with its tokenizer and a model card.
 
 transformers is optional: it is imported only by the functions that need it. The transformers
 classes themselves live in model/hf_model.py, which exported folders carry as their model code.

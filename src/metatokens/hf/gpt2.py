@@ -1,5 +1,6 @@
-"""metatokens.hf.gpt2"""
-
+"""GPT-2 from Hugging Face into our GPT: config and weights (Conv1D -> Linear), and `import-gpt2`,
+which adds fresh meta-attention sublayers (starting as the identity) and the meta-token.
+"""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,7 @@
-"""metatokens.hf.hub"""
-
+"""Hugging Face names and folders: resolving a hub name or local folder (offline unless asked), reading a
+config.json with transformers' classes, and the output-folder rules shared by export and the imports
+(an existing folder is replaced only when it is one of ours and overwrite was asked).
+"""
 from __future__ import annotations
 
 import json

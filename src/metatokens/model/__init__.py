@@ -1,15 +1,19 @@
-"""The network and its settings.
+"""The network and its settings: nothing here trains, reads or writes files, or parses command lines.
 
-- `gpt.py`: `GPT`, the GPT-2 model with a meta-attention sublayer in every block, and its KV cache;
+- `gpt.py`: `GPT`, the GPT-2 model with a meta-attention sublayer in every block;
+- `cache.py`: the key/value cache of both attentions, for generation;
 - `positions.py`: rotary position embeddings, YaRN included;
-- `config.py`: `ModelConfig` / `YarnConfig`, and the typed parsing of settings every config shares;
-- `hf_model.py`: the transformers classes around `GPT` (imported only when transformers is wanted;
-  exported folders carry it, with the three files above, as their model code).
+- `config.py`: `ModelConfig` / `YarnConfig` / `FamilyConfig`, `IGNORE_INDEX`, and the typed parsing
+  of settings every config shares;
+- `family.py`: Llama and GPT-NeoX blocks with meta-attention (`import-hf` models), `build_model`;
+- `yarn.py`: `apply_yarn`, YaRN switched on in a loaded RoPE model;
+- `hf_model.py`: the transformers classes around `GPT` (imported only when transformers is wanted).
 
-Nothing here trains, reads or writes files, or parses command lines.
+May import: errors (yarn.py only). config, positions, cache, gpt, family and hf_model are shipped
+inside exported Hugging Face folders as their model code, so they import nothing outside model/.
 """
-
 from .config import ConfigError, ModelConfig, YarnConfig
-from .gpt import GPT, KVCache
+from .gpt import GPT
+from .cache import KVCache
 
 __all__ = ["GPT", "KVCache", "ConfigError", "ModelConfig", "YarnConfig"]

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FamilyConfig, ModelConfig
-from .gpt import GPT, LayerCache, MetaIndex, PosInfo, add_at_meta, extend_cache
+from .gpt import GPT, MetaIndex, PosInfo, add_at_meta
+from .cache import LayerCache, extend_cache
 from .gpt import MetaAttention as _GPTMetaAttention
 from .positions import Rotary, apply_rotary, rope_inv_freq
 

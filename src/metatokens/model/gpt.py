@@ -21,74 +21,9 @@ from torch import nn
 
 from .config import IGNORE_INDEX, ModelConfig
 from .positions import Rotary, apply_rotary
-
-
-class LayerCache:
-    """Keys and values of one block. Self-attention: every position. Meta-attention: meta only.
-
-    Both live in buffers with spare capacity that grow geometrically, so a decode step writes one
-    slot instead of copying the whole cache (torch.cat) every step.
-    """
-
-    def __init__(self):
-        self._k = self._v = None  # (B, nh, capacity, hs); the first `size` slots are valid
-        self.size = 0
-        self.meta_k: torch.Tensor | None = None  # (B, nh, capacity, hs); row b holds meta_count[b] entries
-        self.meta_v: torch.Tensor | None = None
-        self.meta_count: torch.Tensor | None = None  # (B,) long
-
-    @property
-    def k(self) -> torch.Tensor | None:  # (B, nh, T_past, hs)
-        return None if self._k is None else self._k.narrow(2, 0, self.size)
-
-    @property
-    def v(self) -> torch.Tensor | None:
-        return None if self._v is None else self._v.narrow(2, 0, self.size)
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep (and repeat) batch rows `rows`, in that order, as beam search does after every step."""
-        if self._k is not None:
-            self._k, self._v = (t.index_select(0, rows.to(t.device)) for t in (self.k, self.v))
-        for name in ("meta_k", "meta_v", "meta_count"):
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, t.index_select(0, rows.to(t.device)))
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store new keys/values (B, nh, T, hs) after the cached ones; return all of them."""
-        need = self.size + k.size(2)
-        if self._k is None or need > self._k.size(2):
-            capacity = max(need, 2 * self.size, 64)
-            B, nh, _, hs = k.shape
-            grown = [k.new_empty(B, nh, capacity, hs) for _ in range(2)]
-            if self.size:
-                grown[0].narrow(2, 0, self.size).copy_(self.k)
-                grown[1].narrow(2, 0, self.size).copy_(self.v)
-            self._k, self._v = grown
-        self._k.narrow(2, self.size, k.size(2)).copy_(k)
-        self._v.narrow(2, self.size, v.size(2)).copy_(v)
-        first, self.size = self.size == 0, need
-        return (k, v) if first else (self.k, self.v)  # a fresh k is contiguous; prefill reads it
-
-
-@dataclass
-class KVCache:
-    layers: list[LayerCache]
-    length: int = 0  # positions already processed; new tokens start at this position
-
-    @classmethod
-    def empty(cls, n_layer: int) -> "KVCache":
-        return cls([LayerCache() for _ in range(n_layer)])
-
-    @property
-    def meta_count(self) -> torch.Tensor | None:
-        """(B,) meta-tokens cached per row so far: the same in every layer, which all cache them."""
-        return self.layers[0].meta_count
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Reorder the batch rows of every layer (beam search); positions stay as they are."""
-        for layer in self.layers:
-            layer.select_rows(rows)
+from .cache import KVCache
+from .cache import LayerCache
+from .cache import extend_cache
 
 
 @dataclass
@@ -134,20 +69,6 @@ class PosInfo:
     cos: torch.Tensor | None = field(default=None)  # self-attention tables, (B|1, 1, T, hs/2)
     sin: torch.Tensor | None = field(default=None)
     meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; a sublayer called alone finds it
-
-
-def extend_cache(cache: LayerCache | None, k: torch.Tensor, v: torch.Tensor):
-    """Append the new (B, nh, T, hs) keys/values to `cache` (if any); return all keys, values and
-    the SDPA mask arguments: (k, v, attn_mask, is_causal). New queries see the whole past and the
-    causal part of their own chunk."""
-    T, past = k.size(2), 0
-    if cache is not None:
-        past = cache.size
-        k, v = cache.append(k, v)
-    if past and T > 1:
-        mask = torch.arange(T, device=k.device)[:, None] + past >= torch.arange(past + T, device=k.device)
-        return k, v, mask, False
-    return k, v, None, past == 0 and T > 1
 
 
 class CausalSelfAttention(nn.Module):

@@ -1,5 +1,7 @@
-"""metatokens.runs.checkpoints"""
-
+"""A run folder's checkpoints/: step-NNNNNNNN folders and the LATEST pointer, pruning to the newest few,
+and the queries every command asks (the latest complete checkpoint, its step, a model folder from a
+run folder).
+"""
 from __future__ import annotations
 
 import json

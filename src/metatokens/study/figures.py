@@ -1,5 +1,6 @@
-"""metatokens.study.figures"""
-
+"""The report's figures: loss and learning curves, accuracy by length with the floors, the differences
+forest, and stage figures copied from the seed that drew them.
+"""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
-"""metatokens.study.findings"""
-
+"""Findings: one verdict per claim of the paper (reproduced / not reproduced / inconclusive), read from a
+paired interval and a smallest effect of interest, and the controls that isolate one cause each.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .results import (
     per_seed_examples,
     per_seed_interval,
 )
-from .stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, single, verdict
+from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, single, verdict
 
 # An accuracy effect smaller than this (percentage points) is not what the paper claims: an interval
 # entirely below it rules the claimed effect out ("not reproduced").

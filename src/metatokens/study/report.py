@@ -2,7 +2,7 @@
 
 The report is rendered from the stages' results alone (`StudyResults`: the stage.json records of
 every complete seed); the paper's numbers are the constants of `metatokens.study.design`. Every
-comparison is a paired bootstrap over test prompts and seeds (`metatokens.study.stats`), and every
+comparison is a paired bootstrap over test prompts and seeds (`metatokens.stats`), and every
 claim of the paper that the study can test gets a verdict from its interval.
 """
 
@@ -46,7 +46,7 @@ from .results import (
     environment,
     mean_std,
 )
-from .stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 # ----------------------------------------------------------------------------- reading the stages
 
@@ -103,7 +103,7 @@ def render_report(res: StudyResults) -> str:
         f"{len(found)} claims of the paper tested: **{counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not "
         f"reproduced, {counts[INCONCLUSIVE]} inconclusive** at this scale. Differences are paired (the same test "
         f"prompts for every model, {sc.eval_n} per task and length per seed, none seen in training) with 95% bootstrap "
-        f"intervals over prompts and seeds (`metatokens.study.stats`). A verdict reads the interval: *reproduced* when "
+        f"intervals over prompts and seeds (`metatokens.stats`). A verdict reads the interval: *reproduced* when "
         f"it lies on the paper's side of 0; *not reproduced* when it excludes an effect of {RULE_OUT_POINTS:g} points "
         "or more in the paper's direction (for accuracy; for the analyses, when it lies on the other side of 0: a "
         "contrary finding); *inconclusive* otherwise.",

@@ -1,5 +1,6 @@
-"""metatokens.study.results"""
-
+"""The finished stages of a study as `StudyResults`, the cells and paired contrasts read from them, and
+the number formats of the report.
+"""
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from .. import __version__
 from .design import (
     Scale,
 )
-from .stats import contrast, mean_interval, paired
+from ..stats import contrast, mean_interval, paired
 
 
 @dataclass

@@ -9,7 +9,7 @@ Stages of one seed (see `metatokens.study.design` for the models):
 3. ``evaluate-M``: the four tasks at L and 2L (and 4L with YaRN for RoPE models, beyond the
    pre-training window), on the same test prompts for every model; meta models also with their
    meta-tokens removed from the prompts. Per-prompt results are kept, so that models can be
-   compared prompt by prompt (`metatokens.study.stats`);
+   compared prompt by prompt (`metatokens.stats`);
 4. ``ablate-M`` for the paper's meta models: the meta-token's position or embedding zeroed;
 5. ``analyze-*``: attention entropy, residual stream and rate-distortion of Meta+RoPE on List Recall.
 

@@ -1,5 +1,7 @@
-"""metatokens.study.stages"""
-
+"""The study's stages: their records (`StageSpec`, `StageRecord`), the plan of one seed, and what each
+stage does. Pre-training and fine-tuning go through `run_pretrain` / `run_finetune` (and so the run
+folder's one lifecycle); evaluations, ablations and analyses write their results into stage.json.
+"""
 from __future__ import annotations
 
 import json

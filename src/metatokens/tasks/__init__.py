@@ -4,8 +4,9 @@
 
 Each task module writes prompts as text; :mod:`.registry` tokenizes them, fits them to the
 requested length, inserts the meta-token ids and keeps train and test apart. See docs/tasks.md.
-"""
 
+May import: errors, tokenizer, data (only `python -m metatokens.tasks`, for its tokenizer).
+"""
 from ..errors import TaskError
 from .base import (
     DIFFICULTIES,

@@ -1,5 +1,4 @@
-"""metatokens.tokenizer.backend"""
-
+"""The special tokens and the byte-level backend of the tokenizers library that every `MetaTokenizer` uses."""
 from __future__ import annotations
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

@@ -1,5 +1,10 @@
-"""metatokens.training.checkpoints"""
+"""Training checkpoints in a run folder's checkpoints/: the model folder (runs.model_folder) plus the
+optimiser state, the RNG states and the data position, all checksummed in trainer_state.json.
 
+A checkpoint is written under a temporary name and renamed into place, then LATEST is updated, so
+a kill at any moment leaves the last complete checkpoint loadable; resuming restores every state
+bit for bit. NaN weights are never saved; a full disk is reported in one line.
+"""
 from __future__ import annotations
 
 import json

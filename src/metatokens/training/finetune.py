@@ -23,7 +23,8 @@ the paper's GPT-Neo baseline; no meta-tokens). ``yarn_scale`` puts YaRN on a RoP
 extending its window from L to s * L, so that it can be fine-tuned at lengths up to s * L.
 
 The run folder is laid out like a pre-training run (run.json, tokenizer.json, metrics.jsonl,
-checkpoints/step-N with LATEST), and `train.train_loop` does the optimisation.
+checkpoints/step-N with LATEST), and `loop.train_loop` does the optimisation. The
+batches come from `task_batches.TaskBatches`.
 """
 
 from __future__ import annotations

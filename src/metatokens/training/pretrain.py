@@ -5,7 +5,7 @@ Run folder layout:
     tokenizer.json      the run's tokenizer
     metrics.jsonl       one JSON row per log / evaluation step
     checkpoints/        step-NNNNNNNN model folders (+ optimizer, RNG, data position), LATEST
-    .lock               while a process runs in the folder (train.check_run_dir); a second one is refused
+    .lock               while a process runs in the folder (runs.folder.RunFolder); a second one is refused
 """
 
 from __future__ import annotations

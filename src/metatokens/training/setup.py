@@ -1,5 +1,7 @@
-"""metatokens.training.setup"""
-
+"""What a training run sets up around the model: processes and devices (`Dist`), the AdamW optimiser
+and its warm-up + cosine schedule, mixed precision, and DDP / FSDP / torch.compile applied from
+outside the model (`parallelize`); FLOPs for MFU; a memory check before anything is written.
+"""
 from __future__ import annotations
 
 import contextlib

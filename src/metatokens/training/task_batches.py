@@ -1,5 +1,9 @@
-"""metatokens.training.task_batches"""
+"""Fine-tuning's batches: an endless, deterministic stream of task examples cut into micro-batches.
 
+`TaskSpec` holds what to fine-tune on (tasks, mixture weights, length, curriculum); `plan_phases`
+turns it into phases of length and difficulty; `TaskBatches` is the loop's batch source, whose
+whole position is one integer (see finetune.py's docstring for the layout and exact resume).
+"""
 from __future__ import annotations
 
 import math
