@@ -5,6 +5,6 @@ its `run` turns the flags into one call of the library below (training, evaluati
 study). May import every other package; nothing imports it.
 """
 
-from .main import main
+from .main import COMMAND_MODULES, build_parser, main, parse_args
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main", "parse_args"]
