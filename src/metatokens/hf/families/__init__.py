@@ -15,6 +15,8 @@ Supported: the Llama family (model_type llama, mistral, qwen2), GPT-NeoX (gpt_ne
 
 The result is a metatokens model folder that `pretrain --init`, `finetune`, `evaluate`,
 `generate` and `export` take as they take any other.
+
+May import: what hf may (errors, fileio, model, tokenizer, runs), and hf.hub / hf.gpt2.
 """
 
 from __future__ import annotations
