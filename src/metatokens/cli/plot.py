@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..plotting import pyplot, save_figure, wrap_title
+from ..runs.folder import read_metrics
 
 
 def add_command(sub) -> None:
@@ -15,20 +16,6 @@ def add_command(sub) -> None:
     p.add_argument("--metric", default="loss", help="plot train_/val_ METRIC (default: loss)")
     p.add_argument("--names", help="comma-separated legend names, one per run (default: the run folders)")
     p.set_defaults(func=run)
-
-
-def read_metrics(run: Path) -> list[dict]:
-    file = run / "metrics.jsonl"
-    if not file.is_file():
-        raise ValueError(f"{file}: not found; is {run} a run folder?")
-    rows = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{file}:{n}: not a JSON row") from None
-    return rows
 
 
 def run_labels(runs: list[Path]) -> list[str]:

@@ -289,6 +289,34 @@ def read_run_json(run_dir: str | Path, *keys: str) -> dict[str, Any]:
     return info
 
 
+def read_metrics(run_dir: str | Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl, the one reader of that file. A last line cut off before its
+    newline (a run killed while logging) is left out; any other row that is not a JSON object is a
+    RunDirError naming its line. A missing file is one too, or no rows with missing_ok."""
+    file = Path(run_dir) / "metrics.jsonl"
+    try:
+        text = file.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise RunDirError(f"{file}: not found; is {run_dir} a run folder?") from None
+    lines = text.split("\n")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            if n == len(lines):  # no newline after it: cut off mid-write
+                break
+            raise RunDirError(f"{file}:{n}: not a JSON row")
+        rows.append(row)
+    return rows
+
+
 def truncate_metrics(file: Path, step: int) -> None:
     """Keep the rows of metrics.jsonl up to `step`, the step a run resumes from (the steps after it are
     logged again); a cut-off last line and unreadable rows are dropped. Rewritten atomically."""

@@ -31,6 +31,7 @@ from ..training.finetune import make_train_config, run_finetune
 from ..training.pretrain import run_pretrain
 from ..training.task_batches import TaskSpec
 from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT
+from ..runs.folder import read_metrics
 
 
 @dataclass
@@ -56,17 +57,6 @@ class StageSpec:
     @property
     def full_name(self) -> str:
         return f"seed{self.seed}/{self.name}"
-
-
-def _metrics(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut off by a kill
-    return rows
 
 
 def _last_line(path: Path) -> str:
@@ -166,13 +156,13 @@ class Stages:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                    "-m", "metatokens", "pretrain", "--config", str(cfg_file), "--out", str(run)]
             subprocess.run(cmd + (["--resume"] if resume else []), check=True)
-            rows = _metrics(run)
+            rows = read_metrics(run, missing_ok=True)
             summary = {k: v for r in rows for k, v in r.items()}
         else:
 
             summary = run_pretrain(cfg, run, resume=resume, progress=self.progress)
         info = json.loads((run / "run.json").read_text())
-        rows = _metrics(run)
+        rows = read_metrics(run, missing_ok=True)
         return {"run": self._rel(run), "params": info["params"], "step": summary.get("step"),
                 "val_loss": summary.get("val_loss"), "val_bpb": summary.get("val_bpb"),
                 "train_tokens": info["data"]["train_tokens"],
@@ -199,7 +189,7 @@ class Stages:
                       "tokenizer_path": str(self.run_path(source) / "tokenizer.json")}
         summary = run_finetune(spec, train, run, resume=resume, progress=self.progress, **kwargs)
         info = json.loads((run / "run.json").read_text())
-        rows = _metrics(run)
+        rows = read_metrics(run, missing_ok=True)
         curves = {task: [[r["step"], r[f"val_exact_match/{task}"], r[f"val_token_accuracy/{task}"], r[f"val_loss/{task}"]]
                          for r in rows if f"val_exact_match/{task}" in r] for task in sc.tasks}
         return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
