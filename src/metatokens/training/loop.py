@@ -162,12 +162,14 @@ def train_loop(
     """
     d = d or Dist()
     run_dir = Path(run_dir)
+    train = lambda: _train(model, batches, cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate,  # noqa: E731
+                           resume=resume, d=d, progress=progress, run_info=run_info)
+    if not d.main:  # the main process checks, locks and writes the run folder
+        return train()
     with RunFolder(run_dir, resume=resume) as folder:
-        if d.main:
-            folder.create()
-            remove_stale_temps(run_dir / "checkpoints")
-        return _train(model, batches, cfg, run_dir, tokenizer=tokenizer, evaluate=evaluate, resume=resume, d=d,
-                      progress=progress, run_info=run_info)
+        folder.create()
+        remove_stale_temps(run_dir / "checkpoints")
+        return train()
 
 
 def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, progress, run_info) -> dict[str, Any]:
