@@ -7,8 +7,10 @@ from types import SimpleNamespace
 import pytest
 
 import metatokens.plotting as plotting
+import metatokens.study.figures as study_figures
 from metatokens.study.design import SCALES, ModelSpec
-from metatokens.study.report import StudyResults, accuracy_figure
+from metatokens.study.results import StudyResults
+from metatokens.study.figures import accuracy_figure
 
 L = SCALES["toy"].ft_len
 N = 10  # prompts per seed
@@ -33,7 +35,7 @@ def results(tmp_path: Path, rates_by_seed: dict[str, list[float]]) -> StudyResul
 def drawn_bars(monkeypatch, res: StudyResults) -> list[tuple[float, float, float]]:
     """(x, low, high) of every vertical error bar of the figure, read from its artists."""
     figures = []
-    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
+    monkeypatch.setattr(study_figures, "save_figure", lambda fig, path, **kw: figures.append(fig) or Path(path))
     accuracy_figure(res, "list_recall")
     (fig,) = figures
     (ax,) = [a for a in fig.axes if a.containers]

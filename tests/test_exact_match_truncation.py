@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from metatokens.evaluate import score_examples
+from metatokens.evaluation.scoring import score_examples
 from metatokens.tasks import Example
 
 V, EOS, META_ID, MARGIN = 20, 0, 1, 8.0

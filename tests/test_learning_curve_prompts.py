@@ -5,10 +5,11 @@ import hashlib
 import pytest
 import torch
 
-import metatokens.evaluate as evaluate_module
-from metatokens.evaluate import evaluate_task
-from metatokens.finetune import TaskBatches, TaskSpec, _held_out, plan_phases
-from metatokens.loading import LoadedModel
+import metatokens.evaluation.tasks as evaluate_module
+from metatokens.evaluation.tasks import evaluate_task
+from metatokens.training.task_batches import TaskBatches, TaskSpec, plan_phases
+from metatokens.training.finetune import _held_out
+from metatokens.evaluation.loading import LoadedModel
 from metatokens.model import GPT
 from metatokens.model.config import model_shape
 from metatokens.tokenizer import MetaTokenizer

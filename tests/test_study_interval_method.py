@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from metatokens.study.stats import contrast, paired, single
+from metatokens.stats import contrast, paired, single
 
 T975_DF2 = 4.303  # Student t, 0.975 quantile, 2 degrees of freedom (tables)
 

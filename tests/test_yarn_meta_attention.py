@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import META, mixed_batch, toy_model
 from metatokens.model import GPT
-from metatokens.yarn import apply_yarn
+from metatokens.model.yarn import apply_yarn
 
 SCALE = 4.0  # toy window 64 -> 256
 T = 96  # past the pre-training window of 64
