@@ -115,7 +115,6 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(to_jsonable(data), indent=2) + "\n")

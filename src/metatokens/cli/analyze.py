@@ -32,7 +32,6 @@ DEFAULT_OUT = "analysis"
 
 
 def _positive_int(text: str) -> int:
-
     try:
         value = int(text)
     except ValueError:
@@ -149,7 +148,6 @@ def _check_task_args(tasks: list[str], difficulty: str) -> list[str]:
 
 
 def _settings(args, folder: Path, model, **extra: Any) -> dict[str, Any]:
-
     keys = ("task", "length", "lengths", "difficulty", "n", "seed", "split")
     return {
         "checkpoint": str(folder),
@@ -160,7 +158,6 @@ def _settings(args, folder: Path, model, **extra: Any) -> dict[str, Any]:
 
 
 def _examples(args, tokenizer, task: str, *, n: int | None = None, split: str | None = None):
-
     return make_examples(
         task, tokenizer, length=args.length, difficulty=args.difficulty, n=n or args.n,
         seed=args.seed, split=split or args.split,
@@ -168,7 +165,6 @@ def _examples(args, tokenizer, task: str, *, n: int | None = None, split: str | 
 
 
 def _finish(out: Path, name: str, result: dict[str, Any], plot, title: str) -> None:
-
     png, js = out / f"{name}.png", out / f"{name}.json"
     plot(result, png, title=title)
     write_json(js, result)
@@ -189,7 +185,6 @@ def _interval(h: dict[str, Any] | None) -> str:
 
 
 def run_entropy(args) -> int:
-
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.window < 0:
         raise ValueError(f"--window must be >= 0, got {args.window}")
@@ -208,7 +203,6 @@ def run_entropy(args) -> int:
 
 
 def run_ablate(args) -> int:
-
     tasks = _check_task_args([t.strip() for t in args.task.split(",") if t.strip()], args.difficulty)
     if not tasks:
         raise ValueError("--task needs at least one task name")
@@ -230,7 +224,6 @@ def run_ablate(args) -> int:
 
 
 def run_residual(args) -> int:
-
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.lens_examples < 0:
         raise ValueError(f"--lens-examples must be >= 0, got {args.lens_examples}")
@@ -253,7 +246,6 @@ def run_residual(args) -> int:
 
 
 def run_rate_distortion(args) -> int:
-
     (args.task,) = _check_task_args([args.task], args.difficulty)
     n_test = args.n if args.n_test is None else args.n_test
     if n_test < 0:

@@ -1,8 +1,18 @@
-"""What several commands share: where a command that reads a model writes its output by default."""
+"""What several commands share: the checks a training command makes before any work, its ending (a
+stop by signal, the summary line), and where a command that reads a model writes by default."""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from ..devices import resolve_device
+from ..errors import RunStopped
+from ..runs.checkpoints import check_resume_steps
+from ..runs.folder import read_run_json
 
 
 def beside_model(path: str | Path, name: str) -> Path:
@@ -15,3 +25,33 @@ def beside_model(path: str | Path, name: str) -> Path:
     if folder.parent.name == "checkpoints":
         folder = folder.parent.parent
     return folder / name
+
+
+def check_training_flags(args, steps: int | None, run_keys: tuple[str, ...] = ()) -> None:
+    """What `pretrain` and `finetune` refuse in one line before any work: a bad --device, and with
+    --resume a damaged run.json (it must hold `run_keys`) or a step count the run is already past."""
+    if args.device:
+        resolve_device(args.device)
+    if args.resume and (Path(args.out) / "run.json").exists():
+        if run_keys:
+            read_run_json(args.out, *run_keys)
+        if steps is not None:
+            check_resume_steps(args.out, steps)
+
+
+def run_training(command: str, out: str, train: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> int:
+    """Run `train` (a pre-training or fine-tuning) and end as both commands do: a stop by SIGINT/SIGTERM
+    says how to continue and exits 128 + the signal; a finished run prints its step and `keys`.
+    Under torchrun only the main process prints."""
+    main = os.environ.get("RANK", "0") == "0"
+    try:
+        summary = train()
+    except RunStopped as stop:
+        if main:
+            print(f"metatokens {command}: {stop}; continue with: metatokens {command} --out {out} --resume",
+                  file=sys.stderr)
+        return stop.exit_code
+    if main:
+        shown = [k for k in keys if k in summary]
+        print(f"{out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in shown))
+    return 0

@@ -83,7 +83,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
     args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")

@@ -21,7 +21,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
     out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
     has_tokenizer = (out / "tokenizer.json").is_file()
     print(f"{out}: transformers model" + (" and tokenizer" if has_tokenizer else " (no tokenizer in the checkpoint)"))

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
-from ..devices import resolve_device
-from ..errors import FinetuneError, RunStopped
-from ..runs.checkpoints import check_resume_steps
-from ..runs.folder import read_run_json
+from ..errors import FinetuneError
 from ..training.finetune import make_train_config, parse_overrides, run_finetune
 from ..training.task_batches import TaskSpec
+from .common import check_training_flags, run_training
 
 
 def add_command(sub) -> None:
@@ -63,13 +57,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
-    if args.device:
-        resolve_device(args.device)  # a bad --device fails in one line before any work
-    if args.resume and (Path(args.out) / "run.json").exists():
-        read_run_json(args.out, "finetune", "train", "tokenizer_sha256")  # a damaged run.json, named
-        if args.steps is not None:
-            check_resume_steps(args.out, args.steps)
+    check_training_flags(args, args.steps, ("finetune", "train", "tokenizer_sha256"))
 
     train, model_overrides = parse_overrides(args.overrides)
     if args.steps is not None:
@@ -90,17 +78,8 @@ def run(args) -> int:
             raise FinetuneError(f"--task-weights must be comma-separated positive integers, got {args.task_weights!r}") from None
     spec = TaskSpec(task=args.task, weights=weights, max_len=args.max_len, difficulty=args.difficulty, curriculum=args.curriculum,
                     phases=args.phases, meta=args.meta, seed=args.seed, eval_n=args.eval_n, yarn_scale=args.yarn_scale)
-    try:
-        summary = run_finetune(spec, make_train_config(**train), args.out, init=args.init, from_scratch=args.from_scratch,
-                               hf_model=args.hf_model, tokenizer_path=args.tokenizer, model_overrides=model_overrides,
-                               resume=args.resume, resume_steps=args.steps if args.resume else None,
-                               progress=not args.no_progress)
-    except RunStopped as stop:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"metatokens finetune: {stop}; continue with: metatokens finetune --out {args.out} --resume",
-                  file=sys.stderr)
-        return stop.exit_code
-    keys = [k for k in ("train_loss", "val_loss", "val_exact_match", "val_token_accuracy") if k in summary]
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{args.out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in keys))
-    return 0
+    return run_training("finetune", args.out, lambda: run_finetune(
+        spec, make_train_config(**train), args.out, init=args.init, from_scratch=args.from_scratch,
+        hf_model=args.hf_model, tokenizer_path=args.tokenizer, model_overrides=model_overrides, resume=args.resume,
+        resume_steps=args.steps if args.resume else None, progress=not args.no_progress),
+        ("train_loss", "val_loss", "val_exact_match", "val_token_accuracy"))

@@ -41,8 +41,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
-
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")

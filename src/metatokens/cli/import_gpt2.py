@@ -33,7 +33,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GPT2ImportWarning)
         out = import_gpt2(

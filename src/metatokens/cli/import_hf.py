@@ -8,7 +8,6 @@ from ..runs.model_folder import read_config
 
 
 def add_command(sub) -> None:
-
     p = sub.add_parser(
         "import-hf",
         help="add meta-attention to a pretrained Llama/Qwen2/Mistral, GPT-NeoX or GPT-2 checkpoint",
@@ -34,7 +33,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
     out = import_hf(args.source, args.out, meta_attention=not args.no_meta, meta_pos=args.meta_pos,
                     block_size=args.block_size, vocab_multiple=args.vocab_multiple, seed=args.seed, overwrite=args.overwrite)
     info = read_config(out)["imported_from_hf"]

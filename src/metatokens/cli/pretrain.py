@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from ..devices import resolve_device
-from ..errors import RunDirError, RunStopped
-from ..runs.checkpoints import check_resume_steps
+from ..errors import RunDirError
 from ..runs.folder import read_run_json
 from ..training.config import list_presets, load_run_config
 from ..training.pretrain import run_pretrain
+from .common import check_training_flags, run_training
 
 
 def add_command(sub) -> None:
@@ -39,11 +36,7 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
-    if args.device:
-        resolve_device(args.device)  # a bad --device fails in one line before any work
-    if args.resume and args.max_steps is not None:
-        check_resume_steps(args.out, args.max_steps)
+    check_training_flags(args, args.max_steps)
     overrides = list(args.overrides)
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
@@ -54,17 +47,9 @@ def run(args) -> int:
         if preset is None and args.resume and (Path(args.out) / "run.json").is_file():
             preset = _saved_preset(Path(args.out), Path(tmp))
         cfg = load_run_config(preset or "tiny", overrides)
-    try:
-        summary = run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress)
-    except RunStopped as stop:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"metatokens pretrain: {stop}; continue with: metatokens pretrain --out {args.out} --resume",
-                  file=sys.stderr)
-        return stop.exit_code
-    keys = [k for k in ("train_loss", "val_loss", "val_bpb") if k in summary]
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{args.out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in keys))
-    return 0
+    return run_training("pretrain", args.out,
+                        lambda: run_pretrain(cfg, args.out, resume=args.resume, init=args.init, progress=not args.no_progress),
+                        ("train_loss", "val_loss", "val_bpb"))
 
 
 def _saved_preset(run_dir: Path, tmp: Path) -> str:

@@ -11,7 +11,6 @@ from ..study.runner import Pipeline, default_jobs
 
 
 def add_command(sub) -> None:
-
     p = sub.add_parser(
         "reproduce",
         help="pre-train, fine-tune, evaluate and analyse; write REPORT.md beside the paper's numbers",
@@ -37,8 +36,6 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
-
-
     if args.seeds < 1:
         raise StudyError(f"--seeds must be a positive integer, got {args.seeds}")
     if args.jobs == "auto":

@@ -76,7 +76,6 @@ def _read_gpt2_config(folder: Path):
 
 
 def _read_safetensors_weights(folder: Path) -> dict[str, torch.Tensor]:
-
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]

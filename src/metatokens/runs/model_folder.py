@@ -165,7 +165,6 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
 
 
 def load_tokenizer(file: Path):
-
     try:
         return MetaTokenizer.from_file(file)
     except TokenizerError as err:

@@ -40,13 +40,11 @@ def _figure(res: StudyResults, rel: str, alt: str) -> str:
 
 
 def _colors(n: int):
-
     cmap = pyplot().get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
 def loss_figure(res: StudyResults) -> str:
-
     plt = pyplot()
     seed = res.seed_list[0]
     pre = [m for m in res.scale.models if f"pretrain-{m}" in res.seeds[seed]]

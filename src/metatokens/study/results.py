@@ -41,7 +41,6 @@ class StudyResults:
 
 
 def environment() -> dict[str, str]:
-
     env = {"metatokens": __version__, "python": platform.python_version(), "torch": torch.__version__,
            "numpy": numpy.__version__, "platform": platform.platform(), "cpus": str(os.cpu_count())}
     for name in ("tokenizers", "transformers", "safetensors"):

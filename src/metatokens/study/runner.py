@@ -304,7 +304,6 @@ class Pipeline(Stages):
         return out
 
     def write_report(self) -> Path:
-
         seeds = self.complete_seeds()
         if not seeds:
             raise StudyError(f"no seed of the study has finished all its stages in {self.out}; nothing to report")

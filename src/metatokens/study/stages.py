@@ -146,7 +146,6 @@ class Stages:
         return specs
 
     def _pretrain(self, cfg, folder: Path, resume: bool) -> dict[str, Any]:
-
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
         run = folder / "run"
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -170,7 +169,6 @@ class Stages:
                           "val": [[r["step"], r["val_loss"]] for r in rows if "val_loss" in r]}}
 
     def _finetune(self, m: str, seed: int, folder: Path, resume: bool, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-
         sc, ms = self.scale, self.scale.models[m]
         spec = TaskSpec(task=",".join(sc.tasks), weights=list(sc.ft_weights), max_len=sc.ft_len, difficulty=sc.difficulty,
                         seed=seed, eval_n=sc.ft_curve_n, meta="on" if ms.meta else "off")
@@ -205,7 +203,6 @@ class Stages:
         return self.out / rec.result["run"]
 
     def _device(self) -> str:
-
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
     def _evaluate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord],
@@ -247,7 +244,6 @@ class Stages:
         return out
 
     def _ablate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-
         model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
         result = ablation_study(model, tok, list(self.scale.tasks), [self.scale.ft_len], n=self.scale.eval_n, seed=seed,
                                 difficulty=self.scale.difficulty, progress=self.progress)
@@ -259,7 +255,6 @@ class Stages:
                               for name in result["variants"]} for row in result["rows"]}
 
     def _analyze(self, analysis: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
-
         sc = self.scale
         model, tok, _ = load_for_analysis(self.run_path(inputs["finetune-meta-rope"]), self._device())
 

@@ -22,7 +22,6 @@ from .registry import TASKS, make_examples
 
 
 def load_tokenizer(spec: str):
-
     if spec == "gpt2":
         return MetaTokenizer.from_gpt2()
     if spec == "builtin":
