@@ -112,8 +112,9 @@ def test_jsonl_text_field_and_blank_lines(tmp_path):
 
 
 def test_parquet_column_selection_and_batches(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     texts = [f"document {i}" for i in range(2500)]  # more than one read batch
     table = pa.table({"text": texts, "other": [f"o{i}" for i in range(2500)]})
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=700)
@@ -125,8 +126,9 @@ def test_parquet_column_selection_and_batches(tmp_path):
 
 
 def test_parquet_nulls_are_skipped(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     pq.write_table(pa.table({"text": ["a", None, "b"]}), tmp_path / "n.parquet")
     assert docs(tmp_path / "n.parquet") == ["a", "b"]
 
@@ -244,7 +246,8 @@ def test_hf_source_without_datasets_installed(monkeypatch):
 def test_hf_local_json_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401  (a declared test dependency: missing, the test fails)
+
     folder = tmp_path / "ds"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"text": "alpha", "body": "A"}, {"text": "beta", "body": "B"}])
@@ -258,7 +261,8 @@ def test_hf_local_json_folder(tmp_path, monkeypatch):
 def test_hf_saved_to_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     saved = tmp_path / "saved"
     dataset_dict = datasets.DatasetDict(
         {
@@ -277,7 +281,8 @@ def test_hf_saved_to_disk(tmp_path, monkeypatch):
 def test_hf_unloadable_dataset_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401  (a declared test dependency: missing, the test fails)
+
     missing = tmp_path / "no-such-dataset"
     with pytest.raises(DataError) as exc_info:
         docs(f"hf:{missing}")

@@ -13,18 +13,18 @@ import sys
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-from tokenizers import ByteLevelBPETokenizer  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+import transformers  # a declared test dependency: missing, these tests fail (never skip)
+from tokenizers import ByteLevelBPETokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
-from metatokens import cli  # noqa: E402
-from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
-from metatokens.generate import generate  # noqa: E402
-from metatokens.hf import export_hf  # noqa: E402
-from metatokens.model import GPT  # noqa: E402
-from metatokens.tokenizer import META_TOKEN, MetaTokenizer  # noqa: E402
+import metatokens.model.hf_model  # noqa: F401  (registers the Auto classes)
+from metatokens import cli
+from metatokens.checkpoint import load_pretrained, save_pretrained
+from metatokens.model.config import YarnConfig, model_shape
+from metatokens.generate import generate
+from metatokens.hf import export_hf
+from metatokens.model import GPT
+from metatokens.tokenizer import META_TOKEN, MetaTokenizer
 
 COMMANDS = ["metatokens.commands.export", "metatokens.commands.import_gpt2"]
 TEXTS = [

@@ -15,21 +15,21 @@ import sys
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-from tokenizers import ByteLevelBPETokenizer  # noqa: E402
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,  # noqa: E402
+import transformers  # a declared test dependency: missing, these tests fail (never skip)
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
                           GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
                           Qwen2ForCausalLM)
 
-import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
-from metatokens import cli  # noqa: E402
-from metatokens.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from metatokens.families import import_hf  # noqa: E402
-from metatokens.inference import generate_ids  # noqa: E402
-from metatokens.model import GPT, KVCache  # noqa: E402
-from metatokens.model.family import FamilyModel  # noqa: E402
-from metatokens.model.gpt import PosInfo  # noqa: E402
-from metatokens.tokenizer import EOS_TOKEN, META_TOKEN  # noqa: E402
+import metatokens.model.hf_model  # noqa: F401  (registers the Auto classes)
+from metatokens import cli
+from metatokens.checkpoint import load_pretrained, save_pretrained
+from metatokens.families import import_hf
+from metatokens.inference import generate_ids
+from metatokens.model import GPT, KVCache
+from metatokens.model.family import FamilyModel
+from metatokens.model.gpt import PosInfo
+from metatokens.tokenizer import EOS_TOKEN, META_TOKEN
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog. " * 3,
