@@ -4,7 +4,7 @@ Any silent change to the corpus reading, tokenizer training, packing, meta-token
 initialisation, optimiser or training loop moves these numbers, and this test says so. A deliberate
 change regenerates the file (and the diff of tests/data/golden_toy_losses.json shows what moved):
 
-    REGENERATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_golden_loss.py
+    REGENERATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/integration/test_golden_loss.py
 
 The run is the `toy` preset (RoPE, meta-attention, k = 0.1, block 64, batch 8, warm-up 5 steps)
 on a synthetic corpus made here from a fixed seed: the built-in corpus is the docstrings of the
@@ -24,7 +24,7 @@ import torch
 from metatokens.pretrain import run_pretrain
 from metatokens.runconfig import load_run_config
 
-GOLDEN = Path(__file__).parent / "data" / "golden_toy_losses.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_toy_losses.json"  # tests/data/
 STEPS = 20
 # Tolerance: the same code on another CPU, BLAS build or thread count sums floats in another order
 # (matmul blocking, softmax and LayerNorm reductions), which moves a loss by float32 rounding and
@@ -70,7 +70,7 @@ def test_first_20_toy_losses_match_the_stored_ones(tmp_path):
     if os.environ.get("REGENERATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         data = {"preset": "toy", "steps": STEPS, "torch": torch.__version__, "losses": losses,
-                "regenerate": "REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden_loss.py"}
+                "regenerate": "REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/integration/test_golden_loss.py"}
         GOLDEN.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))["losses"]
