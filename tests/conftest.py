@@ -197,6 +197,11 @@ def set_args(overrides: list[str]) -> list[str]:
     return [arg for s in overrides for arg in ("--set", s)]
 
 
+def toy_data_args(root: Path) -> list[str]:
+    """The --set arguments of toy_data_overrides for root/corpus and root/cache (a toy_runs folder)."""
+    return set_args(toy_data_overrides(root / "corpus", root / "cache"))
+
+
 def toy_run_config(corpus: Path, cache: Path, *extra: str):
     """The RunConfig of a toy pre-training on `corpus` (toy_data_overrides, then `extra`)."""
     from metatokens.runconfig import load_run_config
@@ -222,8 +227,7 @@ def toy_runs(tmp_path_factory) -> Path:
     TOY_RUN_STEPS) and ft/ (a toy fine-tuning at step 4). Made once; tests copy what they change."""
     root = tmp_path_factory.mktemp("toy-runs")
     write_words_corpus(root / "corpus", n_docs=20)
-    data = set_args(toy_data_overrides(root / "corpus", root / "cache"))
-    quiet_main(["pretrain", "--config", "toy", "--out", str(root / "run"), "--no-progress", *data,
+    quiet_main(["pretrain", "--config", "toy", "--out", str(root / "run"), "--no-progress", *toy_data_args(root),
                 "--set", f"train.max_steps={TOY_RUN_STEPS}"])
     quiet_main(["finetune", "--from-scratch", "toy", "--tokenizer", str(root / "run" / "tokenizer.json"),
                 "--set", "model.block_size=256", "--max-len", "160", "--steps", "4", "--batch-size", "4",
