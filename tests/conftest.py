@@ -63,6 +63,19 @@ def small_model(tokenizer, seed: int = 0, **overrides) -> GPT:
     return toy_model(seed, vocab_size=320, meta_token_id=tokenizer.meta_token_id, **overrides)
 
 
+TASK_VOCAB = 640  # embedding rows of task_model (>= task_tokenizer's 600 ids)
+
+
+def task_model(tokenizer, seed: int = 0, **overrides) -> GPT:
+    """A 2-layer RoPE model for task_tokenizer's ids (vocabulary TASK_VOCAB, window 64)."""
+    from metatokens.model.config import ModelConfig
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=TASK_VOCAB, block_size=64, n_layer=2, n_head=2, n_embd=32,
+               meta_token_id=tokenizer.meta_token_id, pos_encoding="rope")
+    return GPT(ModelConfig(**{**cfg, **overrides})).eval()
+
+
 # Tiny tensors gain nothing from a second thread, and on a shared 2-core machine the spin-waiting
 # of torch's thread pool slows tests several-fold (and the subprocess tests compete for cores).
 torch.set_num_threads(1)

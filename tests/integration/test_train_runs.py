@@ -35,7 +35,8 @@ def test_loss_falls_and_run_folder_is_complete(words_corpus, tmp_path):
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(words_corpus, tmp_path):
     extra = ["model.dropout=0.1", "train.ckpt_interval=4", "train.grad_accum=2"]  # dropout: RNG must be restored
-    full = run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=12", *extra), tmp_path / "full", progress=False)
+    full = run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=12", *extra), tmp_path / "full",
+                        progress=False)
     part = tmp_path / "part"
     # stop after 6 steps (the cosine schedule still spans 12), then resume to 12
     cfg = toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=12", *extra)
@@ -125,7 +126,8 @@ def test_resume_with_other_model_shape_or_tokenizer_is_refused(words_corpus, tmp
         run_pretrain(wider, tmp_path / "run", resume=True, progress=False)
     (tmp_path / "run" / "tokenizer.json").write_bytes(b"")  # a tokenizer file that is not the run's
     with pytest.raises(ValueError, match="tokenizer.json"):
-        run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=4"), tmp_path / "run", resume=True, progress=False)
+        run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=4"), tmp_path / "run", resume=True,
+                     progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(words_corpus, tmp_path, monkeypatch):
@@ -348,5 +350,6 @@ def test_a_run_that_fails_mid_way_keeps_its_log_and_one_that_fails_at_once_leave
     monkeypatch.setattr(train.MetricLog, "write", fail_at_once)
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="boom"):
-        run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=6", "train.ckpt_interval=0"), fresh, progress=False)
+        run_pretrain(toy_run_config(words_corpus, tmp_path / "c", "train.max_steps=6", "train.ckpt_interval=0"), fresh,
+                     progress=False)
     assert not fresh.exists()
