@@ -91,7 +91,7 @@ def _deterministic():
 
 SMALL_TEXT = ["the meta token marks a place in the text. " * 5, "Numbers 123 456 and words; more words here."] * 20
 
-_SENTENCES = [
+SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
     "She bought bread, apples and a bottle of milk at the market this morning.",
     "How many times did the old sailor count the stars before he fell asleep?",
@@ -120,7 +120,7 @@ def sentence_tokenizer():
     rng = random.Random(0)
     texts = []
     for _ in range(600):
-        words = " ".join(rng.choice(_SENTENCES).split()[: rng.randint(4, 14)])
+        words = " ".join(rng.choice(SENTENCES).split()[: rng.randint(4, 14)])
         texts.append(words + f" {rng.randint(0, 99)} {rng.choice('01')} {rng.choice('01')}\n")
     return MetaTokenizer.train(texts, 512)
 
