@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TASK_VOCAB, task_model
+from conftest import TASK_VOCAB, capture_figures, task_model
 from metatokens import cli
 from metatokens.checkpoint import save_pretrained
 from metatokens.evaluate import evaluate_task, score_examples, wilson_interval
@@ -102,8 +102,7 @@ def test_the_accuracy_plot_names_models_and_task_and_draws_the_majority_and_chan
     parity = make_examples("parity", task_tokenizer, length=64, n=8, seed=0, split="test", meta=False)
     assert evaluate.answer_baselines(parity)["chance"] == 0.5
 
-    figures = []
-    monkeypatch.setattr(evaluate, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    figures = capture_figures(monkeypatch, evaluate)
     evaluate.task_plot(result, "unused.png")
     (fig,) = figures
     title = fig._suptitle.get_text()
