@@ -12,9 +12,6 @@ from metatokens.devices import cpu_has_bf16
 from metatokens.inference import decoding_precision, generate_ids
 
 
-# ---------------------------------------------------------------- bf16 decoding
-
-
 @pytest.fixture(scope="module")
 def trained_toy():
     """A toy RoPE model trained until its greedy continuation of a fixed token permutation is
