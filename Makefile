@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch; a plain `torch` may pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo pretrain-tiny test test-all clean
+.PHONY: venv demo pretrain-tiny test test-fast test-all clean
 
 $(BIN)/metatokens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,15 @@ pretrain-tiny: venv
 	$(BIN)/metatokens pretrain --config tiny --out runs/tiny
 	$(BIN)/metatokens plot runs/tiny   # -> runs/tiny/loss.png
 
+# Both layers, unit then integration (pyproject's testpaths), without the tests marked slow.
 test: venv
 	$(BIN)/python -m pytest -q
 
+# The unit layer alone: no training step, no subprocess, no study (under a minute on 2 cores).
+test-fast: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+# Both layers and the tests marked slow.
 test-all: venv
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 

@@ -290,3 +290,12 @@ def test_a_stray_layer_violation_is_caught(tmp_path, monkeypatch):
              if package_of(t) != package_of(m) and LAYER[package_of(t)] >= LAYER[package_of(m)]]
     assert wrong == ["metatokens.model.gpt -> metatokens.training.loop"]
     assert re.fullmatch(r"[a-z_]+", package_of("metatokens.model.gpt"))
+
+
+def test_every_test_file_sits_in_a_layer_pytest_collects():
+    """pyproject's testpaths are tests/unit, tests/integration and tests/test_cuda.py: a test file put
+    anywhere else under tests/ would never run."""
+    tests = Path(__file__).resolve().parents[1]
+    stray = sorted(p.relative_to(tests).as_posix() for p in tests.rglob("test_*.py")
+                   if p.parent.name not in ("unit", "integration") and p.name != "test_cuda.py")
+    assert stray == []

@@ -4,27 +4,28 @@ Any silent change to the corpus reading, tokenizer training, packing, meta-token
 initialisation, optimiser or training loop moves these numbers, and this test says so. A deliberate
 change regenerates the file (and the diff of tests/data/golden_toy_losses.json shows what moved):
 
-    REGENERATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_golden_loss.py
+    REGENERATE_GOLDEN=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/integration/test_golden_loss.py
 
 The run is the `toy` preset (RoPE, meta-attention, k = 0.1, block 64, batch 8, warm-up 5 steps)
-on a synthetic corpus made here from a fixed seed: the built-in corpus is the docstrings of the
-running Python, which differ between Python versions, so it cannot give golden numbers.
+on a synthetic corpus made from a fixed seed (conftest.write_words_corpus, 30 documents): the
+built-in corpus is the docstrings of the running Python, which differ between Python versions, so
+it cannot give golden numbers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import write_words_corpus
 from metatokens.training.pretrain import run_pretrain
 from metatokens.training.config import load_run_config
 
-GOLDEN = Path(__file__).parent / "data" / "golden_toy_losses.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_toy_losses.json"  # tests/data/
 STEPS = 20
 # Tolerance: the same code on another CPU, BLAS build or thread count sums floats in another order
 # (matmul blocking, softmax and LayerNorm reductions), which moves a loss by float32 rounding and
@@ -33,23 +34,8 @@ STEPS = 20
 # (measured: learning rate 1% higher 1e-2, k = 0.11 instead of 0.1 2.4e-2, another seed 4.4e-2).
 RTOL, ATOL = 1e-4, 1e-5
 
-WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
-         "and to in is that for it as with was on be by this are from or at an which").split()
-
-
-def write_corpus(folder: Path) -> None:
-    """30 documents of random sentences; `random.Random(seed)` draws the same words everywhere."""
-    rng = random.Random(0)
-    for i in range(30):
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
-                     for _ in range(60)]
-        (folder / f"doc{i:02d}.txt").write_text(" ".join(sentences), encoding="utf-8")
-
-
 def toy_losses(tmp: Path) -> list[float]:
-    corpus = tmp / "corpus"
-    corpus.mkdir()
-    write_corpus(corpus)
+    corpus = write_words_corpus(tmp / "corpus")  # 30 documents of random sentences from a fixed seed
     cfg = load_run_config("toy", [
         f"data.source={corpus}", f"data.cache_dir={tmp / 'cache'}", "data.vocab_size=300", "data.max_documents=null",
         "data.val_fraction=0.1", f"train.max_steps={STEPS}", "train.eval_interval=0", "train.eval_batches=1",
@@ -70,7 +56,7 @@ def test_first_20_toy_losses_match_the_stored_ones(tmp_path):
     if os.environ.get("REGENERATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         data = {"preset": "toy", "steps": STEPS, "torch": torch.__version__, "losses": losses,
-                "regenerate": "REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden_loss.py"}
+                "regenerate": "REGENERATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/integration/test_golden_loss.py"}
         GOLDEN.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))["losses"]

@@ -1,6 +1,7 @@
 """The whole study at toy size: every table, control, interval and Findings row present and filled
 from the stages' values; caching; parallel stages and seeds merged from separate invocations; and
-verdicts from hand-made stage results."""
+verdicts from hand-made stage results. The statistics and the stage plan alone are tested in
+tests/unit/test_study.py."""
 
 import copy
 import dataclasses
@@ -14,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metatokens.study import design, runner, stages
+from metatokens.study import design, stages
 from metatokens.study.design import SCALES, TASKS
 from metatokens.study.runner import Pipeline
-from metatokens.errors import StudyError
 from metatokens.study.results import StudyResults
 from metatokens.study.findings import controls, findings
 from metatokens.study.report import render_report
-from metatokens.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
+from metatokens.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 L = SCALES["toy"].ft_len
 MODELS = SCALES["toy"].models
@@ -229,16 +229,6 @@ def test_a_failing_stage_in_a_parallel_run_stops_the_study_with_one_line(study):
     assert len(err) == 1 and "seed1/evaluate-gpt2 failed" in err[0] and "evaluate-gpt2.log" in err[0]
 
 
-def test_one_stage_needs_its_inputs(tmp_path):
-    pipe = Pipeline(tmp_path, "toy", progress=False, log=lambda s: None)
-    with pytest.raises(StudyError, match="needs seed0/finetune-meta-rope"):
-        pipe.run_stage("seed0/evaluate-meta-rope")
-    with pytest.raises(StudyError, match="no stage"):
-        pipe.run_stage("seed0/nonsense")
-    with pytest.raises(StudyError, match="outside the study's seeds"):
-        pipe.run(only_seeds=[3])
-
-
 def test_interrupted_training_stage_resumes(tmp_path):
     pipe = Pipeline(tmp_path, "toy", progress=False, log=lambda s: None)
     from metatokens.training.config import load_run_config
@@ -259,51 +249,7 @@ def test_interrupted_training_stage_resumes(tmp_path):
     assert calls == [False, True] and rec.result["step"] == 6
 
 
-# ----------------------------------------------------------------------------- statistics and verdicts
-
-
-def test_paired_bootstrap_matches_a_hand_computation():
-    rng = np.random.default_rng(1)
-    a = [(rng.random(200) < 0.7).astype(int) for _ in range(3)]
-    b = [(rng.random(200) < 0.4).astype(int) for _ in range(3)]
-    c = contrast([paired(a, b)], reps=3000)
-    assert c["diff"] == pytest.approx(np.mean([(x - y).mean() for x, y in zip(a, b)]))
-    lo, hi = c["ci95"]
-    assert lo < c["diff"] < hi and 0.15 < lo and hi < 0.45  # true difference 0.3
-    # one seed: the interval is close to the normal one of the paired differences
-    d = (a[0] - b[0]).astype(float)
-    one = contrast([paired(a[:1], b[:1])], reps=4000)
-    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
-    assert one["ci95"][0] == pytest.approx(d.mean() - half, abs=0.02)
-    assert one["ci95"][1] == pytest.approx(d.mean() + half, abs=0.02)
-    # prompts that all tie do not give a zero-width interval: the pseudo-pairs keep it honest
-    tie = contrast([paired([[0] * 100], [[0] * 100])])
-    assert tie["diff"] == 0 and -0.05 < tie["ci95"][0] < -0.01 and 0.01 < tie["ci95"][1] < 0.05
-    few = contrast([paired([[0] * 4], [[0] * 4])])
-    assert few["ci95"][0] <= -0.3 and few["ci95"][1] >= 0.3
-    with pytest.raises(ValueError, match="differ in length"):
-        paired([[1, 0]], [[1]])
-    # seeds that disagree widen the interval beyond what any one seed's prompts give: a t-interval over seeds
-    spread = [np.r_[np.ones(m), np.zeros(100 - m)] for m in (20, 50, 80)]
-    base = [np.zeros(100)] * 3
-    wide = contrast([paired(spread, base)])
-    one = max((contrast([paired([x], [y])])["ci95"] for x, y in zip(spread, base)), key=lambda c: c[1] - c[0])
-    assert wide["ci95"][1] - wide["ci95"][0] > 2 * (one[1] - one[0])
-    assert wide["ci95_t"] == pytest.approx([0.5 - 4.303 * 0.3 / 3 ** 0.5, 0.5 + 4.303 * 0.3 / 3 ** 0.5])
-    # a difference of differences: two terms, weights +1 and -1
-    dd = contrast([paired([[1] * 50], [[0] * 50]), paired([[1] * 50], [[1] * 50], -1.0)])
-    assert dd["diff"] == pytest.approx(1.0)
-    assert contrast([single([[1, 1, 0, 0]])])["diff"] == pytest.approx(0.5)
-
-
-def test_verdict_reads_the_interval():
-    assert verdict([0.01, 0.2]) == REPRODUCED
-    assert verdict([-0.2, -0.01]) == NOT_REPRODUCED  # contrary
-    assert verdict([-0.1, 0.1]) == INCONCLUSIVE
-    assert verdict([-0.02, 0.03], rule_out=0.05) == NOT_REPRODUCED  # a 5-point effect is ruled out
-    assert verdict([-0.02, 0.08], rule_out=0.05) == INCONCLUSIVE
-    assert verdict([-0.3, -0.1], direction=-1) == REPRODUCED  # a claimed drop
-    assert verdict(None) == INCONCLUSIVE and verdict([float("nan"), 1.0]) == INCONCLUSIVE
+# ----------------------------------------------------------------------------- verdicts from hand-made stage results
 
 
 def _hand_made(study) -> StudyResults:
@@ -402,31 +348,6 @@ def test_a_gain_below_zero_is_called_contrary_and_a_floor_baseline_is_named(stud
     assert gain.note.startswith("contrary: Meta+RoPE loses more than GPT-2 (APE)")
     assert "GPT-2 (APE) is at 0.0% at L, at the floor" in gain.note
     assert "at 2L Meta+RoPE is level with it (the interval holds 0): +0.0 [" in gain.note
-
-
-def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings(tmp_path):
-    """The scheduling order (runner.early_first): per seed, the first fine-tune of a model that is not
-    pre-trained moves ahead of the pre-trainings; everything else keeps the plan's order."""
-    pipe = Pipeline(tmp_path, "toy", seeds=2, progress=False)
-    todo = list(enumerate(pipe.plan(0) + pipe.plan(1)))
-    order = [f"seed{s.seed}/{s.name}" for _, s in runner.early_first(todo, pipe.scale)]
-    first_scratch = next(m for m, ms in MODELS.items() if not ms.pretrained)
-    for seed in (0, 1):
-        mine = [name for name in order if name.startswith(f"seed{seed}/")]
-        assert mine[0] == f"seed{seed}/finetune-{first_scratch}"
-        assert mine[1:] == [f"seed{seed}/{s.name}" for s in pipe.plan(seed) if s.name != f"finetune-{first_scratch}"]
-    assert sorted(order) == sorted(f"seed{s.seed}/{s.name}" for _, s in todo)
-
-
-def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
-    """Seed 1 of the tiny study had no meta-token pair 65+ positions apart (NaN in that bin): the near-minus-far
-    contrast uses the farthest bin both measured instead of dropping the seed (hand computation)."""
-    from metatokens.study.results import near_minus_far
-
-    meta, ctrl = [0.1, 0.0, -0.2, float("nan")], [0.4, 0.3, 0.2, 0.1]
-    assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
-    assert near_minus_far([0.5, 0.1], [0.2, 0.2]) == pytest.approx(0.4)
-    assert near_minus_far([0.5, float("nan")], [0.2, 0.2]) is None
 
 
 def test_a_figure_copied_from_one_seed_says_which_when_the_report_holds_several(study):

@@ -7,17 +7,15 @@ import io
 import pytest
 import torch
 
-from conftest import META, meta_favourite_model, mixed_batch, toy_model
+from conftest import META, meta_favourite_model, mixed_batch, small_model, toy_model
 from metatokens import cli
 from metatokens.runs.model_folder import save_pretrained
 from metatokens.generation.decode import decoding_precision, MetaPolicy, StreamDecoder, encode_prompt, generate_ids, insert_every, stream_tokens
 from metatokens.errors import MetaPolicyError
 from metatokens.model import GPT, KVCache
-from metatokens.devices import cpu_has_bf16
-from metatokens.tokenizer import META_TOKEN, MetaTokenizer
+from metatokens.tokenizer import META_TOKEN
 
 CMD = "metatokens.cli.generate"
-TEXT = ["the meta token marks a place in the text. " * 5, "Numbers 123 456 and words; more words here."] * 20
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,17 +29,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return MetaTokenizer.train(TEXT, vocab_size=300)
-
-
-def model_for(tok, seed=0, **kw):
-    return toy_model(seed, vocab_size=320, meta_token_id=tok.meta_token_id, **kw)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer):
-    return save_pretrained(tmp_path_factory.mktemp("run") / "model", model_for(tokenizer, pos_encoding="ape"), tokenizer)
+def checkpoint(tmp_path_factory, small_tokenizer):
+    model = small_model(small_tokenizer, pos_encoding="ape")
+    return save_pretrained(tmp_path_factory.mktemp("run") / "model", model, small_tokenizer)
 
 
 # ---------------------------------------------------------------- policies and prompts
@@ -57,11 +47,11 @@ def test_policy_strings():
             MetaPolicy.parse(bad)
 
 
-def test_marked_prompt_puts_meta_ids_exactly_at_the_markers(tokenizer):
+def test_marked_prompt_puts_meta_ids_exactly_at_the_markers(small_tokenizer):
     pieces = ["the meta", " token marks", "", " a place. ", ""]
     text = META_TOKEN.join(pieces)  # markers in the middle, twice in a row, and at the end
-    ids = encode_prompt(tokenizer, text, "marked")
-    meta = tokenizer.meta_token_id
+    ids = encode_prompt(small_tokenizer, text, "marked")
+    meta = small_tokenizer.meta_token_id
     assert ids.count(meta) == len(pieces) - 1
     # split at the meta ids: each stretch of text ids decodes to the text between two markers
     stretches, cur = [], []
@@ -72,19 +62,19 @@ def test_marked_prompt_puts_meta_ids_exactly_at_the_markers(tokenizer):
         else:
             cur.append(i)
     stretches.append(cur)
-    assert [tokenizer.decode(s) for s in stretches] == pieces
-    assert tokenizer.decode(ids, skip_meta=False) == text
+    assert [small_tokenizer.decode(s) for s in stretches] == pieces
+    assert small_tokenizer.decode(ids, skip_meta=False) == text
     # without the marked policy the marker is ordinary text and yields no meta id
-    plain = encode_prompt(tokenizer, text, "none")
-    assert meta not in plain and tokenizer.decode(plain) == text
+    plain = encode_prompt(small_tokenizer, text, "none")
+    assert meta not in plain and small_tokenizer.decode(plain) == text
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
-def test_every_n_prompt_has_meta_after_each_n_text_tokens(tokenizer, n):
+def test_every_n_prompt_has_meta_after_each_n_text_tokens(small_tokenizer, n):
     text = "Numbers 123 456 and words; more words here."
-    plain = tokenizer.encode(text)
-    ids = encode_prompt(tokenizer, text, f"every:{n}")
-    meta = tokenizer.meta_token_id
+    plain = small_tokenizer.encode(text)
+    ids = encode_prompt(small_tokenizer, text, f"every:{n}")
+    meta = small_tokenizer.meta_token_id
     expected = [p for p in range(len(ids)) if (p + 1) % (n + 1) == 0]  # text, ..., text (n), meta
     assert [p for p, i in enumerate(ids) if i == meta] == expected
     assert [i for i in ids if i != meta] == plain
@@ -191,17 +181,17 @@ def test_bad_arguments_fail_before_anything_streams():
         next(stream_tokens(plain, prompt, 3, policy="marked"))
 
 
-def test_stream_decoder_pieces_join_to_the_full_decode(tokenizer):
+def test_stream_decoder_pieces_join_to_the_full_decode(small_tokenizer):
     text = "naïve café: € 5 — ünïcödé 😀 and words."  # characters the BPE splits into bytes
-    ids = tokenizer.encode(text)
+    ids = small_tokenizer.encode(text)
     assert len(ids) > len(text.encode("utf-8")) // 2
-    decoder = StreamDecoder(tokenizer)
+    decoder = StreamDecoder(small_tokenizer)
     pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
-    shown = StreamDecoder(tokenizer, show_meta=True)
-    with_meta = insert_every(ids, 3, tokenizer.meta_token_id)
-    assert "".join([shown.push(i) for i in with_meta] + [shown.flush()]) == tokenizer.decode(with_meta, skip_meta=False)
+    shown = StreamDecoder(small_tokenizer, show_meta=True)
+    with_meta = insert_every(ids, 3, small_tokenizer.meta_token_id)
+    assert "".join([shown.push(i) for i in with_meta] + [shown.flush()]) == small_tokenizer.decode(with_meta, skip_meta=False)
 
 
 # ---------------------------------------------------------------- the `generate` command
@@ -238,7 +228,7 @@ def run_cli(monkeypatch, argv):
     return code, out, calls[0]
 
 
-def expected_text(checkpoint, tokenizer, prompt, n, policy, show_meta=False, **kw):
+def expected_text(checkpoint, small_tokenizer, prompt, n, policy, show_meta=False, **kw):
     from metatokens.runs.model_folder import load_pretrained
 
     model, tok, _ = load_pretrained(checkpoint)
@@ -250,13 +240,13 @@ def expected_text(checkpoint, tokenizer, prompt, n, policy, show_meta=False, **k
 
 
 @pytest.mark.parametrize("policy,extra", [("none", []), ("every:2", ["--show-meta"]), ("marked", ["--no-cache"])])
-def test_cli_streams_the_same_text_as_a_plain_decode(monkeypatch, checkpoint, tokenizer, policy, extra):
+def test_cli_streams_the_same_text_as_a_plain_decode(monkeypatch, checkpoint, small_tokenizer, policy, extra):
     prompt = f"the meta{META_TOKEN} token marks"
     argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--max-new-tokens", "16", "--temperature", "0.9",
             "--top-k", "30", "--seed", "4", "--meta", policy, *extra]
     code, out, total_calls = run_cli(monkeypatch, argv)
     assert code == 0
-    ref = expected_text(checkpoint, tokenizer, prompt, 16, policy, show_meta="--show-meta" in extra,
+    ref = expected_text(checkpoint, small_tokenizer, prompt, 16, policy, show_meta="--show-meta" in extra,
                         temperature=0.9, top_k=30, generator=torch.Generator().manual_seed(4))
     assert out.getvalue() == ref + "\n"
     if "--show-meta" in extra:
@@ -270,11 +260,11 @@ def test_cli_streams_the_same_text_as_a_plain_decode(monkeypatch, checkpoint, to
             assert any(f[0] == "flush" and f[2] == e[2] for f in out.events[i + 1 :])
 
 
-def test_cli_greedy_is_deterministic_without_seed(monkeypatch, checkpoint, tokenizer):
+def test_cli_greedy_is_deterministic_without_seed(monkeypatch, checkpoint, small_tokenizer):
     argv = ["--checkpoint", str(checkpoint), "--prompt", "Numbers 123", "--max-new-tokens", "10", "--temperature", "0"]
     code, out, _ = run_cli(monkeypatch, argv)
     assert code == 0
-    assert out.getvalue() == expected_text(checkpoint, tokenizer, "Numbers 123", 10, "none", temperature=0) + "\n"
+    assert out.getvalue() == expected_text(checkpoint, small_tokenizer, "Numbers 123", 10, "none", temperature=0) + "\n"
 
 
 @pytest.mark.parametrize(
@@ -363,7 +353,7 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(use_cache):
     assert (got.float() - ref).abs().max() <= 0.05
 
 
-def test_cli_accepts_a_run_folder(monkeypatch, tmp_path, checkpoint, tokenizer):
+def test_cli_accepts_a_run_folder(monkeypatch, tmp_path, checkpoint, small_tokenizer):
     """A run folder resolves to its latest checkpoint, as for finetune/evaluate/analyze."""
     import shutil
 
@@ -374,70 +364,11 @@ def test_cli_accepts_a_run_folder(monkeypatch, tmp_path, checkpoint, tokenizer):
     code, from_run, _ = run_cli(monkeypatch, ["--checkpoint", str(run), *argv])
     assert code == 0
     assert "".join(e[1] for e in from_run.events if e[0] == "write") == (
-        expected_text(checkpoint, tokenizer, "Numbers 123", 8, "none", temperature=0) + "\n"
+        expected_text(checkpoint, small_tokenizer, "Numbers 123", 8, "none", temperature=0) + "\n"
     )
 
 
 # ---------------------------------------------------------------- bf16 decoding
-
-
-@pytest.fixture(scope="module")
-def trained_toy():
-    """A toy RoPE model trained until its greedy continuation of a fixed token permutation is
-    mostly right (next = perm[current], meta-tokens sprinkled in), so its logits have clear winners."""
-    torch.manual_seed(0)
-    model = toy_model(pos_encoding="rope").train()
-    perm = torch.randperm(89) + 8  # ids 8..96
-    succ = torch.zeros(97, dtype=torch.long)
-    succ[8:] = perm
-
-    def batch(n=16, T=32):
-        x = torch.randint(8, 97, (n, 1))
-        for _ in range(T):
-            x = torch.cat((x, succ[x[:, -1:]]), 1)
-        x[torch.rand(x.shape) < 0.1] = META
-        return x[:, :-1], x[:, 1:]
-
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        _, loss = model(*batch(), logits=False)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    return model, batch(8)[0][:, :12]
-
-
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (decoding_precision falls back to fp32)")
-def test_bf16_decoding_gives_the_fp32_greedy_tokens_on_a_trained_model(trained_toy):
-    """At least 95% of 8 x 24 greedy tokens equal fp32's (measured: all of them), and the bf16
-    path really ran: its weights are bf16 and its logits differ from fp32's."""
-    model, prompts = trained_toy
-    fp32 = generate_ids(model, prompts, 24, temperature=0)
-    bf16_model = copy.deepcopy(model)
-    ctx = decoding_precision(bf16_model, "bf16", "cpu")
-    assert bf16_model.lm_head.weight.dtype == torch.bfloat16
-    assert bf16_model.rotary.inv_freq.dtype == torch.float32  # positions keep their precision
-    with ctx():
-        bf16 = generate_ids(bf16_model, prompts, 24, temperature=0)
-        logits = bf16_model(prompts)[0].float()
-    agreement = (fp32[:, 12:] == bf16[:, 12:]).float().mean().item()
-    assert agreement >= 0.95, agreement
-    diff = (logits - model(prompts)[0]).abs().max().item()
-    assert 0 < diff < 0.5, diff
-    learned = (fp32[:, 13:] == trained_toy_successor(prompts, fp32)).float().mean().item()
-    assert learned > 0.5, learned  # the model did learn the pattern: these are confident tokens
-
-
-def trained_toy_successor(prompts, generated):
-    """How often each generated token follows its predecessor as the prompts' own pairs do."""
-    pairs = {}
-    for row in prompts.tolist():
-        for a, b in zip(row, row[1:]):
-            if META not in (a, b):
-                pairs[a] = b
-    prev = generated[:, 12:-1]
-    return torch.tensor([[pairs.get(a, -1) for a in row] for row in prev.tolist()])
 
 
 def test_bf16_decoding_on_a_cpu_without_bf16_units_stays_fp32(monkeypatch, capsys):

@@ -1,12 +1,11 @@
-"""Progress output: tqdm on a terminal, plain lines elsewhere; a resume says where it starts."""
+"""Progress output: tqdm on a terminal, plain lines elsewhere. A real run and its resume are in
+tests/integration/test_progress_resume.py."""
 
 from __future__ import annotations
 
 import io
-import random
 
-
-from metatokens import cli, progress
+from metatokens import progress
 from metatokens.progress import LineProgress, progress_bar
 
 
@@ -51,22 +50,3 @@ def test_progress_bar_is_tqdm_only_on_a_terminal():
     assert list(progress_bar(range(3), desc="x", file=io.StringIO())) == [0, 1, 2]
 
 
-def test_a_resumed_run_announces_the_step_it_continues_from_and_writes_no_carriage_returns(tmp_path, capsys):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rng = random.Random(0)
-    words = "meta token model text attention layer memory window list item count the a of and".split()
-    for i in range(12):
-        (corpus / f"d{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(400)))
-    base = ["pretrain", "--config", "toy", "--out", str(tmp_path / "run"), "--set", f"data.source={corpus}",
-            "--set", f"data.cache_dir={tmp_path / 'c'}", "--set", "data.vocab_size=300", "--set", "train.batch_size=2",
-            "--set", "train.eval_batches=1", "--set", "train.ckpt_interval=2"]
-    assert cli.main([*base, "--max-steps", "2"]) == 0  # progress on: stderr is not a terminal under pytest
-    first = capsys.readouterr()
-    assert cli.main(["pretrain", "--out", str(tmp_path / "run"), "--resume", "--max-steps", "4"]) == 0
-    second = capsys.readouterr()
-    assert f"{tmp_path / 'run'}: resuming from step 2 of 4\n" in second.out
-    assert "resuming" not in first.out
-    for captured in (first, second):
-        assert "\r" not in captured.err and "\r" not in captured.out
-    assert "run: 4/4 step (100%)" in second.err

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import META, mixed_batch, toy_model
+from conftest import META, capture_figures, mixed_batch, toy_model
 
 from metatokens import cli
 from metatokens.analysis import (
@@ -402,13 +402,6 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, tmp_path, model_dir, caps
 
 
 # ----------------------------------------------------------------------------- figures a reader can read
-
-
-def capture_figures(monkeypatch, module) -> list:
-    """The matplotlib Figures `module` would write, kept open for inspection instead of saved."""
-    figures = []
-    monkeypatch.setattr(module, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    return figures
 
 
 def _score(exact_match):

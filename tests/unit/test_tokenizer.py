@@ -366,7 +366,8 @@ def test_from_gpt2_hf_cache_layout(tmp_path, monkeypatch) -> None:
 
 
 def test_from_gpt2_matches_transformers(tmp_path) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     _write_tiny_gpt2(tmp_path)
     ours = MetaTokenizer.from_gpt2(tmp_path)
     theirs = transformers.GPT2TokenizerFast.from_pretrained(str(tmp_path))
@@ -449,7 +450,8 @@ def test_from_gpt2_offline_says_how_to_allow_the_download(empty_hf_cache, monkey
 ])
 def test_offline_rule_is_huggingface_hubs(monkeypatch, hub_offline, transformers_offline) -> None:
     # Same variables, precedence and truthy spellings as huggingface_hub.constants (and so datasets).
-    constants = pytest.importorskip("huggingface_hub.constants")
+    from huggingface_hub import constants
+
     from metatokens.tokenizer.gpt2 import _hf_offline_setting
 
     for var, value in (("HF_HUB_OFFLINE", hub_offline), ("TRANSFORMERS_OFFLINE", transformers_offline)):
@@ -462,7 +464,8 @@ def test_offline_rule_is_huggingface_hubs(monkeypatch, hub_offline, transformers
 
 
 def test_from_gpt2_downloads_tokenizer_json_when_not_cached(tmp_path, empty_hf_cache, monkeypatch) -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
     _write_tiny_gpt2_json(tmp_path / "upstream")
     hub = FakeHub(tmp_path / "upstream")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
@@ -482,7 +485,8 @@ def test_from_gpt2_downloads_tokenizer_json_when_not_cached(tmp_path, empty_hf_c
 
 
 def test_from_gpt2_downloads_vocab_and_merges_without_tokenizer_json(tmp_path, empty_hf_cache, monkeypatch) -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
     _write_tiny_gpt2(tmp_path / "upstream")
     hub = FakeHub(tmp_path / "upstream")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
@@ -495,7 +499,8 @@ def test_from_gpt2_downloads_vocab_and_merges_without_tokenizer_json(tmp_path, e
 
 
 def test_from_gpt2_download_failure_is_one_line(tmp_path, empty_hf_cache, monkeypatch) -> None:
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("no route to host\n(second line of the client's message)")

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
-from transformers.modeling_rope_utils import _compute_yarn_parameters  # noqa: E402
+import transformers  # a declared test dependency: missing, these tests fail (never skip)
+from transformers.modeling_rope_utils import _compute_yarn_parameters
 
-from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
+from metatokens.model.config import YarnConfig, model_shape
 from metatokens.hf.gpt2 import config_from_hf_gpt2, state_dict_from_hf_gpt2
-from metatokens.model import GPT  # noqa: E402
-from metatokens.model.positions import yarn_inv_freq  # noqa: E402
+from metatokens.model import GPT
+from metatokens.model.positions import yarn_inv_freq
 
 
 def tiny_hf_gpt2(act="gelu_new"):

@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 
-from conftest import META, meta_favourite_model, toy_model
+from conftest import META, meta_favourite_model, small_model, toy_model
 from metatokens.model.config import model_shape
 from metatokens.errors import CheckpointError
 from metatokens.runs.model_folder import load_pretrained, save_pretrained
 from metatokens.generation import generate
-from metatokens.tokenizer import MetaTokenizer
 
 
 @pytest.mark.parametrize("pos_encoding,meta_pos", [("ape", "keep"), ("rope", "keep"), ("rope", "zero"), ("none", "keep")])
@@ -57,33 +56,24 @@ def test_generation_beyond_ape_table_is_refused():
         generate(model, torch.randint(8, 97, (1, 60)), 10)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    text = ["the meta token marks a place in the text. " * 5, "Numbers 123 456 and words; more words."] * 20
-    return MetaTokenizer.train(text, vocab_size=300)
-
-
-def model_for(tok, **kw):
-    return toy_model(vocab_size=320, **{"meta_token_id": tok.meta_token_id, **kw})
-
-
 @pytest.mark.parametrize("pos_encoding", ["ape", "rope"])
-def test_save_load_round_trip_gives_identical_logits(tmp_path, tokenizer, pos_encoding):
+def test_save_load_round_trip_gives_identical_logits(tmp_path, small_tokenizer, pos_encoding):
     from metatokens.model import GPT
 
     torch.manual_seed(0)
-    model = GPT(model_shape("toy", vocab_size=320, meta_token_id=tokenizer.meta_token_id, pos_encoding=pos_encoding)).eval()
-    save_pretrained(tmp_path / "m", model, tokenizer, extra={"note": "hello"})
+    cfg = model_shape("toy", vocab_size=320, meta_token_id=small_tokenizer.meta_token_id, pos_encoding=pos_encoding)
+    model = GPT(cfg).eval()
+    save_pretrained(tmp_path / "m", model, small_tokenizer, extra={"note": "hello"})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     loaded, tok, cfg = load_pretrained(tmp_path / "m")
     assert cfg["note"] == "hello" and cfg["model"] == model.config
-    assert tok.encode("the meta token") == tokenizer.encode("the meta token")
-    idx = torch.tensor([tokenizer.encode("the meta token marks") + [tokenizer.meta_token_id]])
+    assert tok.encode("the meta token") == small_tokenizer.encode("the meta token")
+    idx = torch.tensor([small_tokenizer.encode("the meta token marks") + [small_tokenizer.meta_token_id]])
     with torch.no_grad():
         assert torch.equal(model(idx)[0], loaded.eval()(idx)[0])
     assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()  # still tied
     # overwriting an existing folder leaves one complete folder and no temporary ones behind
-    save_pretrained(tmp_path / "m", model, tokenizer)
+    save_pretrained(tmp_path / "m", model, small_tokenizer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
@@ -94,8 +84,8 @@ def one_line_error(exc_info, *needles):
         assert needle in msg, msg
 
 
-def test_truncated_or_corrupted_weights_fail_clearly(tmp_path, tokenizer):
-    folder = save_pretrained(tmp_path / "m", model_for(tokenizer), tokenizer)
+def test_truncated_or_corrupted_weights_fail_clearly(tmp_path, small_tokenizer):
+    folder = save_pretrained(tmp_path / "m", small_model(small_tokenizer), small_tokenizer)
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
@@ -113,8 +103,8 @@ def test_truncated_or_corrupted_weights_fail_clearly(tmp_path, tokenizer):
     one_line_error(e, "checksum")
 
 
-def test_bad_config_files_fail_clearly(tmp_path, tokenizer):
-    folder = save_pretrained(tmp_path / "m", model_for(tokenizer), tokenizer)
+def test_bad_config_files_fail_clearly(tmp_path, small_tokenizer):
+    folder = save_pretrained(tmp_path / "m", small_model(small_tokenizer), small_tokenizer)
     cfg_file = folder / "config.json"
     good = json.loads(cfg_file.read_text())
 
@@ -161,8 +151,8 @@ def test_bad_config_files_fail_clearly(tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize("value", [None, "", 0])
-def test_removing_the_weights_checksum_does_not_switch_verification_off(tmp_path, tokenizer, value):
-    folder = save_pretrained(tmp_path / "m", model_for(tokenizer), tokenizer)
+def test_removing_the_weights_checksum_does_not_switch_verification_off(tmp_path, small_tokenizer, value):
+    folder = save_pretrained(tmp_path / "m", small_model(small_tokenizer), small_tokenizer)
     cfg_file = folder / "config.json"
     config = json.loads(cfg_file.read_text())
     if value is None:
@@ -176,20 +166,20 @@ def test_removing_the_weights_checksum_does_not_switch_verification_off(tmp_path
     load_pretrained(folder, verify=False)  # an explicit opt-out still reads the weights
 
 
-def test_missing_folder_and_broken_tokenizer_fail_clearly(tmp_path, tokenizer):
+def test_missing_folder_and_broken_tokenizer_fail_clearly(tmp_path, small_tokenizer):
     with pytest.raises(CheckpointError) as e:
         load_pretrained(tmp_path / "nowhere")
     one_line_error(e, "not a model folder")
-    folder = save_pretrained(tmp_path / "m", model_for(tokenizer), tokenizer)
+    folder = save_pretrained(tmp_path / "m", small_model(small_tokenizer), small_tokenizer)
     (folder / "tokenizer.json").write_text("{ not json")
     with pytest.raises(CheckpointError) as e:
         load_pretrained(folder)
     one_line_error(e, "tokenizer.json")
 
 
-def test_tokenizer_and_model_must_agree(tmp_path, tokenizer):
-    model = toy_model(vocab_size=320, meta_token_id=tokenizer.meta_token_id + 1)
-    folder = save_pretrained(tmp_path / "m", model, tokenizer)
+def test_tokenizer_and_model_must_agree(tmp_path, small_tokenizer):
+    model = toy_model(vocab_size=320, meta_token_id=small_tokenizer.meta_token_id + 1)
+    folder = save_pretrained(tmp_path / "m", model, small_tokenizer)
     with pytest.raises(CheckpointError) as e:
         load_pretrained(folder)
     one_line_error(e, "meta_token_id")

@@ -1,37 +1,31 @@
 """Hugging Face interoperability: `metatokens export` and `metatokens import-gpt2`.
 
 References are independent of the code under test where possible: Hugging Face's own GPT-2
-(logits, greedy generation), transformers' generate without a cache, a fresh Python process that
-never imports metatokens (remote code), and hand-rigged weights whose argmax is known.
+(logits, greedy generation), transformers' generate without a cache, and hand-rigged weights whose
+argmax is known. The export loaded in fresh Python processes (remote code) is tested in
+tests/integration/test_hf_interop_processes.py; the export fixtures are conftest's hf_meta_run and hf_export.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-from tokenizers import ByteLevelBPETokenizer  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+import transformers  # noqa: F401  (a declared test dependency: missing, these tests fail, never skip)
+from tokenizers import ByteLevelBPETokenizer
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-import metatokens.model.hf_model  # noqa: E402,F401  (registers the Auto classes)
-from metatokens import cli  # noqa: E402
+import metatokens.model.hf_model  # noqa: F401  (registers the Auto classes)
+from conftest import HF_TEXTS, hf_prompts, load_hf
+from metatokens import cli
 from metatokens.runs.model_folder import load_pretrained, save_pretrained
-from metatokens.model.config import YarnConfig, model_shape  # noqa: E402
+from metatokens.model.config import YarnConfig, model_shape
 from metatokens.generation import generate
 from metatokens.hf.export import export_hf
-from metatokens.model import GPT  # noqa: E402
-from metatokens.tokenizer import META_TOKEN, MetaTokenizer  # noqa: E402
+from metatokens.model import GPT
+from metatokens.tokenizer import META_TOKEN, MetaTokenizer
 
 COMMANDS = ["metatokens.cli.export", "metatokens.cli.import_gpt2"]
-TEXTS = [
-    "the quick brown fox jumps over the lazy dog. " * 3,
-    "hello world, hello meta tokens! numbers 12 345 and symbols #$%",
-    "a b c d e f g h i j k\nnew lines\ttabs  double  spaces",
-] * 10
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def gpt2_dir(tmp_path_factory):
     """A tiny random Hugging Face GPT-2 with its own GPT-2-format tokenizer (vocab.json + merges.txt)."""
     folder = tmp_path_factory.mktemp("gpt2")
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
-    bpe.train_from_iterator(TEXTS, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.train_from_iterator(HF_TEXTS, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
     bpe.save_model(str(folder))
     cfg = GPT2Config(
         vocab_size=bpe.get_vocab_size(), n_positions=64, n_embd=48, n_layer=2, n_head=4,
@@ -77,61 +71,25 @@ def gpt2_model(gpt2_dir):
     return GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
 
 
-@pytest.fixture(scope="module")
-def meta_run(tmp_path_factory):
-    """A random meta-token model (vocab padded beyond the tokenizer) saved as a metatokens folder."""
-    tok = MetaTokenizer.train(TEXTS, 300)
-    torch.manual_seed(0)
-    cfg = model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id)
-    model = GPT(cfg).eval()
-    with torch.no_grad():  # larger projections, so that greedy decoding does not repeat one token
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and not name.startswith(("wte", "lm_head")):
-                p.mul_(5)
-    folder = tmp_path_factory.mktemp("meta") / "run"
-    save_pretrained(folder, model, tok)
-    return folder, model, tok
-
-
-@pytest.fixture(scope="module")
-def exported(meta_run, tmp_path_factory):
-    folder, _, _ = meta_run
-    return export_hf(folder, tmp_path_factory.mktemp("export") / "hf")
-
-
-def load_hf(folder, **kw):
-    model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
-    model.generation_config.eos_token_id = None  # ours never stops at EOS; compare fixed lengths
-    return model
-
-
-def prompts(tok, with_meta):
-    ids = tok.encode("the quick brown fox jumps over")[:8]
-    rows = torch.tensor([ids, list(reversed(ids))])
-    if with_meta:
-        rows[0, 2] = rows[0, 5] = rows[1, 0] = tok.meta_token_id
-    return rows
-
-
 # ------------------------------------------------------------------------------------ export
 
 
-def test_export_folder_is_safetensors_json_and_code_only(exported):
-    names = sorted(p.name for p in exported.iterdir())
+def test_export_folder_is_safetensors_json_and_code_only(hf_export):
+    names = sorted(p.name for p in hf_export.iterdir())
     assert "model.safetensors" in names and "tokenizer.json" in names and "hf_model.py" in names
     assert all(n.endswith((".json", ".safetensors", ".py", ".md")) for n in names), names
-    config = json.loads((exported / "config.json").read_text())
+    config = json.loads((hf_export / "config.json").read_text())
     assert config["model_type"] == "metatokens"
     assert config["auto_map"]["AutoModelForCausalLM"] == "hf_model.MetaTokensForCausalLM"
     assert config["vocab_limit"] == 300 and config["vocab_size"] == 320
 
 
 @pytest.mark.parametrize("with_meta", [False, True])
-def test_export_greedy_generate_equals_ours_with_cache(exported, meta_run, with_meta):
-    _, model, tok = meta_run
-    hf = load_hf(exported)
+def test_export_greedy_generate_equals_ours_with_cache(hf_export, hf_meta_run, with_meta):
+    _, model, tok = hf_meta_run
+    hf = load_hf(hf_export)
     assert type(hf).__module__ == "metatokens.model.hf_model"  # the registered class, no remote code
-    idx = prompts(tok, with_meta)
+    idx = hf_prompts(tok, with_meta)
     ours = generate(model, idx, 16, temperature=0, vocab_limit=tok.vocab_size)
     cached = hf.generate(idx, max_new_tokens=16, do_sample=False, use_cache=True)
     recomputed = hf.generate(idx, max_new_tokens=16, do_sample=False, use_cache=False)
@@ -140,9 +98,9 @@ def test_export_greedy_generate_equals_ours_with_cache(exported, meta_run, with_
     assert len(set(ours[:, idx.size(1):].flatten().tolist())) > 3  # the comparison is not trivial
 
 
-def test_export_logits_and_loss_equal_ours(exported, meta_run):
-    _, model, tok = meta_run
-    hf = load_hf(exported)
+def test_export_logits_and_loss_equal_ours(hf_export, hf_meta_run):
+    _, model, tok = hf_meta_run
+    hf = load_hf(hf_export)
     idx = torch.randint(2, tok.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
     idx[1, [3, 9, 10]] = tok.meta_token_id
     with torch.no_grad():
@@ -155,10 +113,10 @@ def test_export_logits_and_loss_equal_ours(exported, meta_run):
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
-def test_returned_cache_continues_a_sequence(exported, meta_run):
+def test_returned_cache_continues_a_sequence(hf_export, hf_meta_run):
     """Two forward calls through the returned cache give the logits of one pass over everything."""
-    _, _, tok = meta_run
-    hf = load_hf(exported)
+    _, _, tok = hf_meta_run
+    hf = load_hf(hf_export)
     idx = torch.randint(2, tok.vocab_size, (2, 24), generator=torch.Generator().manual_seed(4))
     idx[:, [2, 7, 15, 20]] = tok.meta_token_id  # meta-tokens on both sides of the split
     with torch.no_grad():
@@ -171,7 +129,7 @@ def test_returned_cache_continues_a_sequence(exported, meta_run):
 
 def test_export_rope_yarn_model_recomputes_its_frequencies(tmp_path):
     """RoPE tables are not stored in the weights; the loaded model must rebuild the same ones."""
-    tok = MetaTokenizer.train(TEXTS, 300)
+    tok = MetaTokenizer.train(HF_TEXTS, 300)
     torch.manual_seed(1)
     cfg = model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id, pos_encoding="rope",
                       meta_pos="zero", yarn=YarnConfig(factor=2.0, original_max_position_embeddings=32))
@@ -185,32 +143,9 @@ def test_export_rope_yarn_model_recomputes_its_frequencies(tmp_path):
         assert (hf(idx).logits - model(idx)[0]).abs().max() <= 1e-5
 
 
-def test_remote_code_route_in_a_fresh_process(exported, meta_run, tmp_path):
-    """trust_remote_code=True loads from the folder's own code; metatokens is never imported."""
-    _, model, tok = meta_run
-    idx = prompts(tok, with_meta=True)
-    script = f"""
-import json, sys, torch
-from transformers import AutoModelForCausalLM
-m = AutoModelForCausalLM.from_pretrained({str(exported)!r}, trust_remote_code=True).eval()
-m.generation_config.eos_token_id = None
-out = m.generate(torch.tensor({idx.tolist()}), max_new_tokens=12, do_sample=False)
-print(json.dumps({{"ids": out.tolist(), "module": type(m).__module__,
-                  "imported": sorted(k for k in sys.modules if k.split(".")[0] == "metatokens")}}))
-"""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    # Run outside the source tree so an editable install is the only way to find metatokens.
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["module"].startswith("transformers_modules.")
-    assert result["imported"] == []
-    assert result["ids"] == generate(model, idx, 12, temperature=0, vocab_limit=tok.vocab_size).tolist()
-
-
-def test_autotokenizer_matches_meta_tokenizer(exported, meta_run):
-    _, _, tok = meta_run
-    hft = AutoTokenizer.from_pretrained(exported)
+def test_autotokenizer_matches_meta_tokenizer(hf_export, hf_meta_run):
+    _, _, tok = hf_meta_run
+    hft = AutoTokenizer.from_pretrained(hf_export)
     for text in ["the quick brown fox", "hello  world,\n\ttabs 12345 #$%", "unicode: héllo wörld ✓ 日本", " leading space"]:
         ids = hft(text)["input_ids"]
         assert ids == tok.encode(text)
@@ -224,9 +159,9 @@ def test_autotokenizer_matches_meta_tokenizer(exported, meta_run):
     assert hft.decode(ids, skip_special_tokens=True) == tok.decode(ids) == "the fox jumps"
 
 
-def test_meta_and_padding_ids_are_never_generated(meta_run, tmp_path):
+def test_meta_and_padding_ids_are_never_generated(hf_meta_run, tmp_path):
     """Rig the head so that the meta-token, then the padding rows, have the largest logits."""
-    _, model, tok = meta_run
+    _, model, tok = hf_meta_run
     rigged = GPT(model.config).eval()
     rigged.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -237,7 +172,7 @@ def test_meta_and_padding_ids_are_never_generated(meta_run, tmp_path):
         rigged.wte.weight[tok.vocab_size:] = 5 * direction
     save_pretrained(tmp_path / "run", rigged, tok)
     hf = load_hf(export_hf(tmp_path / "run", tmp_path / "hf"))
-    idx = prompts(tok, with_meta=True)
+    idx = hf_prompts(tok, with_meta=True)
     with torch.no_grad():
         assert hf(idx).logits[:, -1].argmax(-1).eq(tok.meta_token_id).all()  # the rig works
     runs = {
@@ -250,23 +185,23 @@ def test_meta_and_padding_ids_are_never_generated(meta_run, tmp_path):
         assert not ((new == tok.meta_token_id) | (new >= tok.vocab_size)).any(), name
 
 
-def test_beam_search_with_cache_equals_without(exported, meta_run):
-    _, _, tok = meta_run
-    hf = load_hf(exported)
-    idx = prompts(tok, with_meta=True)
+def test_beam_search_with_cache_equals_without(hf_export, hf_meta_run):
+    _, _, tok = hf_meta_run
+    hf = load_hf(hf_export)
+    idx = hf_prompts(tok, with_meta=True)
     kw = dict(max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
     assert hf.generate(idx, use_cache=True, **kw).tolist() == hf.generate(idx, use_cache=False, **kw).tolist()
 
 
-def test_loaded_model_saves_a_loadable_folder(exported, meta_run, tmp_path):
+def test_loaded_model_saves_a_loadable_folder(hf_export, hf_meta_run, tmp_path):
     """save_pretrained of a loaded model (what push_to_hub uploads) carries code, weights and config."""
-    _, model, tok = meta_run
-    hf = load_hf(exported)
+    _, model, tok = hf_meta_run
+    hf = load_hf(hf_export)
     hf.save_pretrained(tmp_path / "again")
     names = {p.name for p in (tmp_path / "again").iterdir()}
     assert {"hf_model.py", "gpt.py", "config.py", "positions.py", "model.safetensors"} <= names
     again = load_hf(tmp_path / "again")
-    idx = prompts(tok, with_meta=True)
+    idx = hf_prompts(tok, with_meta=True)
     assert again.generate(idx, max_new_tokens=8, do_sample=False).tolist() == \
         generate(model, idx, 8, temperature=0, vocab_limit=tok.vocab_size).tolist()
 
@@ -362,11 +297,11 @@ def refused(run_cli, argv, needle):
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
 
 
-def test_export_replaces_only_an_earlier_export_and_never_its_source(run_cli, meta_run, tmp_path):
+def test_export_replaces_only_an_earlier_export_and_never_its_source(run_cli, hf_meta_run, tmp_path):
     import shutil
 
     source = tmp_path / "run" / "checkpoints" / "step-00000001"  # a run folder, as training leaves it
-    shutil.copytree(meta_run[0], source)
+    shutil.copytree(hf_meta_run[0], source)
     (tmp_path / "run" / "checkpoints" / "LATEST").write_text("step-00000001\n")
     (tmp_path / "run" / "run.json").write_text("{}")
     mine = tmp_path / "mine"
@@ -389,7 +324,7 @@ def test_export_replaces_only_an_earlier_export_and_never_its_source(run_cli, me
     assert (hf / "my_notes.txt").is_file() and (hf / "model.safetensors").is_file()
 
 
-def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gpt2_dir, meta_run, tmp_path):
+def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gpt2_dir, hf_meta_run, tmp_path):
     import shutil
 
     source = tmp_path / "gpt2"
@@ -399,7 +334,7 @@ def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gp
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     other_model = tmp_path / "model"  # a metatokens model folder that import-gpt2 did not write
-    shutil.copytree(meta_run[0], other_model)
+    shutil.copytree(hf_meta_run[0], other_model)
     for flags in ([], ["--overwrite"]):
         for out in (mine, other_model):
             refused(run_cli, ["import-gpt2", "--from", source, "--out", out, *flags], "not the output of an earlier")
@@ -414,36 +349,7 @@ def test_import_replaces_only_an_earlier_import_and_never_its_source(run_cli, gp
     assert not load_pretrained(out)[0].config.meta_attention
 
 
-def test_evaluate_loads_an_export_with_our_classes_and_never_runs_its_code(exported, meta_run, tmp_path):
-    """An exported folder's Python files are never imported: not even when they were tampered with."""
-    import shutil
-
-    from metatokens.evaluation.loading import EXPORT_MODEL_TYPE, load_model
-
-    assert EXPORT_MODEL_TYPE == metatokens.model.hf_model.MODEL_TYPE
-    _, model, tok = meta_run
-    folder = tmp_path / "hf"
-    shutil.copytree(exported, folder)
-    sentinel = tmp_path / "remote-code-ran"
-    for name in ("hf_model.py", "gpt.py", "config.py", "positions.py"):
-        code = (folder / name).read_text()
-        (folder / name).write_text(f"open({str(sentinel)!r}, 'w').close()\n" + code)
-    loaded = load_model(folder)
-    assert isinstance(loaded.model, GPT) and loaded.kind == "metatokens" and loaded.tokenizer.vocab_size == tok.vocab_size
-    idx = prompts(tok, with_meta=True)
-    with torch.no_grad():
-        assert torch.equal(loaded.model(idx)[0], model(idx)[0])
-    script = ("import sys; from metatokens.evaluation.loading import load_model; m = load_model(sys.argv[1]); "
-              "print(type(m.model).__name__, m.kind, 'transformers' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["GPT", "metatokens", "False"]
-    assert not sentinel.exists()
-
-
-def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
+def test_an_exports_weights_are_checked_against_its_marker(hf_export, tmp_path):
     import shutil
 
     from metatokens.errors import CheckpointError
@@ -451,14 +357,14 @@ def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
     from metatokens.hf.hub import EXPORT_MARKER
 
     folder = tmp_path / "hf"
-    shutil.copytree(exported, folder)
+    shutil.copytree(hf_export, folder)
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum differs"):
         load_model(folder)
-    shutil.copy(exported / "model.safetensors", weights)
+    shutil.copy(hf_export / "model.safetensors", weights)
     marker = json.loads((folder / EXPORT_MARKER).read_text())
     marker.pop("sha256")
     (folder / EXPORT_MARKER).write_text(json.dumps(marker))
@@ -468,7 +374,7 @@ def test_an_exports_weights_are_checked_against_its_marker(exported, tmp_path):
     assert load_model(folder).kind == "metatokens"
 
 
-def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only_where_it_says_so(exported, monkeypatch,
+def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only_where_it_says_so(hf_export, monkeypatch,
                                                                                                     capsys):
     """The card's Python block, run as written (THIS_FOLDER replaced): transformers' remote-code
     question (`resolve_trust_remote_code`) must only come up where the card passes
@@ -480,8 +386,8 @@ def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only
     import transformers.models.auto.configuration_auto as conf_auto
     import transformers.models.auto.tokenization_auto as tok_auto
 
-    card = (exported / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("THIS_FOLDER", str(exported))
+    card = (hf_export / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("THIS_FOLDER", str(hf_export))
     asked = []
     real = dyn.resolve_trust_remote_code
 
@@ -498,7 +404,7 @@ def test_the_exported_model_card_runs_as_written_and_asks_about_remote_code_only
     assert "pip install metatokens`" not in card  # not published: the card says how to install from source
 
 
-def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_model_is_built(exported, tmp_path):
+def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_model_is_built(hf_export, tmp_path):
     """config.json edited to n_embd=65536 (a 51 GB model): refused from the weights' shapes."""
     import resource
     import shutil
@@ -507,7 +413,7 @@ def test_an_export_whose_config_the_weights_do_not_hold_is_refused_before_the_mo
     from metatokens.evaluation.loading import load_model
 
     folder = tmp_path / "hf"
-    shutil.copytree(exported, folder)
+    shutil.copytree(hf_export, folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(n_embd=65536, n_head=1)
     (folder / "config.json").write_text(json.dumps(config))

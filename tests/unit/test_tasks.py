@@ -8,14 +8,12 @@ file; the generator's own ``info`` is never trusted. Meta placement is checked t
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 
 import pytest
 
+from conftest import SENTENCES
 from metatokens.tasks import (
     DIFFICULTIES,
     TASKS,
@@ -36,28 +34,6 @@ from metatokens.tokenizer import META_TOKEN, MetaTokenizer
 LENGTH = {"medium": 160, "hard": 320, "extra-hard": 640, "long": 1280}
 N_EXAMPLES = 6
 META_COUNT = {"list_recall": 1, "segment_counting": 2, "parity": 1, "copying": 2}
-
-_SENTENCES = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "She bought bread, apples and a bottle of milk at the market this morning.",
-    "How many times did the old sailor count the stars before he fell asleep?",
-    "Read the letter twice, then write your answer in the space below.",
-    "A small garden with roses and a wooden gate stood behind the house.",
-    "Question and answer sessions were held in the library every evening.",
-    "The children listed their favourite animals: horse, tiger, rabbit and owl.",
-    "Copy the first word of each line into the notebook on the table.",
-]
-
-
-@pytest.fixture(scope="module")
-def tok() -> MetaTokenizer:
-    """A 512-token byte-level BPE trained on English sentences made up here."""
-    rng = random.Random(0)
-    texts = []
-    for _ in range(600):
-        words = " ".join(rng.choice(_SENTENCES).split()[: rng.randint(4, 14)])
-        texts.append(words + f" {rng.randint(0, 99)} {rng.choice('01')} {rng.choice('01')}\n")
-    return MetaTokenizer.train(texts, 512)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,13 +137,13 @@ CHECKERS = {
 }
 
 
-def assert_meta_ids(tok: MetaTokenizer, ex: Example) -> None:
+def assert_meta_ids(sentence_tokenizer: MetaTokenizer, ex: Example) -> None:
     """meta_positions index the meta ids, all of them, and the text before each marker."""
-    assert ex.meta_positions == [i for i, t in enumerate(ex.prompt_ids) if t == tok.meta_token_id]
-    parts = tok.decode(ex.prompt_ids, skip_meta=False).split(META_TOKEN)
+    assert ex.meta_positions == [i for i, t in enumerate(ex.prompt_ids) if t == sentence_tokenizer.meta_token_id]
+    parts = sentence_tokenizer.decode(ex.prompt_ids, skip_meta=False).split(META_TOKEN)
     assert len(parts) == len(ex.meta_positions) + 1
     for k, p in enumerate(ex.meta_positions):
-        assert tok.decode(ex.prompt_ids[:p]) == "".join(parts[: k + 1])
+        assert sentence_tokenizer.decode(ex.prompt_ids[:p]) == "".join(parts[: k + 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,97 +159,76 @@ def test_word_lists_cannot_be_confused_with_the_templates():
 
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
 @pytest.mark.parametrize("task", list(TASKS))
-def test_examples_are_correct_and_fit_their_window(tok, task, difficulty):
+def test_examples_are_correct_and_fit_their_window(sentence_tokenizer, task, difficulty):
     length = LENGTH[difficulty]
     low, high = length_window(length)
     for split in ("train", "test"):
-        for ex in make_examples(task, tok, length=length, difficulty=difficulty, n=N_EXAMPLES, seed=1, split=split):
+        for ex in make_examples(task, sentence_tokenizer, length=length, difficulty=difficulty, n=N_EXAMPLES, seed=1,
+                                split=split):
             assert low <= len(ex.prompt_ids) - len(ex.meta_positions) and len(ex.prompt_ids) <= high
             assert len(ex.meta_positions) == META_COUNT[task]
-            assert_meta_ids(tok, ex)
-            text = tok.decode(ex.prompt_ids, skip_meta=False)
+            assert_meta_ids(sentence_tokenizer, ex)
+            text = sentence_tokenizer.decode(ex.prompt_ids, skip_meta=False)
             expected = CHECKERS[task](text)
-            assert ex.answer_ids[-1] == tok.eos_token_id
-            assert tok.decode(ex.answer_ids[:-1]) == expected == ex.answer_text
+            assert ex.answer_ids[-1] == sentence_tokenizer.eos_token_id
+            assert sentence_tokenizer.decode(ex.answer_ids[:-1]) == expected == ex.answer_text
             assert ex.prompt_text == text.replace(META_TOKEN, "")
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_no_meta_variant_is_the_meta_variant_without_meta_ids(tok, task):
+def test_no_meta_variant_is_the_meta_variant_without_meta_ids(sentence_tokenizer, task):
     kw = dict(length=LENGTH["hard"], difficulty="hard", n=N_EXAMPLES, seed=3, split="test")
-    with_meta = make_examples(task, tok, meta=True, **kw)
-    without = make_examples(task, tok, meta=False, **kw)
+    with_meta = make_examples(task, sentence_tokenizer, meta=True, **kw)
+    without = make_examples(task, sentence_tokenizer, meta=False, **kw)
     for a, b in zip(with_meta, without, strict=True):
-        assert b.prompt_ids == [t for t in a.prompt_ids if t != tok.meta_token_id]
-        assert b.meta_positions == [] and tok.meta_token_id not in b.prompt_ids
+        assert b.prompt_ids == [t for t in a.prompt_ids if t != sentence_tokenizer.meta_token_id]
+        assert b.meta_positions == [] and sentence_tokenizer.meta_token_id not in b.prompt_ids
         for name in ("answer_ids", "prompt_text", "answer_text", "info"):
             assert getattr(a, name) == getattr(b, name)
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_ids_are_the_plain_tokenization_of_the_text(tok, task):
+def test_ids_are_the_plain_tokenization_of_the_text(sentence_tokenizer, task):
     # Cutting the text at the meta places must not change how it tokenizes, or a model would see
     # token sequences at fine-tuning time that plain text never produces.
-    for ex in make_examples(task, tok, length=LENGTH["hard"], difficulty="hard", n=N_EXAMPLES, seed=4, meta=False):
-        assert tok.encode(ex.prompt_text) == ex.prompt_ids
-        assert tok.encode(ex.prompt_text + ex.answer_text) == ex.prompt_ids + ex.answer_ids[:-1]
+    for ex in make_examples(task, sentence_tokenizer, length=LENGTH["hard"], difficulty="hard", n=N_EXAMPLES, seed=4,
+                            meta=False):
+        assert sentence_tokenizer.encode(ex.prompt_text) == ex.prompt_ids
+        assert sentence_tokenizer.encode(ex.prompt_text + ex.answer_text) == ex.prompt_ids + ex.answer_ids[:-1]
 
 
-def test_deterministic_and_prefix_stable(tok):
+def test_deterministic_and_prefix_stable(sentence_tokenizer):
     for task in TASKS:
         kw = dict(length=200, difficulty="medium", seed=11)
-        first = [e.to_dict() for e in make_examples(task, tok, n=6, **kw)]
-        again = [e.to_dict() for e in make_examples(task, tok, n=6, **kw)]
+        first = [e.to_dict() for e in make_examples(task, sentence_tokenizer, n=6, **kw)]
+        again = [e.to_dict() for e in make_examples(task, sentence_tokenizer, n=6, **kw)]
         assert first == again
-        assert [e.to_dict() for e in make_examples(task, tok, n=3, **kw)] == first[:3]
-        other = {e.prompt_text for e in make_examples(task, tok, length=200, difficulty="medium", seed=12, n=6)}
+        assert [e.to_dict() for e in make_examples(task, sentence_tokenizer, n=3, **kw)] == first[:3]
+        other = {e.prompt_text for e in make_examples(task, sentence_tokenizer, length=200, difficulty="medium", seed=12, n=6)}
         assert not other & {e["prompt_text"] for e in first}
 
 
-def test_same_examples_in_a_fresh_process_with_another_hash_seed(tok, tmp_path):
-    # Guards against anything that depends on set/dict iteration order of strings.
-    tok.save(tmp_path / "tok.json")
-    script = (
-        "import hashlib, sys\n"
-        "from metatokens.tokenizer import MetaTokenizer\n"
-        "from metatokens.tasks import TASKS, make_examples\n"
-        "tok = MetaTokenizer.from_file(sys.argv[1])\n"
-        "h = hashlib.sha256()\n"
-        "for t in TASKS:\n"
-        "    for e in make_examples(t, tok, length=200, n=5, seed=5):\n"
-        "        h.update(repr((e.prompt_ids, e.answer_ids, e.meta_positions)).encode())\n"
-        "print(h.hexdigest())\n"
-    )
-    digests = set()
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        command = [sys.executable, "-c", script, str(tmp_path / "tok.json")]
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-        digests.add(out.stdout.strip())
-    assert len(digests) == 1
-
-
-def test_train_and_test_never_share_a_prompt(tok):
+def test_train_and_test_never_share_a_prompt(sentence_tokenizer):
     # Parity with a handful of bits has few distinct prompts, so independent draws do collide:
     # the two train sets below share prompts, the train and test sets must not.
     kw = dict(length=56, difficulty="medium", n=150)
-    train = {e.prompt_text for e in make_examples("parity", tok, seed=0, split="train", **kw)}
-    train_again = {e.prompt_text for e in make_examples("parity", tok, seed=1, split="train", **kw)}
-    test = {e.prompt_text for e in make_examples("parity", tok, seed=0, split="test", **kw)}
+    train = {e.prompt_text for e in make_examples("parity", sentence_tokenizer, seed=0, split="train", **kw)}
+    train_again = {e.prompt_text for e in make_examples("parity", sentence_tokenizer, seed=1, split="train", **kw)}
+    test = {e.prompt_text for e in make_examples("parity", sentence_tokenizer, seed=0, split="test", **kw)}
     assert len(train) == len(test) == 150, "examples within a split are distinct"
     assert train & train_again, "control: this setting is small enough for draws to collide"
     assert not train & test
     for task in TASKS:
         kw = dict(length=160, difficulty="medium", n=20, seed=2)
-        train = {e.prompt_text for e in make_examples(task, tok, split="train", **kw)}
-        test = {e.prompt_text for e in make_examples(task, tok, split="test", **kw)}
+        train = {e.prompt_text for e in make_examples(task, sentence_tokenizer, split="train", **kw)}
+        test = {e.prompt_text for e in make_examples(task, sentence_tokenizer, split="test", **kw)}
         assert len(train) == len(test) == 20 and not train & test
 
 
-def test_answers_are_spread_out(tok):
-    parity = [e.answer_text for e in make_examples("parity", tok, length=160, n=40, seed=0)]
+def test_answers_are_spread_out(sentence_tokenizer):
+    parity = [e.answer_text for e in make_examples("parity", sentence_tokenizer, length=160, n=40, seed=0)]
     assert set(parity) == {" 0", " 1"}
-    recall = make_examples("list_recall", tok, length=320, difficulty="hard", n=40, seed=0)
+    recall = make_examples("list_recall", sentence_tokenizer, length=320, difficulty="hard", n=40, seed=0)
     assert len({e.info["position"] for e in recall}) >= 4
     assert len({len(e.prompt_ids) for e in recall}) >= 10, "lengths spread over the window"
 
@@ -285,7 +240,7 @@ def test_length_helpers():
     assert [bin_for(n, [256, 512]) for n in (1, 256, 257, 512, 513)] == [256, 256, 512, 512, None]
 
 
-def test_curriculum_grows_and_each_phase_can_be_generated(tok):
+def test_curriculum_grows_and_each_phase_can_be_generated(sentence_tokenizer):
     phases = curriculum("list_recall", 1024)
     assert [p.length for p in phases] == [205, 410, 614, 819, 1024]
     assert [p.difficulty for p in phases] == ["medium", "medium", "hard", "hard", "extra-hard"]
@@ -293,27 +248,27 @@ def test_curriculum_grows_and_each_phase_can_be_generated(tok):
     assert curriculum("copying", 256, phases=1) == [(256, "extra-hard")]
     assert [p.length for p in curriculum("parity", 100)] == [64, 64, 64, 80, 100]
     for length, difficulty in phases:
-        assert make_examples("list_recall", tok, length=length, difficulty=difficulty, n=2, seed=0)
+        assert make_examples("list_recall", sentence_tokenizer, length=length, difficulty=difficulty, n=2, seed=0)
 
 
-def test_example_round_trips_through_json(tok):
-    ex = make_examples("copying", tok, length=160, n=1, seed=0)[0]
+def test_example_round_trips_through_json(sentence_tokenizer):
+    ex = make_examples("copying", sentence_tokenizer, length=160, n=1, seed=0)[0]
     assert Example.from_dict(json.loads(json.dumps(ex.to_dict()))) == ex
 
 
-def test_list_pointer_is_an_alias(tok):
-    a = make_examples("list_pointer", tok, length=160, n=2, seed=0)
-    b = make_examples("list_recall", tok, length=160, n=2, seed=0)
+def test_list_pointer_is_an_alias(sentence_tokenizer):
+    a = make_examples("list_pointer", sentence_tokenizer, length=160, n=2, seed=0)
+    b = make_examples("list_recall", sentence_tokenizer, length=160, n=2, seed=0)
     assert [e.prompt_ids for e in a] == [e.prompt_ids for e in b]
 
 
-def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(tok, monkeypatch):
+def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(sentence_tokenizer, monkeypatch):
     """A fine-tuning stream of thousands of examples died on one candidate whose content could not land
     in the window (copying/medium at L = 96, chunk 53 of seed 0). Now such a candidate is skipped: the
     stream is the unpatched one without it, and only a window that nothing fits still raises."""
     from metatokens.tasks import registry
 
-    clean = make_examples("copying", tok, length=160, n=6, seed=0)
+    clean = make_examples("copying", sentence_tokenizer, length=160, n=6, seed=0)
     real_fit = registry._fit
     doomed = [clean[2].prompt_text]
 
@@ -324,7 +279,7 @@ def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(tok, monkeypatch):
         return draft, pieces, per_unit
 
     monkeypatch.setattr(registry, "_fit", fit)
-    skipped = make_examples("copying", tok, length=160, n=5, seed=0)
+    skipped = make_examples("copying", sentence_tokenizer, length=160, n=5, seed=0)
     assert [e.prompt_ids for e in skipped] == [e.prompt_ids for e in clean[:2] + clean[3:]]
 
     def never(*args):
@@ -332,7 +287,7 @@ def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(tok, monkeypatch):
 
     monkeypatch.setattr(registry, "_fit", never)
     with pytest.raises(TaskError, match="could not fit"):
-        make_examples("copying", tok, length=160, n=1, seed=0)
+        make_examples("copying", sentence_tokenizer, length=160, n=1, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -346,19 +301,19 @@ def test_a_candidate_that_fits_nowhere_is_skipped_not_fatal(tok, monkeypatch):
         (dict(n=-1), "n must be a non-negative integer"),
     ],
 )
-def test_bad_requests_raise_one_line_task_errors(tok, kwargs, message):
+def test_bad_requests_raise_one_line_task_errors(sentence_tokenizer, kwargs, message):
     args = dict(task="list_recall", length=160, difficulty="medium", n=1, seed=0, split="train") | kwargs
     task = args.pop("task")
     with pytest.raises(TaskError, match=re.escape(message)) as info:
-        make_examples(task, tok, **args)
+        make_examples(task, sentence_tokenizer, **args)
     assert "\n" not in str(info.value)
     if "too short" not in message:  # argument errors surface at the call, not at the first next()
         with pytest.raises(TaskError, match=re.escape(message)):
-            iter_examples(task, tok, **args)
+            iter_examples(task, sentence_tokenizer, **args)
 
 
-def test_show_prints_examples_and_errors_exit_2(tok, tmp_path, capsys):
-    tok.save(tmp_path / "tok.json")
+def test_show_prints_examples_and_errors_exit_2(sentence_tokenizer, tmp_path, capsys):
+    sentence_tokenizer.save(tmp_path / "tok.json")
     assert tasks_main.main(["--show", "--tokenizer", str(tmp_path / "tok.json"), "--length", "160"]) == 0
     out = capsys.readouterr().out
     assert out.count("===") == len(TASKS) and META_TOKEN in out
@@ -404,7 +359,7 @@ def _occurs(needle: list[int], haystack: list[int]) -> bool:
 @pytest.fixture(scope="module")
 def plain_bpe() -> _PlainBPE:
     rng = random.Random(1)
-    texts = [" ".join(rng.sample(ITEMS, 6)) + ". " + rng.choice(_SENTENCES) for _ in range(400)]
+    texts = [" ".join(rng.sample(ITEMS, 6)) + ". " + rng.choice(SENTENCES) for _ in range(400)]
     return _PlainBPE(texts)
 
 

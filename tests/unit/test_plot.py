@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-
+from conftest import capture_figures
 from metatokens import cli
 from metatokens.cli.plot import run_labels
 
@@ -42,12 +42,6 @@ def test_run_labels_edge_cases(tmp_path):
     labels = run_labels([same, same])
     assert labels[0] == labels[1] == str(same.resolve()) and "//" not in labels[0]
     assert run_labels([]) == []
-
-
-def capture_figures(monkeypatch, module) -> list:
-    figures = []
-    monkeypatch.setattr(module, "save_figure", lambda fig, path, **kw: figures.append(fig))
-    return figures
 
 
 def test_the_loss_plot_title_names_the_runs_and_what_they_trained_on(tmp_path, monkeypatch):

@@ -1,65 +1,23 @@
 """Bad inputs to the commands (issue 13, item 8): each one exits non-zero with exactly one line on
 stderr naming the problem, and leaves nothing new on disk (the folders are listed before and after).
 
-One toy pre-training run and one toy fine-tuning run are made once; every case works on its own
-copy of them. A SIGTERM needs a real process, so that case runs the CLI in a subprocess.
+Every case is refused before a training step. They work on copies of conftest's toy_runs (one toy
+pre-training and one toy fine-tuning, made once per session). The stops that need training steps
+(a SIGTERM, a full disk) are in tests/integration/test_stopped_runs.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import TOY_RUN_STEPS, toy_data_args
 from metatokens import cli
-
-WORDS = ("meta token model text attention layer memory window list item count parity copy span the a of "
-         "and to in is that for it as with was on be by this are from or at an which").split()
-STEPS = 6  # the pre-training run's step
-
-
-def _data_sets(root: Path) -> list[str]:
-    sets = [f"data.source={root / 'corpus'}", f"data.cache_dir={root / 'cache'}", "data.vocab_size=300",
-            "data.max_documents=null", "data.val_fraction=0.1", "train.log_interval=1", "train.eval_interval=0",
-            "train.eval_batches=2", "train.batch_size=4"]
-    return [arg for s in sets for arg in ("--set", s)]
-
-
-def _quiet_main(argv: list[str]) -> int:
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-        code = cli.main(argv)
-    assert code == 0, err.getvalue()
-    return code
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """corpus/, cache/, run/ (toy pre-training at step STEPS) and ft/ (toy fine-tuning at step 4)."""
-    root = tmp_path_factory.mktemp("bad-inputs")
-    (root / "corpus").mkdir()
-    rng = random.Random(0)
-    for i in range(20):
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "." for _ in range(60)]
-        (root / "corpus" / f"doc{i:02d}.txt").write_text(" ".join(sentences), encoding="utf-8")
-    _quiet_main(["pretrain", "--config", "toy", "--out", str(root / "run"), "--no-progress", *_data_sets(root),
-                 "--set", f"train.max_steps={STEPS}"])
-    _quiet_main(["finetune", "--from-scratch", "toy", "--tokenizer", str(root / "run" / "tokenizer.json"),
-                 "--set", "model.block_size=256", "--max-len", "160", "--steps", "4", "--batch-size", "4",
-                 "--eval-n", "4", "--set", "train.warmup_steps=1", "--out", str(root / "ft"), "--no-progress"])
-    return root
 
 
 def listing(*folders: Path) -> dict[str, int | None]:
@@ -127,7 +85,7 @@ def _write(name: str, text: bytes):
     return damage
 
 
-RESUME = ["pretrain", "--out", "{run}", "--resume", "--max-steps", str(STEPS + 2), "--no-progress"]
+RESUME = ["pretrain", "--out", "{run}", "--resume", "--max-steps", str(TOY_RUN_STEPS + 2), "--no-progress"]
 FT_RESUME = ["finetune", "--out", "{ft}", "--resume", "--no-progress"]
 NEW = ["--out", "{new}", "--no-progress"]
 
@@ -159,12 +117,13 @@ CASES = [
                                       "--batch-size", "-4"], None, "--batch-size must be a positive integer, got -4"),
     # a resume that would not move the run forward
     ("pretrain-resume-max-steps-below", ["pretrain", "--out", "{run}", "--resume", "--max-steps", "3", "--no-progress"],
-     None, f"the run is already at step {STEPS}; --max-steps must be above it"),
-    ("pretrain-resume-max-steps-equal", ["pretrain", "--out", "{run}", "--resume", "--max-steps", str(STEPS),
-                                         "--no-progress"], None, f"the run is already at step {STEPS}; --max-steps must be above it"),
+     None, f"the run is already at step {TOY_RUN_STEPS}; --max-steps must be above it"),
+    ("pretrain-resume-max-steps-equal", ["pretrain", "--out", "{run}", "--resume", "--max-steps", str(TOY_RUN_STEPS),
+                                         "--no-progress"], None,
+     f"the run is already at step {TOY_RUN_STEPS}; --max-steps must be above it"),
     ("pretrain-resume-set-max-steps-below", ["pretrain", "--out", "{run}", "--resume", "--set", "train.max_steps=2",
                                              "--no-progress"], None,
-     f"the run is already at step {STEPS}; train.max_steps cannot be below it (got 2)"),
+     f"the run is already at step {TOY_RUN_STEPS}; train.max_steps cannot be below it (got 2)"),
     ("finetune-resume-max-steps-below", [*FT_RESUME, "--steps", "2"], None,
      "the run is already at step 4; --max-steps must be above it"),
     # damaged checkpoint files on resume
@@ -201,116 +160,22 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv,damage,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_nonzero_and_leaves_nothing(base, tmp_path, monkeypatch, capsys, argv, damage, needle):
+def test_bad_input_is_one_line_nonzero_and_leaves_nothing(toy_runs, tmp_path, monkeypatch, capsys, argv, damage,
+                                                           needle):
     run, ft = tmp_path / "run", tmp_path / "ft"
-    shutil.copytree(base / "run", run)
-    shutil.copytree(base / "ft", ft)
+    shutil.copytree(toy_runs / "run", run)
+    shutil.copytree(toy_runs / "ft", ft)
     if damage is not None:
         damage(ft if "{ft}" in argv else run)  # the run the command resumes
     monkeypatch.chdir(tmp_path)  # outputs that default to the working directory (evaluate's eval/) show up too
     argv = [a.format(run=run, ft=ft, new=tmp_path / "new") for a in argv]
     if argv[0] == "pretrain":
         # the corpus settings first, so that a case's own --set (a later override) wins
-        argv = argv[:1] + (_data_sets(base) if "--resume" not in argv or "--config" in argv else []) + argv[1:]
-    before = listing(tmp_path, base)
+        argv = argv[:1] + (toy_data_args(toy_runs) if "--resume" not in argv or "--config" in argv else []) + argv[1:]
+    before = listing(tmp_path, toy_runs)
     code = cli.main(argv)
     captured = capsys.readouterr()
     assert code != 0, captured
     assert captured.err.count("\n") == 1 and captured.err.endswith("\n"), captured.err
     assert captured.err.startswith(f"metatokens {argv[0]}: ") and needle in captured.err, captured.err
-    assert listing(tmp_path, base) == before
-
-
-# ----------------------------------------------------------------------------- SIGTERM
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def test_sigterm_saves_then_exits_143_with_one_line_saying_how_to_resume(base, tmp_path):
-    out = tmp_path / "run"
-    args = [sys.executable, "-m", "metatokens", "pretrain", "--config", "toy", "--out", str(out), "--no-progress",
-            *_data_sets(base), "--set", "train.max_steps=100000", "--set", "train.ckpt_interval=0"]
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    step = int((out / "checkpoints" / "LATEST").read_text().strip().split("-")[1])
-    assert 2 <= step < 100000
-    assert err.count("\n") == 1, err
-    assert err.startswith(f"metatokens pretrain: stopped by SIGTERM at step {step}; checkpoint saved in "), err
-    assert f"continue with: metatokens pretrain --out {out} --resume" in err, err
-
-
-@pytest.mark.parametrize("command", ["pretrain", "finetune"])
-def test_a_stopped_run_saves_and_exits_128_plus_the_signal(base, tmp_path, monkeypatch, capsys, command):
-    """In-process: the loop sends itself SIGTERM during step 3; the run saves step 3, then exits 143."""
-    import metatokens.training.loop as train_mod
-
-    real_lr_at = train_mod.lr_at
-
-    def lr_at(step, cfg):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_lr_at(step, cfg)
-
-    monkeypatch.setattr(train_mod, "lr_at", lr_at)
-    out = tmp_path / "new"
-    if command == "pretrain":
-        argv = ["pretrain", "--config", "toy", "--out", str(out), "--no-progress", *_data_sets(base),
-                "--set", "train.max_steps=50", "--set", "train.ckpt_interval=0"]
-    else:
-        argv = ["finetune", "--from-scratch", "toy", "--tokenizer", str(base / "run" / "tokenizer.json"),
-                "--set", "model.block_size=256", "--max-len", "160", "--steps", "50", "--batch-size", "4",
-                "--eval-n", "4", "--set", "train.warmup_steps=1", "--set", "train.ckpt_interval=0", "--out", str(out),
-                "--no-progress"]
-    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("SIGTERM arrived outside the training loop"))
-    try:
-        code = cli.main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    err = capsys.readouterr().err
-    assert code == 143, err
-    assert (out / "checkpoints" / "LATEST").read_text().strip() == "step-00000003"
-    assert err == (f"metatokens {command}: stopped by SIGTERM at step 3; checkpoint saved in "
-                   f"{out / 'checkpoints' / 'step-00000003'}; continue with: metatokens {command} --out {out} --resume\n")
-
-
-def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_checkpoint(base, tmp_path, monkeypatch,
-                                                                                           capsys):
-    """torch.save on a full disk raises RuntimeError('... file write failed'); faked at the second
-    checkpoint (the first is saved), with the file system reporting 1 MiB free."""
-    from collections import namedtuple
-
-    import metatokens.training.checkpoints as train_mod
-
-    real_save, calls = torch.save, {"n": 0}
-
-    def save(obj, f, *args, **kwargs):
-        if str(f).endswith("optimizer.pt"):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                usage = namedtuple("usage", "total used free")(10 * 2**30, 10 * 2**30 - 2**20, 2**20)
-                monkeypatch.setattr(train_mod.shutil, "disk_usage", lambda path: usage)
-                raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
-                                   "file data/0: file write failed")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(train_mod.torch, "save", save)
-    out = tmp_path / "new"
-    code = cli.main(["pretrain", "--config", "toy", *_data_sets(base), "--out", str(out), "--no-progress",
-                     "--set", "train.max_steps=6", "--set", "train.ckpt_interval=2"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"metatokens pretrain: error: no space left on device while saving step 4 in {out / 'checkpoints'} "
-                          "(1 MiB free)"), err
-    assert f"last good checkpoint: {out / 'checkpoints' / 'step-00000002'}" in err
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]  # no temp folder left
+    assert listing(tmp_path, toy_runs) == before
