@@ -1,4 +1,5 @@
-"""Durable file writes shared by checkpoints, tokenizers and data caches, and their cache keys."""
+"""Durable file writes shared by checkpoints, tokenizers and data caches, their cache keys, and the one
+reader of a JSON settings file (run.json, config.json, trainer_state.json) with one-line refusals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,26 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from .errors import one_line
+
+
+def read_json_object(file: str | Path, error: type[Exception], *, missing: str, damaged: str) -> dict[str, Any]:
+    """The JSON object in `file`. Every failure is one line raised as `error`: ``FILE: missing; {missing}``,
+    ``FILE: unreadable, not valid JSON (why); {damaged}`` (also for bytes that are not UTF-8 and for
+    nesting too deep to parse), or ``FILE: not a JSON object; {damaged}``."""
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{file}: missing; {missing}") from None
+    except RecursionError:
+        raise error(f"{file}: unreadable, not valid JSON (nested too deeply); {damaged}") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise error(f"{file}: unreadable, not valid JSON ({one_line(err, 200)}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise error(f"{file}: not a JSON object; {damaged}")
+    return data
 
 
 def json_sha256(obj) -> str:

@@ -8,7 +8,7 @@ unrotated when meta_pos == "zero"); the logits are q.k scaled by rotary.logit_sc
     self-attention:  key j admissible for query i  iff  j <= i
     meta-attention:  key j admissible for query i  iff  j <= i and both i and j are meta-tokens
 
-c_proj(probs @ v) reproduces the sublayer's output (tests/test_analysis.py checks it).
+c_proj(probs @ v) reproduces the sublayer's output (tests/unit/test_analysis.py checks it).
 """
 
 from __future__ import annotations

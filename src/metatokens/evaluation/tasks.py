@@ -12,7 +12,7 @@ excludes them) is compared with the answer token.
 * **exact match** = examples whose answer tokens are all right. This is *the same number* greedy
   decoding gives: greedy decoding reproduces the answer iff the argmax at every step, given the
   right prefix, is the next answer token, which is what teacher forcing checks (tested against
-  `metatokens.generation` in tests/test_finetune_evaluate.py). Teacher forcing needs one forward pass
+  `metatokens.generation` in tests/unit/test_finetune_evaluate.py). Teacher forcing needs one forward pass
   per batch instead of one per generated token.
 
 Both come with 95% Wilson score intervals (`metatokens.stats`). The token interval treats tokens as independent, which

@@ -25,8 +25,8 @@ import torch
 
 from .. import devices
 from ..errors import MetaPolicyError
-from ..model.gpt import GPT
 from ..model.cache import KVCache
+from ..model.gpt import GPT
 from ..tokenizer.backend import META_TOKEN
 from ..tokenizer.meta import MetaTokenizer
 
@@ -192,7 +192,7 @@ def decoding_precision(model: GPT, dtype: str, device: torch.device | str) -> Ca
     decoding at batch 1) and decoding runs under a bf16 autocast; buffers such as the rotary
     frequencies stay fp32, so positions keep their precision. On a CPU without bf16 units
     (AVX512-BF16 or AMX) this falls back to fp32 with one line. Greedy tokens agree with fp32's
-    on a trained model up to near-ties (tests/test_inference.py states the rate).
+    on a trained model up to near-ties (tests/unit/test_inference.py states the rate).
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")

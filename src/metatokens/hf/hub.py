@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HFInteropError
+from ..fileio import read_json_object
 
 
 def _require_transformers() -> None:
@@ -106,11 +107,8 @@ def read_hf_config(folder: Path, config_classes: dict[str, Any], *, error: type[
     file = folder / "config.json"
     if not file.is_file():
         raise error(f"{folder}: no config.json; not a Hugging Face model folder")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise error(f"{file}: not valid JSON ({err})") from None
-    kind = data.get("model_type") if isinstance(data, dict) else None
+    data = read_json_object(file, error, missing="not a Hugging Face model folder", damaged="the folder is damaged")
+    kind = data.get("model_type")
     if kind not in config_classes:
         raise error(f"{file}: model_type {kind!r} is not supported; {supported}")
     try:

@@ -4,6 +4,7 @@ positions only for meta-attention. Shipped in exported folders with gpt.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import LayerCache, extend_cache
 from .config import FamilyConfig, ModelConfig
 from .gpt import GPT, MetaIndex, PosInfo, add_at_meta
-from .cache import LayerCache, extend_cache
 from .gpt import MetaAttention as _GPTMetaAttention
 from .positions import Rotary, apply_rotary, rope_inv_freq
 

@@ -19,11 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import KVCache, LayerCache, extend_cache
 from .config import IGNORE_INDEX, ModelConfig
 from .positions import Rotary, apply_rotary
-from .cache import KVCache
-from .cache import LayerCache
-from .cache import extend_cache
 
 
 @dataclass

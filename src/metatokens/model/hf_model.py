@@ -30,10 +30,10 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .cache import KVCache
 from .config import IGNORE_INDEX, FamilyConfig, ModelConfig
 from .family import FamilyRotary, RMSNorm, build_model
 from .gpt import GPT
-from .cache import KVCache
 from .positions import Rotary
 
 try:  # transformers >= 5: init functions that skip tensors already loaded from a checkpoint

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, RunDirError, one_line
-from ..fileio import atomic_write_text
+from ..errors import CheckpointError, RunDirError
+from ..fileio import atomic_write_text, read_json_object
 from .checkpoints import STEP_NAME, latest_checkpoint
 
 try:
@@ -275,14 +275,8 @@ def remove_stale_temps(folder: Path) -> None:
 def read_run_json(run_dir: str | Path, *keys: str) -> dict[str, Any]:
     """A run folder's run.json as a dict holding `keys`; anything else is a RunDirError naming the file."""
     file = Path(run_dir) / "run.json"
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{file}: missing; is {run_dir} a metatokens run folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{file}: unreadable, not valid JSON ({one_line(err, 200)}); the run's settings are damaged") from None
-    if not isinstance(info, dict):
-        raise RunDirError(f"{file}: not a JSON object; the run's settings are damaged")
+    info = read_json_object(file, RunDirError, missing=f"is {run_dir} a metatokens run folder?",
+                            damaged="the run's settings are damaged")
     missing = [k for k in keys if not isinstance(info.get(k), (dict, str))]
     if missing:
         raise RunDirError(f"{file}: no {', '.join(missing)}; the run's settings are damaged")

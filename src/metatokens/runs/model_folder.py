@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 
 from .. import __version__
 from ..errors import CheckpointError, TokenizerError
-from ..fileio import atomic_folder, atomic_write_text, fsync_path
+from ..fileio import atomic_folder, atomic_write_text, fsync_path, read_json_object
 from ..model.config import ConfigError, ModelConfig
 from ..model.family import build_model
 from ..model.gpt import GPT
@@ -81,15 +81,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = folder / CONFIG_FILE
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a model folder (expected a directory with {CONFIG_FILE})")
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; is {folder} a metatokens model folder?")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file}: not valid JSON ({err}); the file is truncated or corrupted") from None
-    except RecursionError:
-        raise CheckpointError(f"{file}: nested too deeply to be a metatokens config") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = read_json_object(file, CheckpointError, missing=f"is {folder} a metatokens model folder?",
+                            damaged="the file is truncated or corrupted")
+    if data.get("format") != FORMAT:
         raise CheckpointError(f"{file}: not a metatokens config (missing \"format\": \"{FORMAT}\")")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{file}: format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, single, verdict
 from .design import (
     PAPER_ACCURACY,
     PAPER_ENTROPY_DIFF,
@@ -27,7 +28,6 @@ from .results import (
     per_seed_examples,
     per_seed_interval,
 )
-from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, single, verdict
 
 # An accuracy effect smaller than this (percentage points) is not what the paper claims: an interval
 # entirely below it rules the claimed effect out ("not reproduced").

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from .design import (
     PAPER_ABLATION,
     PAPER_ACCURACY,
@@ -46,7 +47,6 @@ from .results import (
     environment,
     mean_std,
 )
-from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 # ----------------------------------------------------------------------------- reading the stages
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..stats import contrast, mean_interval, paired
 from .design import (
     Scale,
 )
-from ..stats import contrast, mean_interval, paired
 
 
 @dataclass

@@ -25,13 +25,13 @@ from ..evaluation.scoring import answer_baselines
 from ..evaluation.tasks import evaluate_task
 from ..fileio import atomic_write_text, json_sha256
 from ..model.yarn import apply_yarn
+from ..runs.folder import read_metrics
 from ..tasks.registry import make_examples
 from ..training.config import load_run_config
 from ..training.finetune import make_train_config, run_finetune
 from ..training.pretrain import run_pretrain
 from ..training.task_batches import TaskSpec
 from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT
-from ..runs.folder import read_metrics
 
 
 @dataclass

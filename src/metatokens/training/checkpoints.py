@@ -38,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from ..fileio import read_json_object
+
 
 def _rng_state(d: Dist) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
@@ -133,12 +135,8 @@ def read_trainer_state(folder: Path) -> dict:
     """trainer_state.json of a checkpoint, checked: a JSON object with the step, the data position and
     the SHA-256 of optimizer.pt and rng.safetensors, which must match those files."""
     state_file = folder / "trainer_state.json"
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{state_file}: unreadable ({one_line(err, 200)}); the checkpoint is incomplete or damaged") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{state_file}: not a JSON object; the file is damaged")
+    state = read_json_object(state_file, CheckpointError, missing="the checkpoint is incomplete",
+                             damaged="the checkpoint is incomplete or damaged")
     step, sums = state.get("step"), state.get("sha256")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{state_file}: no valid step (got {step!r}); the file is damaged")
