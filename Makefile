@@ -20,9 +20,14 @@ venv: $(BIN)/metatokens
 demo: venv
 	$(BIN)/metatokens reproduce --scale demo --out report
 
-# Pre-train the tiny Meta+RoPE model alone (about 5-6 minutes on 2 idle cores).
+# Pre-train the tiny Meta+RoPE model alone (about 5-6 minutes on 2 idle cores); a run already in
+# runs/tiny (the README's `metatokens pretrain --config tiny --out runs/tiny`) is continued, not refused.
 pretrain-tiny: venv
-	$(BIN)/metatokens pretrain --config tiny --out runs/tiny
+	if [ -f runs/tiny/checkpoints/LATEST ]; then \
+		$(BIN)/metatokens pretrain --out runs/tiny --resume; \
+	else \
+		$(BIN)/metatokens pretrain --config tiny --out runs/tiny; \
+	fi
 	$(BIN)/metatokens plot runs/tiny   # -> runs/tiny/loss.png
 
 # Both layers, unit then integration (pyproject's testpaths), without the tests marked slow.

@@ -3,16 +3,24 @@ reader of a JSON settings file (run.json, config.json, trainer_state.json) with 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import one_line
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked
+    fcntl = None
 
 
 def read_json_object(file: str | Path, error: type[Exception], *, missing: str, damaged: str) -> dict[str, Any]:
@@ -103,3 +111,86 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def same_file(fd: int, path: str | Path) -> bool:
+    """Whether the open file `fd` is the file at `path` (not one removed and made again meanwhile)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def lock_exclusively(lock: str | Path, refuse: Callable[[str], Exception]) -> int:
+    """An exclusive flock on the file `lock` (made if missing), held by this process until
+    `unlock(fd, lock)`; the kernel drops it when the process dies, so a killed command never leaves a
+    stale lock. Another holder makes `refuse(who)` raise, `who` naming its pid when known. Where flock
+    is missing (Windows, some network mounts) nothing is locked. Returns the open file."""
+    if fcntl is None:
+        return os.open(os.devnull, os.O_RDONLY)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise refuse(f" (pid {owner})" if owner.isdigit() else "") from None
+        except OSError:  # a file system without flock: run unlocked
+            return fd
+        if same_file(fd, lock):
+            break
+        os.close(fd)  # a holder removed the file between our open and lock: lock the current one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def unlock(fd: int, lock: str | Path) -> None:
+    """Remove the lock file (when it is still the one `fd` holds) and drop the lock."""
+    if fcntl is not None and same_file(fd, lock):
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+    os.close(fd)
+
+
+@contextmanager
+def output_lock(out: str | Path, error: type[Exception]) -> Iterator[None]:
+    """Hold the output folder `out` exclusively for a whole command, its creation included: a lock file
+    beside it (``.NAME.lock`` in its parent, made if missing), so that it also covers a folder written
+    under a temporary name and renamed into place. A second writer of the same folder is refused."""
+    out = Path(out)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    try:
+        fd = lock_exclusively(lock, lambda who: error(f"{out} is being written by another metatokens process{who}; "
+                                                      "wait for it to end or choose another --out"))
+        try:
+            yield
+        finally:
+            unlock(fd, lock)
+    finally:
+        for folder in made:  # the parents made for the lock, when the command left nothing in them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def holds_output(error: type[Exception]):
+    """Decorate a function with an `out` argument so that it holds `output_lock(out)` for its whole call."""
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            with output_lock(signature.bind(*args, **kwargs).arguments["out"], error):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap

@@ -29,17 +29,34 @@ def pyplot():
 DPI = 120  # of every PNG written
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Write a PNG under a temporary name and rename it, so no half-written plot is left behind."""
+    """Write a PNG under a temporary name and rename it, so no half-written plot is left behind.
+
+    An existing `path` is replaced only when it is a PNG (a figure drawn before); a folder or any other
+    file is refused in one line (PlotError) and left as it is."""
     plt = pyplot()
     path = Path(path)
+    if path.is_dir():
+        plt.close(fig)
+        raise PlotError(f"{path}: is a folder; give the figure a file name ending in .png")
+    if path.exists():
+        with open(path, "rb") as fh:
+            if fh.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                plt.close(fig)
+                raise PlotError(f"{path}: exists and is not a PNG figure; choose another file name (it was left as it is)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
         fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -55,3 +55,12 @@ def run_training(command: str, out: str, train: Callable[[], dict[str, Any]], ke
         shown = [k for k in keys if k in summary]
         print(f"{out}: step {summary['step']}, " + ", ".join(f"{k} {summary[k]:.4f}" for k in shown))
     return 0
+
+
+def hide_transformers_progress() -> None:
+    """--no-progress covers the loading bars of transformers too, where it is installed."""
+    try:
+        from transformers.utils import logging as hf_logging  # optional dependency: transformers (metatokens[hf])
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()

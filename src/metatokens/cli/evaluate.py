@@ -10,6 +10,7 @@ from ..evaluation.perplexity import evaluate_perplexity
 from ..evaluation.report import perplexity_markdown, task_markdown, write_report
 from ..evaluation.tasks import evaluate_task
 from .common import beside_model
+from .common import hide_transformers_progress
 
 
 def _lengths(text: str) -> list[int]:
@@ -83,6 +84,8 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
+    if args.no_progress:
+        hide_transformers_progress()
     args.device = resolve_device(args.device)  # bad input fails before the (slow) model load
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")

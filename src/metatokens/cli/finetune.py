@@ -6,6 +6,7 @@ from ..errors import FinetuneError
 from ..training.finetune import make_train_config, parse_overrides, run_finetune
 from ..training.task_batches import TaskSpec
 from .common import check_training_flags, run_training
+from .common import hide_transformers_progress
 
 
 def add_command(sub) -> None:
@@ -57,6 +58,8 @@ def add_command(sub) -> None:
 
 
 def run(args) -> int:
+    if args.no_progress:
+        hide_transformers_progress()
     check_training_flags(args, args.steps, ("finetune", "train", "tokenizer_sha256"))
 
     train, model_overrides = parse_overrides(args.overrides)

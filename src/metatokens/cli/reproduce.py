@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..devices import resolve_device
 from ..errors import StudyError
+from ..fileio import output_lock
 from ..study.design import SCALES
+from ..study.output import claim_study_folder
 from ..study.runner import Pipeline, default_jobs
 
 
@@ -47,12 +50,16 @@ def run(args) -> int:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}") from None
         if jobs < 1:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
+    resolve_device(args.device)  # a device this machine lacks is refused before anything is written
     progress = not args.no_progress and sys.stderr.isatty()
-    pipe = Pipeline(Path(args.out), args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
-    if args.stage:
+    out = Path(args.out)
+    pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
+    if args.stage:  # a stage process of a study that holds the folder (--jobs): no lock of its own
         rec = pipe.run_stage(args.stage)
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
-    report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
+    with output_lock(out, StudyError):  # one study writes a folder at a time, from its check to its end
+        claim_study_folder(out, args.scale, write=not args.report_only)
+        report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import HFInteropError
-from ..fileio import atomic_folder
+from ..fileio import atomic_folder, holds_output
 from ..model.config import ModelConfig
 from ..runs.checkpoints import resolve_model_dir
 from ..runs.model_folder import load_pretrained, sha256_file
@@ -32,6 +32,7 @@ from .hub import (
 # transformers is imported inside the functions, so `import metatokens.hf` stays light.
 
 
+@holds_output(HFInteropError)  # two writers of one folder at once: the second is refused
 def export_hf(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Write a transformers folder for a metatokens model folder (or run folder: its latest checkpoint).
 

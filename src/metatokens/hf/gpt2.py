@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import GPT2ImportWarning, HFInteropError
+from ..fileio import holds_output
 from ..model.config import ModelConfig
 from ..model.gpt import GPT
 from ..runs.model_folder import save_pretrained
@@ -164,6 +165,7 @@ def gpt2_to_meta_model(
     return model.eval()
 
 
+@holds_output(HFInteropError)  # two writers of one folder at once: the second is refused
 def import_gpt2(
     source: str | Path,
     out: str | Path,

@@ -18,7 +18,6 @@ on the folder its caller already holds and leaves the outer one in charge.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -28,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, RunDirError
-from ..fileio import atomic_write_text, read_json_object
+from ..fileio import (
+    atomic_write_text,
+    lock_exclusively,
+    read_json_object,
+    same_file,
+    unlock,
+)
 from .checkpoints import STEP_NAME, latest_checkpoint
-
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
-
 
 LOCK_FILE = ".lock"
 
@@ -60,44 +59,17 @@ class _Claim:
 _CLAIMS: dict[Path, _Claim] = {}  # run folders this process holds, by resolved path
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
 def _lock_run_dir(run_dir: Path, error: type[Exception]) -> _Claim:
     """An exclusive flock on run_dir/.lock, held by this process until release_run_dir (the kernel drops
     it when the process dies, so a killed run never leaves a stale lock). Another holder is refused."""
     key = run_dir.resolve()
     held = _CLAIMS.get(key)
-    if held is not None and _same_file(held.fd, run_dir / LOCK_FILE):
+    if held is not None and same_file(held.fd, run_dir / LOCK_FILE):
         return held
     if held is not None:  # the folder was removed or replaced under a lock this process still held
         release_run_dir(run_dir)
-    if fcntl is None:  # no flock on this platform: run unlocked
-        fd = os.open(os.devnull, os.O_RDONLY)
-    else:
-        while True:
-            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.read(fd, 32).decode("ascii", "replace").strip()
-                os.close(fd)
-                who = f" (pid {owner})" if owner.isdigit() else ""
-                raise error(f"{run_dir} is in use by another metatokens process{who}; wait for it to end or choose "
-                            "another --out") from None
-            except OSError:  # a file system without flock (some network mounts): run unlocked
-                break
-            if _same_file(fd, run_dir / LOCK_FILE):
-                break
-            os.close(fd)  # a holder removed the file between our open and lock: lock the current one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+    fd = lock_exclusively(run_dir / LOCK_FILE, lambda who: error(
+        f"{run_dir} is in use by another metatokens process{who}; wait for it to end or choose another --out"))
     claim = _CLAIMS[key] = _Claim(fd, before=frozenset(p.name for p in run_dir.iterdir()) - {LOCK_FILE})
     return claim
 
@@ -108,10 +80,7 @@ def release_run_dir(run_dir: Path) -> None:
     claim = _CLAIMS.pop(run_dir.resolve(), None)
     if claim is None:
         return
-    if fcntl is not None and _same_file(claim.fd, run_dir / LOCK_FILE):
-        with contextlib.suppress(OSError):
-            os.unlink(run_dir / LOCK_FILE)
-    os.close(claim.fd)
+    unlock(claim.fd, run_dir / LOCK_FILE)
 
 
 def _abandoned_start(run_dir: Path, names: list[str]) -> bool:

@@ -137,6 +137,11 @@ def load_run_config(preset: str, overrides: list[str] | None = None) -> RunConfi
     unknown = set(raw) - {"model", "data", "train"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))} (use model, data, train)")
+    if not raw.get("model"):
+        # ModelConfig's defaults are GPT-2 small (the paper's 124M + meta-attention): a file that names no
+        # model would build that silently, hours per step on a CPU.
+        raise ConfigError(f"{path}: no model settings; a YAML config must say which model to build in a model: "
+                          "section (see src/metatokens/configs/tiny.yaml, or use --config tiny --set ...)")
     model = _merge_model(ModelConfig().to_dict(), raw.get("model") or {}, str(path))
     cfg = RunConfig(name=path.stem)
     for section in ("data", "train"):

@@ -21,25 +21,23 @@ May import: what hf may (errors, fileio, model, tokenizer, runs), and hf.hub / h
 
 from __future__ import annotations
 
-from ..hub import _is_import as is_hub_import
-
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ...errors import HFInteropError, ImportRefused
+from ...fileio import holds_output
+from ...model.config import ConfigError, FamilyConfig
+from ...model.family import FamilyModel
 from ...model.gpt import GPT
+from ...runs.model_folder import save_pretrained
 from ...tokenizer.meta import MetaTokenizer
 from ..families import llama, neox
 from ..families.common import SUPPORTED, meta_tokenizer, read_hf_config, resolve_source
-from ...errors import ImportRefused
-from ...model.config import ConfigError
-from ...model.config import FamilyConfig
-from ...model.family import FamilyModel
-from ...runs.model_folder import save_pretrained
-from ..gpt2 import _read_safetensors_weights
-from ..gpt2 import gpt2_to_meta_model
+from ..gpt2 import _read_safetensors_weights, gpt2_to_meta_model
 from ..hub import _check_out_dir, _require_transformers
+from ..hub import _is_import as is_hub_import
 
 __all__ = ["SUPPORTED", "ImportRefused", "convert", "from_transformers", "import_hf"]
 
@@ -148,6 +146,7 @@ def _is_import(folder: Path) -> bool:
     return is_hub_import(folder, key=IMPORT_KEY)
 
 
+@holds_output(HFInteropError)  # two writers of one folder at once: the second is refused
 def import_hf(source: Any, out: str | Path, *, tokenizer: Any = None, meta_attention: bool = True,
               meta_pos: str = "keep", block_size: int = 1024, vocab_multiple: int = 64, seed: int = 0,
               overwrite: bool = False) -> Path:
