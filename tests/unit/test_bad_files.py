@@ -1,0 +1,116 @@
+"""Bad files and bytes given to the commands: a prompt that is not UTF-8, a damaged config.json or
+tokenizer.json in a run folder, NaN weights behind a matching checksum, a Hugging Face folder whose
+weights are a pickle. Each one exits with status 2 and exactly one line on stderr naming the file or
+the problem, and leaves every folder as it was (no .lock, no new or changed file).
+
+Like tests/unit/test_bad_inputs.py, they work on copies of conftest's toy_runs; none reaches a
+training step. The last test checks that a corpus with undecodable bytes is reported once per file,
+although a pre-training reads its corpus twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from conftest import quiet_main
+from test_bad_inputs import RESUME, latest, listing
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from metatokens import cli
+from metatokens.errors import CheckpointError
+from metatokens.hf.baseline import load_hf_model
+
+
+def _edit_config(change):
+    """Change the latest checkpoint's config.json (it stays valid JSON)."""
+    def damage(run: Path) -> None:
+        file = latest(run) / "config.json"
+        file.write_text(json.dumps(change(json.loads(file.read_text())), indent=2))
+    return damage
+
+
+def _nest_tokenizer(*where: str):
+    """tokenizer.json 200,000 levels deep: in the run folder ("run") and/or the latest checkpoint ("checkpoint")."""
+    def damage(run: Path) -> None:
+        for place in where:
+            folder = run if place == "run" else latest(run)
+            (folder / "tokenizer.json").write_text("[" * 200_000 + "]" * 200_000)
+    return damage
+
+
+def _nan_weights(run: Path) -> None:
+    """NaN in ln_f.weight, re-saved with safetensors, its SHA-256 recorded in config.json: only the values are bad."""
+    folder = latest(run)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["ln_f.weight"][:] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    _edit_config(lambda config: {**config, "weights_sha256": digest})(run)
+
+
+def _nan_export(run: Path) -> None:
+    """A `metatokens export` of the run (beside it, in hf/) with NaN weights whose SHA-256 its marker records."""
+    folder = run.parent / "hf"
+    quiet_main(["export", "--checkpoint", str(run), "--out", str(folder)])
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.ln_f.weight"][:] = float("nan")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    marker = json.loads((folder / "metatokens_export.json").read_text())
+    marker["sha256"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "metatokens_export.json").write_text(json.dumps(marker))
+
+
+def _hf_pickle(whole_module: bool):
+    """A Hugging Face GPT-2 folder (config.json) whose only weights are pytorch_model.bin: the state dict
+    (what save_pretrained(safe_serialization=False) wrote) or the whole pickled module."""
+    def damage(run: Path) -> None:
+        folder = run.parent / "hf"
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=300))
+        model.config.save_pretrained(folder)
+        torch.save(model if whole_module else model.state_dict(), folder / "pytorch_model.bin")
+    return damage
+
+
+NEW = ["--out", "{new}", "--no-progress"]
+GENERATE = ["generate", "--checkpoint", "{run}", "--max-new-tokens", "4", "--seed", "0"]
+PERPLEXITY = ["evaluate", "--checkpoint", "{run}", "--perplexity", "builtin", *NEW]
+TOKENIZER_ENTRY = 'config.json: "tokenizer" must be an object naming a file in the folder'
+NESTED = "tokenizer.json: invalid tokenizer JSON (nested too deeply); the file is corrupt"
+NAN = "model.safetensors: ln_f.weight holds NaN or inf values, so the model cannot be used"
+PICKLE = "hf: holds pytorch_model.bin but no model.safetensors; metatokens loads only safetensors weights"
+
+CASES = [
+    # config.json's tokenizer entry is not an object naming a file
+    ("config-tokenizer-string-generate", GENERATE, _edit_config(lambda c: {**c, "tokenizer": "x"}), TOKENIZER_ENTRY),
+    ("config-tokenizer-string-resume", RESUME, _edit_config(lambda c: {**c, "tokenizer": "x"}), TOKENIZER_ENTRY),
+    ("config-tokenizer-file-list", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": [1]}}), TOKENIZER_ENTRY),
+    ("config-tokenizer-file-outside", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": "../../run.json"}}),
+     TOKENIZER_ENTRY),
+]
+
+
+@pytest.mark.parametrize("argv,damage,needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_file_is_one_line_status_2_and_changes_nothing(toy_runs, tmp_path, monkeypatch, capsys, argv, damage,
+                                                           needle):
+    run = tmp_path / "run"
+    shutil.copytree(toy_runs / "run", run)
+    if damage is not None:
+        damage(run)
+    monkeypatch.chdir(tmp_path)  # outputs that default to the working directory (evaluate's eval/) show up too
+    argv = [a.format(run=run, new=tmp_path / "new", hf=tmp_path / "hf") for a in argv]
+    before = listing(tmp_path, toy_runs)
+    capsys.readouterr()  # what making the damage printed
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert captured.err.count("\n") == 1 and captured.err.endswith("\n"), captured.err
+    assert captured.err.startswith(f"metatokens {argv[0]}: error: ") and needle in captured.err, captured.err
+    assert not (run / ".lock").exists()
+    assert listing(tmp_path, toy_runs) == before
