@@ -93,6 +93,10 @@ CASES = [
     ("config-tokenizer-file-list", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": [1]}}), TOKENIZER_ENTRY),
     ("config-tokenizer-file-outside", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": "../../run.json"}}),
      TOKENIZER_ENTRY),
+    # a tokenizer.json nested too deeply for the JSON parser
+    ("tokenizer-nested-checkpoint-generate", GENERATE, _nest_tokenizer("checkpoint"), NESTED),
+    ("tokenizer-nested-run-resume", RESUME, _nest_tokenizer("run"), NESTED),
+    ("tokenizer-nested-checkpoint-resume", RESUME, _nest_tokenizer("checkpoint"), NESTED),
 ]
 
 
