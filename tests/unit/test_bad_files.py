@@ -97,6 +97,13 @@ CASES = [
     ("tokenizer-nested-checkpoint-generate", GENERATE, _nest_tokenizer("checkpoint"), NESTED),
     ("tokenizer-nested-run-resume", RESUME, _nest_tokenizer("run"), NESTED),
     ("tokenizer-nested-checkpoint-resume", RESUME, _nest_tokenizer("checkpoint"), NESTED),
+    # NaN weights with a matching checksum: refused wherever a model folder is loaded
+    ("nan-weights-generate", GENERATE, _nan_weights, NAN),
+    ("nan-weights-evaluate", PERPLEXITY, _nan_weights, NAN),
+    ("nan-weights-export", ["export", "--checkpoint", "{run}", "--out", "{new}"], _nan_weights, NAN),
+    ("nan-weights-resume", RESUME, _nan_weights, NAN),
+    ("nan-weights-export-folder-evaluate", ["evaluate", "--checkpoint", "{hf}", "--perplexity", "builtin", *NEW],
+     _nan_export, "hf: ln_f.weight holds NaN or inf values"),
 ]
 
 
@@ -118,3 +125,14 @@ def test_bad_file_is_one_line_status_2_and_changes_nothing(toy_runs, tmp_path, m
     assert captured.err.startswith(f"metatokens {argv[0]}: error: ") and needle in captured.err, captured.err
     assert not (run / ".lock").exists()
     assert listing(tmp_path, toy_runs) == before
+
+
+def test_a_hugging_face_model_with_nan_weights_is_refused(tmp_path):
+    """Hugging Face folders do not go through load_pretrained; load_hf_model checks their weights too.
+    (Not through the command line: transformers draws its own progress bar on stderr while it loads.)"""
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=300))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(CheckpointError, match=r"hf: transformer\.ln_f\.weight holds NaN or inf values"):
+        load_hf_model(tmp_path / "hf")

@@ -33,6 +33,7 @@ from ..model.family import build_model
 from ..model.gpt import GPT
 from ..runs.checkpoints import resolve_model_dir
 from ..runs.model_folder import (
+    check_finite,
     check_shapes_fit,
     check_tokenizer,
     load_pretrained,
@@ -154,6 +155,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{folder}: the weights do not fit its config.json ({' '.join(str(err).split())[:300]})") from None
+    check_finite(model, folder)
     if not (folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{folder}: the exported folder has no tokenizer.json")
     tokenizer = load_tokenizer(folder / "tokenizer.json")

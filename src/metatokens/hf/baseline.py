@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import CheckpointError, EvaluationError, TokenizerError
 from ..fileio import atomic_folder, atomic_write_text
 from ..model.config import IGNORE_INDEX
+from ..runs.model_folder import check_finite
 from ..tokenizer.meta import MetaTokenizer
 
 HF_MARKER = "metatokens_hf.json"  # written beside a fine-tuned Hugging Face model's own files
@@ -100,6 +101,7 @@ def load_hf_model(name_or_path: str | Path) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_path}: cannot load a Hugging Face causal LM ({' '.join(str(err).split())[:300]})") from None
+    check_finite(model, name_or_path)
     return model
 
 

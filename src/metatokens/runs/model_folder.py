@@ -156,12 +156,26 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
     except (SafetensorError, RuntimeError, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{weights}: cannot load weights ({reason})") from None
+    check_finite(model, weights)
     model.to(device)
     tokenizer = None
     if "tokenizer" in data:
         tokenizer = load_tokenizer(folder / data["tokenizer"].get("file", TOKENIZER_FILE))  # checked in read_config
         check_tokenizer(model.config, tokenizer, str(folder / CONFIG_FILE))
     return model, tokenizer, data
+
+
+def check_finite(model: torch.nn.Module, where: str | Path) -> None:
+    """Refuse weights holding NaN or inf (one reduction, then the first such tensor is named): a model
+    with them samples garbage or fails deep inside generation, evaluation or training."""
+    named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point() and p.numel()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if not bool(finite.all()):
+        name = named[int((~finite).nonzero()[0])][0]
+        raise CheckpointError(f"{where}: {name} holds NaN or inf values, so the model cannot be used "
+                              "(a diverged run or a damaged file); use an earlier checkpoint")
 
 
 def load_tokenizer(file: Path):
