@@ -104,6 +104,13 @@ CASES = [
     ("nan-weights-resume", RESUME, _nan_weights, NAN),
     ("nan-weights-export-folder-evaluate", ["evaluate", "--checkpoint", "{hf}", "--perplexity", "builtin", *NEW],
      _nan_export, "hf: ln_f.weight holds NaN or inf values"),
+    # a Hugging Face folder whose weights are only a pickle
+    ("hf-pickle-finetune", ["finetune", "--hf-model", "{hf}", *NEW], _hf_pickle(True), PICKLE),
+    ("hf-pickle-evaluate", ["evaluate", "--checkpoint", "{hf}", "--task", "list_recall", *NEW], _hf_pickle(True), PICKLE),
+    ("hf-pickle-perplexity", ["evaluate", "--perplexity", "builtin", "--checkpoint", "{hf}", *NEW], _hf_pickle(True),
+     PICKLE),
+    ("hf-state-dict-pickle-finetune", ["finetune", "--hf-model", "{hf}", *NEW],
+     _hf_pickle(False), PICKLE),
 ]
 
 
