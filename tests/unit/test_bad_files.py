@@ -87,6 +87,11 @@ NAN = "model.safetensors: ln_f.weight holds NaN or inf values, so the model cann
 PICKLE = "hf: holds pytorch_model.bin but no model.safetensors; metatokens loads only safetensors weights"
 
 CASES = [
+    # bytes that are not UTF-8 on the command line reach Python as surrogate escapes
+    ("generate-prompt-not-utf8", [*GENERATE, "--prompt", b"caf\xe9 \xff".decode("utf-8", "surrogateescape")], None,
+     "--prompt is not valid UTF-8 text (byte 0xe9 at character 3)"),
+    ("generate-prompt-lone-surrogate", [*GENERATE, "--prompt", "a\ud800b"], None,
+     "--prompt is not valid UTF-8 text (lone surrogate U+D800 at character 1)"),
     # config.json's tokenizer entry is not an object naming a file
     ("config-tokenizer-string-generate", GENERATE, _edit_config(lambda c: {**c, "tokenizer": "x"}), TOKENIZER_ENTRY),
     ("config-tokenizer-string-resume", RESUME, _edit_config(lambda c: {**c, "tokenizer": "x"}), TOKENIZER_ENTRY),
