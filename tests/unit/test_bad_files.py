@@ -98,6 +98,11 @@ CASES = [
     ("config-tokenizer-file-list", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": [1]}}), TOKENIZER_ENTRY),
     ("config-tokenizer-file-outside", GENERATE, _edit_config(lambda c: {**c, "tokenizer": {"file": "../../run.json"}}),
      TOKENIZER_ENTRY),
+    # evaluate reads config.json first, to tell a Hugging Face folder from ours
+    ("config-nested-evaluate", PERPLEXITY, lambda run: (latest(run) / "config.json").write_text("[" * 200_000),
+     "config.json: unreadable, not valid JSON (nested too deeply)"),
+    ("config-list-evaluate", PERPLEXITY, lambda run: (latest(run) / "config.json").write_text("[1]"),
+     "config.json: not a JSON object"),
     # a tokenizer.json nested too deeply for the JSON parser
     ("tokenizer-nested-checkpoint-generate", GENERATE, _nest_tokenizer("checkpoint"), NESTED),
     ("tokenizer-nested-run-resume", RESUME, _nest_tokenizer("run"), NESTED),
