@@ -153,3 +153,24 @@ def test_a_hugging_face_model_with_nan_weights_is_refused(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     with pytest.raises(CheckpointError, match=r"hf: transformer\.ln_f\.weight holds NaN or inf values"):
         load_hf_model(tmp_path / "hf")
+
+
+def test_undecodable_bytes_are_reported_once_per_file(tmp_path, capsys, caplog):
+    """A pre-training reads its corpus twice (tokenizer, then tokens); each warning comes once. The corpus
+    is too small for one row, so the run is refused after both reads, before a step or a run folder.
+    (The command line prints each warning record as one line on stderr; under pytest caplog holds them.)"""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes(b"alpha beta gamma delta " * 300 + b"caf\xe9 \xff end")
+    (corpus / "b.txt").write_bytes(b"short \xff.")
+    (corpus / "c.jsonl").write_bytes(b'{"text": "one"}\n{"text": "tw\xff"}\n')
+    code = cli.main(["pretrain", "--config", "toy", "--set", f"data.source={corpus}", "--set",
+                     f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.val_fraction=0.4",
+                     "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("metatokens pretrain: error: "), err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"2 .txt document(s) had undecodable bytes, replaced by U+FFFD (first: {corpus / 'a.txt'})",
+        f"{corpus / 'c.jsonl'}: 1 line(s) had undecodable bytes, replaced by U+FFFD",
+    ], caplog.text
+    assert not (tmp_path / "run").exists()
