@@ -40,6 +40,18 @@ def add_command(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_prompt_text(prompt: str) -> None:
+    """Refuse a --prompt that is not text: bytes that are not UTF-8 reach Python as lone surrogates
+    (U+DC80..U+DCFF), which no tokenizer encodes. Replacing them would sample from another prompt."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(prompt[err.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        raise ValueError(f"--prompt is not valid UTF-8 text ({what} at character {err.start}); pass the prompt "
+                         "in UTF-8 (a UTF-8 terminal locale, or convert it with iconv -t UTF-8)") from None
+
+
 def run(args) -> int:
     policy = MetaPolicy.parse(args.meta)  # checked before the (slow) model load
     if args.max_new_tokens < 0:
@@ -50,6 +62,7 @@ def run(args) -> int:
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    check_prompt_text(args.prompt)
     args.device = resolve_device(args.device)
 
     model, tokenizer, _ = load_pretrained(resolve_model_dir(args.checkpoint), args.device)

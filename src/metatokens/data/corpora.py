@@ -124,31 +124,36 @@ def _local_files(path: Path, *, warn: bool = True) -> list[Path]:
             file = Path(root) / name
             (files if name.lower().endswith(KNOWN_SUFFIXES) else skipped).append(file)
     files.sort(key=lambda f: f.relative_to(path).as_posix())
-    if skipped and warn:
-        # Downloaded datasets often carry README.md and the like next to the data; skip them,
-        # but say so, since a misnamed data file would otherwise vanish silently.
-        log.warning(
-            "%s: skipped %d file(s) that are not .txt/.jsonl/.parquet, e.g. %s",
-            path,
-            len(skipped),
-            sorted(skipped)[0].relative_to(path).as_posix(),
-        )
+    # Downloaded datasets often carry README.md and the like next to the data; skip them,
+    # but say so, since a misnamed data file would otherwise vanish silently.
+    if skipped and warn and _unreported("skipped", str(path.resolve()), *sorted(map(str, skipped))):
+        log.warning("%s: skipped %d file(s) that are not .txt/.jsonl/.parquet, e.g. %s", path, len(skipped),
+                    sorted(skipped)[0].relative_to(path).as_posix())
     if not files:
         raise DataError(f"{path}: folder holds no .txt, .jsonl or .parquet files; point at a folder with corpus files")
     return files
+
+
+_WARNED: set[tuple] = set()  # the keys of the corpus warnings this process has given
+
+
+def _unreported(*key) -> bool:
+    """Whether the warning of `key` is still to be given (from now on it counts as given): a run reads its
+    corpus twice, to train the tokenizer and then to tokenise, yet each warning comes once per file."""
+    first = key not in _WARNED
+    _WARNED.add(key)
+    return first
 
 
 def _iter_txt(files: list[Path]) -> Iterator[str]:
     replaced: list[Path] = []
     for file in files:
         text, lossy = _decode(file.read_bytes())
-        if lossy:
+        if lossy and _unreported("undecodable", str(file.resolve())):
             replaced.append(file)
         yield text
     if replaced:
-        log.warning(
-            "%d .txt document(s) had undecodable bytes, replaced by U+FFFD (first: %s)", len(replaced), replaced[0]
-        )
+        log.warning("%d .txt document(s) had undecodable bytes, replaced by U+FFFD (first: %s)", len(replaced), replaced[0])
 
 
 def _field_text(record, field: str, where: str):
@@ -187,7 +192,7 @@ def _iter_jsonl(file: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{file}:{lineno}: not valid JSON ({exc.msg}); each line must hold one JSON object") from None
             yield _field_text(record, text_field, f"{file}:{lineno}")
-    if replaced:
+    if replaced and _unreported("undecodable", str(file.resolve())):
         log.warning("%s: %d line(s) had undecodable bytes, replaced by U+FFFD", file, replaced)
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError, EvaluationError
+from ..fileio import read_json_object
 from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
 from ..hf.hub import EXPORT_MARKER
 from ..model.config import ConfigError, FamilyConfig, ModelConfig
@@ -33,6 +34,7 @@ from ..model.family import build_model
 from ..model.gpt import GPT
 from ..runs.checkpoints import resolve_model_dir
 from ..runs.model_folder import (
+    check_finite,
     check_shapes_fit,
     check_tokenizer,
     load_pretrained,
@@ -88,7 +90,7 @@ def _run_info(model_dir: Path) -> dict[str, Any]:
         if candidate is not None and (candidate / "run.json").is_file():
             try:
                 return json.loads((candidate / "run.json").read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):  # a damaged run.json only loses the report's details
                 return {}
     return {}
 
@@ -108,10 +110,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", name: str |
     if not path.exists():
         raise CheckpointError(f"{path}: no such model or run folder")
     model_dir = resolve_model_dir(path)
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{model_dir / 'config.json'}: unreadable ({' '.join(str(err).split())})") from None
+    config = read_json_object(model_dir / "config.json", CheckpointError, missing=f"is {model_dir} a model folder?",
+                              damaged="the file is truncated or corrupted")
     if config.get("format") == "metatokens" or "model_type" not in config:
         model, tokenizer, _ = load_pretrained(model_dir, device)
         if tokenizer is None:
@@ -154,6 +154,7 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{folder}: the weights do not fit its config.json ({' '.join(str(err).split())[:300]})") from None
+    check_finite(model, folder)
     if not (folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{folder}: the exported folder has no tokenizer.json")
     tokenizer = load_tokenizer(folder / "tokenizer.json")

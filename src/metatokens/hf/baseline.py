@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import CheckpointError, EvaluationError, TokenizerError
 from ..fileio import atomic_folder, atomic_write_text
 from ..model.config import IGNORE_INDEX
+from ..runs.model_folder import check_finite
 from ..tokenizer.meta import MetaTokenizer
 
 HF_MARKER = "metatokens_hf.json"  # written beside a fine-tuned Hugging Face model's own files
@@ -89,17 +90,40 @@ def _learned_position_limit(hf_model: nn.Module) -> int | None:
     return None
 
 
+# Weights files transformers would read with pickle (or another framework) instead of safetensors.
+UNSAFE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def _refuse_unsafe_weights(folder: Path) -> None:
+    """A local folder without safetensors weights is refused in one line, before transformers sees it."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    found = [name for name in UNSAFE_WEIGHTS if (folder / name).is_file()]
+    if found:
+        raise CheckpointError(
+            f"{folder}: holds {found[0]} but no model.safetensors; metatokens loads only safetensors weights and "
+            f"never unpickles a file. If you trust it, convert it once with transformers: "
+            f"AutoModelForCausalLM.from_pretrained('{folder}').save_pretrained('{folder}')")
+
+
 def load_hf_model(name_or_path: str | Path) -> nn.Module:
-    """A Hugging Face causal LM in fp32 (local folder, or hub name from the local cache or the Hub)."""
+    """A Hugging Face causal LM in fp32 (local folder, or hub name from the local cache or the Hub).
+    A local folder must hold safetensors weights; its pickles are never read."""
+    local = Path(name_or_path).is_dir()
+    if local:
+        _refuse_unsafe_weights(Path(name_or_path))
     try:
         from transformers import (
             AutoModelForCausalLM,  # optional dependency: transformers (pip install "metatokens[hf]")
         )
 
         # Never the code a folder or Hub repository brings: without this, transformers asks whether to run it.
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32, trust_remote_code=False)
+        # A local folder: safetensors only. (Not for a Hub name: there transformers would ask the Hub to convert.)
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=torch.float32, trust_remote_code=False,
+                                                     use_safetensors=True if local else None)
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_path}: cannot load a Hugging Face causal LM ({' '.join(str(err).split())[:300]})") from None
+    check_finite(model, name_or_path)
     return model
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from .. import __version__
-from ..errors import CheckpointError, TokenizerError
+from ..errors import CheckpointError, TokenizerError, one_line
 from ..fileio import atomic_folder, atomic_write_text, fsync_path, read_json_object
 from ..model.config import ConfigError, ModelConfig
 from ..model.family import build_model
@@ -93,6 +93,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
         data["model"] = ModelConfig.from_dict(data["model"], source=str(file))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
+    entry = data.get("tokenizer", {})
+    name = entry.get("file", TOKENIZER_FILE) if isinstance(entry, dict) else None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"{file}: \"tokenizer\" must be an object naming a file in the folder, like "
+                              f"{{\"file\": \"{TOKENIZER_FILE}\"}} (got {one_line(repr(entry), 60)}); "
+                              "the file was edited or damaged")
     return data
 
 
@@ -150,12 +156,26 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
     except (SafetensorError, RuntimeError, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{weights}: cannot load weights ({reason})") from None
+    check_finite(model, weights)
     model.to(device)
     tokenizer = None
     if "tokenizer" in data:
-        tokenizer = load_tokenizer(folder / data["tokenizer"].get("file", TOKENIZER_FILE))
+        tokenizer = load_tokenizer(folder / data["tokenizer"].get("file", TOKENIZER_FILE))  # checked in read_config
         check_tokenizer(model.config, tokenizer, str(folder / CONFIG_FILE))
     return model, tokenizer, data
+
+
+def check_finite(model: torch.nn.Module, where: str | Path) -> None:
+    """Refuse weights holding NaN or inf (one reduction, then the first such tensor is named): a model
+    with them samples garbage or fails deep inside generation, evaluation or training."""
+    named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point() and p.numel()]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if not bool(finite.all()):
+        name = named[int((~finite).nonzero()[0])][0]
+        raise CheckpointError(f"{where}: {name} holds NaN or inf values, so the model cannot be used "
+                              "(a diverged run or a damaged file); use an earlier checkpoint")
 
 
 def load_tokenizer(file: Path):

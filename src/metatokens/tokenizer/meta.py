@@ -250,6 +250,9 @@ class MetaTokenizer:
                 "the file may be truncated or corrupt",
                 source,
             ) from None
+        except RecursionError:  # the parser recurses once per level: "[[[[..." exhausts the stack
+            raise TokenizerError("invalid tokenizer JSON (nested too deeply); the file is corrupt, "
+                                 "replace it with a good copy", source) from None
         if not isinstance(parsed, dict) or "model" not in parsed:
             raise TokenizerError("JSON is not a tokenizers tokenizer (no 'model' section)", source)
         try:
