@@ -99,7 +99,7 @@ def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_
                      "--set", "train.max_steps=6", "--set", "train.ckpt_interval=2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"metatokens pretrain: error: no space left on device while saving step 4 in {out / 'checkpoints'} "
+    assert err.startswith(f"metatokens pretrain: error: no space left on the device while saving step 4 in {out / 'checkpoints'} "
                           "(1 MiB free)"), err
     assert f"last good checkpoint: {out / 'checkpoints' / 'step-00000002'}" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]  # no temp folder left

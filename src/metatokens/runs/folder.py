@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, RunDirError
-from ..fileio import atomic_write_text, read_json_object
+from ..fileio import atomic_write_text, read_json_object, writing
 from .checkpoints import STEP_NAME, latest_checkpoint
 
 try:
@@ -96,8 +96,14 @@ def _lock_run_dir(run_dir: Path, error: type[Exception]) -> _Claim:
             if _same_file(fd, run_dir / LOCK_FILE):
                 break
             os.close(fd)  # a holder removed the file between our open and lock: lock the current one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # the pid a second process names when it is refused
+        except BaseException:  # a full disk, most likely: no lock file is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(run_dir / LOCK_FILE)
+            os.close(fd)
+            raise
     claim = _CLAIMS[key] = _Claim(fd, before=frozenset(p.name for p in run_dir.iterdir()) - {LOCK_FILE})
     return claim
 
@@ -192,7 +198,13 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
         _validate_run_dir(run_dir, resume, error)
         return
     held = run_dir.resolve() in _CLAIMS
-    claim = _lock_run_dir(run_dir, error)
+    try:
+        # Writing the lock is the run's first write: a full disk is refused here, before any work.
+        with writing(run_dir / LOCK_FILE, instead=None if resume else "choose another --out"):
+            claim = _lock_run_dir(run_dir, error)
+    except BaseException:
+        _remove_empty(created)
+        raise
     claim.new, claim.created = not resume, claim.created or created
     try:
         _validate_run_dir(run_dir, resume, error)
