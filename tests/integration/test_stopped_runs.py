@@ -7,7 +7,9 @@ The unit layer's tests/unit/test_bad_inputs.py holds the bad inputs refused befo
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import time
 import pytest
 import torch
 
-from conftest import subprocess_env, toy_data_args
+from conftest import TOY_RUN_STEPS, subprocess_env, toy_data_args
 from metatokens import cli
 
 
@@ -103,3 +105,29 @@ def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_
                           "(1 MiB free)"), err
     assert f"last good checkpoint: {out / 'checkpoints' / 'step-00000002'}" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]  # no temp folder left
+
+
+def test_a_full_disk_while_logging_is_one_line_and_keeps_the_checkpoints(toy_runs, tmp_path, monkeypatch, capsys):
+    """The metrics.jsonl append of step 8 of a resumed run (step 6) meets a full disk."""
+    import metatokens.training.loop as loop_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_runs / "run", run)
+    checkpoints = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    logged = {"n": 0}
+
+    def open_(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and mode == "a":
+            logged["n"] += 1
+            if logged["n"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "open", open_, raising=False)
+    code = cli.main(["pretrain", "--out", str(run), "--resume", "--max-steps", str(TOY_RUN_STEPS + 4), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines()[-1] == (f"metatokens pretrain: error: no space left on the device while writing "
+                                    f"{run / 'metrics.jsonl'}: free some space; the run stopped; its checkpoints are kept")
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == checkpoints
+    assert not (run / ".lock").exists()

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import CheckpointError, RunDirError, RunStopped, TrainingError
+from ..fileio import writing
 from ..model.config import IGNORE_INDEX
 from ..model.gpt import GPT
 from ..runs.checkpoints import latest_checkpoint
@@ -119,8 +120,10 @@ class MetricLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        # A line cut off by a full disk is dropped when the run resumes (runs.folder.truncate_metrics).
+        with writing(self.file, instead=None, kept="the run stopped; its checkpoints are kept"):
+            with open(self.file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
         step = row["step"]
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
