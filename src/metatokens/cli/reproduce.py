@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import StudyError
 from ..study.design import SCALES
 from ..study.runner import Pipeline, default_jobs
+from .common import check_out_folder
 
 
 def add_command(sub) -> None:
@@ -47,6 +48,7 @@ def run(args) -> int:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}") from None
         if jobs < 1:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
+    check_out_folder(args.out, StudyError)  # a file there would fail at the first stage, with a bare errno
     progress = not args.no_progress and sys.stderr.isatty()
     pipe = Pipeline(Path(args.out), args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
     if args.stage:
