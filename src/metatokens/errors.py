@@ -126,12 +126,23 @@ class DiskFullError(MetatokensError):
 
 
 class RunStopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was saved: it is not finished (continue with
-    resume). A KeyboardInterrupt, so callers that do not catch it stop as on Ctrl-C. The message is one line."""
+    """SIGINT or SIGTERM stopped the run, which is not finished. Either after the current step, with a
+    checkpoint saved (continue with resume), or, when the signal broke the step it arrived in (torch.compile's
+    worker processes die of a Ctrl-C, so the compile fails), with nothing of that step saved: `checkpoint`
+    is then None and `last` the run's last checkpoint, if it has one. A KeyboardInterrupt, so callers that
+    do not catch it stop as on Ctrl-C. The message is one line."""
 
-    def __init__(self, step: int, signum: int, checkpoint: Path):
+    def __init__(self, step: int, signum: int, checkpoint: Path | None, *, broke: str = "",
+                 last: Path | None = None):
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {checkpoint}")
+        self.resumable = checkpoint is not None or last is not None  # a checkpoint to continue from
+        name = signal.Signals(signum).name
+        if checkpoint is not None:
+            text = f"stopped by {name} at step {step}; checkpoint saved in {checkpoint}"
+        else:
+            text = (f"stopped by {name} {broke or f'during step {step + 1}'}; nothing of it was saved "
+                    f"({f'last checkpoint: {last}' if last else 'the run has no checkpoint yet'})")
+        super().__init__(text)
 
     @property
     def exit_code(self) -> int:

@@ -57,15 +57,16 @@ def check_training_flags(args, steps: int | None, run_keys: tuple[str, ...] = ()
 
 def run_training(command: str, out: str, train: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> int:
     """Run `train` (a pre-training or fine-tuning) and end as both commands do: a stop by SIGINT/SIGTERM
-    says how to continue and exits 128 + the signal; a finished run prints its step and `keys`.
+    says how to continue (resume, or start again when the run has no checkpoint) and exits 128 + the signal; a finished run prints its step and `keys`.
     Under torchrun only the main process prints."""
     main = os.environ.get("RANK", "0") == "0"
     try:
         summary = train()
     except RunStopped as stop:
         if main:
-            print(f"metatokens {command}: {stop}; continue with: metatokens {command} --out {out} --resume",
-                  file=sys.stderr)
+            then = f"continue with: metatokens {command} --out {out} --resume" if stop.resumable else \
+                "run the same command to start again"
+            print(f"metatokens {command}: {stop}; {then}", file=sys.stderr)
         return stop.exit_code
     if main:
         shown = [k for k in keys if k in summary]
