@@ -104,13 +104,45 @@ class TrainingError(MetatokensError, RuntimeError):
     """The run cannot continue (non-finite loss, mismatched resume); the message is one line."""
 
 
-class RunStopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was saved: it is not finished (continue with
-    resume). A KeyboardInterrupt, so callers that do not catch it stop as on Ctrl-C. The message is one line."""
+class DiskFullError(MetatokensError):
+    """A write ran out of room: no space left, the disk quota used up, or a file past this process's
+    file-size limit (ulimit -f). `fileio.writing` raises it once whatever was half-written is gone, so the
+    one-line message names what was being written and says what to do; `kind` is ENOSPC, EDQUOT or EFBIG."""
 
-    def __init__(self, step: int, signum: int, checkpoint: Path):
+    REASONS = {  # kind -> (what happened, what to do about it)
+        "ENOSPC": ("no space left on the device", "free some space"),
+        "EDQUOT": ("the disk quota is used up", "free some space"),
+        "EFBIG": ("a file grew past this process's file-size limit (ulimit -f)",
+                  "raise the limit (ulimit -f unlimited)"),
+    }
+
+    def __init__(self, kind: str, path: str | os.PathLike[str], *, instead: str | None = "choose another --out",
+                 kept: str = "nothing was changed"):
+        self.kind, self.path = kind, Path(path)
+        self.reason, self.remedy = self.REASONS[kind]
+        # Another folder on the same machine does not lift a per-process limit.
+        fix = self.remedy if kind == "EFBIG" or not instead else f"{self.remedy} or {instead}"
+        super().__init__(f"{self.reason} while writing {self.path}: {fix}; {kept}")
+
+
+class RunStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run, which is not finished. Either after the current step, with a
+    checkpoint saved (continue with resume), or, when the signal broke the step it arrived in (torch.compile's
+    worker processes die of a Ctrl-C, so the compile fails), with nothing of that step saved: `checkpoint`
+    is then None and `last` the run's last checkpoint, if it has one. A KeyboardInterrupt, so callers that
+    do not catch it stop as on Ctrl-C. The message is one line."""
+
+    def __init__(self, step: int, signum: int, checkpoint: Path | None, *, broke: str = "",
+                 last: Path | None = None):
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in {checkpoint}")
+        self.resumable = checkpoint is not None or last is not None  # a checkpoint to continue from
+        name = signal.Signals(signum).name
+        if checkpoint is not None:
+            text = f"stopped by {name} at step {step}; checkpoint saved in {checkpoint}"
+        else:
+            text = (f"stopped by {name} {broke or f'during step {step + 1}'}; nothing of it was saved "
+                    f"({f'last checkpoint: {last}' if last else 'the run has no checkpoint yet'})")
+        super().__init__(text)
 
     @property
     def exit_code(self) -> int:

@@ -1,21 +1,94 @@
 """Durable file writes shared by checkpoints, tokenizers and data caches, their cache keys, and the one
-reader of a JSON settings file (run.json, config.json, trainer_state.json) with one-line refusals."""
+reader of a JSON settings file (run.json, config.json, trainer_state.json) with one-line refusals.
+
+A write that runs out of room (a full disk, a used-up quota, the file-size limit of `ulimit -f`) is
+reported in one place, `writing`: the atomic writers here use it, so a command that writes through them
+ends with one `errors.DiskFullError` line naming what it was writing, and nothing half-written is left."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .errors import one_line
+from safetensors import SafetensorError
+
+from .errors import DiskFullError, one_line
+
+try:
+    import resource
+except ImportError:  # Windows: no file-size limit to read
+    resource = None
+
+_NO_ROOM = {errno.ENOSPC: "ENOSPC", getattr(errno, "EDQUOT", -1): "EDQUOT", errno.EFBIG: "EFBIG"}
+_OS_ERROR = re.compile(r"\(os error ([0-9]+)\)")  # how safetensors (Rust) reports the OS error inside its own
+_LOW_SPACE = 64 * 2**20  # bytes free below which torch.save's "file write failed" is read as a full disk
+
+
+def _free_bytes(where: Path) -> int | None:
+    for folder in (where, *where.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:  # not made yet: ask its parent's file system
+            continue
+    return None
+
+
+def _file_size_limited() -> bool:
+    if resource is None:
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return soft != resource.RLIM_INFINITY
+
+
+def no_room(err: BaseException, where: str | Path) -> str | None:
+    """ENOSPC, EDQUOT or EFBIG when `err` (or an error it was raised from) is a write into `where` that ran
+    out of room; None when it failed for another reason. Besides OSError's errno, reads safetensors'
+    SafetensorError (the OS error is only in its message) and torch.save's RuntimeError, which says only
+    "file write failed": a full disk when `where` has almost nothing free, else a file-size limit if one is set."""
+    seen: list[BaseException] = []
+    while err is not None and len(seen) < 8 and not any(err is e for e in seen):
+        seen.append(err)
+        if isinstance(err, DiskFullError):
+            return err.kind
+        if isinstance(err, OSError) and err.errno in _NO_ROOM:
+            return _NO_ROOM[err.errno]
+        found = _OS_ERROR.search(str(err)) if isinstance(err, SafetensorError) else None
+        if found and int(found[1]) in _NO_ROOM:
+            return _NO_ROOM[int(found[1])]
+        if isinstance(err, RuntimeError) and "file write failed" in str(err):
+            free = _free_bytes(Path(where))
+            if free is not None and free < _LOW_SPACE:
+                return "ENOSPC"
+            return "EFBIG" if _file_size_limited() else None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def writing(path: str | Path, *, instead: str | None = "choose another --out",
+            kept: str = "nothing was changed") -> Iterator[None]:
+    """Raise a write inside the block that ran out of room (see `no_room`) as one DiskFullError naming
+    `path`: ``no space left on the device while writing PATH: free some space or INSTEAD; KEPT``. An
+    inner `writing` (a temporary file) is named again as the outer one's `path`. The block must leave
+    nothing half-written behind, so that KEPT is true. Any other error passes through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        kind = no_room(err, path)
+        if kind is None:
+            raise
+        raise DiskFullError(kind, path, instead=instead, kept=kept) from None
 
 try:
     import fcntl
@@ -63,15 +136,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     fsync_dir(path.parent)
 
 
@@ -99,18 +173,24 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 @contextmanager
 def atomic_folder(final: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `final`; on success it replaces `final`, on error it is removed."""
+    """Yield an empty temporary folder beside `final`; on success it replaces `final`, on error it is removed
+    (a write that ran out of room, in the block or while moving it into place, is a DiskFullError naming `final`)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    made = [p for p in final.parents if not p.exists()]  # deepest first: removed again on failure
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(final):
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            yield tmp
+            replace_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in made:
+                with suppress(OSError):
+                    folder.rmdir()  # only when still empty
+            raise
 
 
 def same_file(fd: int, path: str | Path) -> bool:
@@ -143,8 +223,12 @@ def lock_exclusively(lock: str | Path, refuse: Callable[[str], Exception]) -> in
         if same_file(fd, lock):
             break
         os.close(fd)  # a holder removed the file between our open and lock: lock the current one
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # the pid a second process names when it is refused
+    except BaseException:  # a full disk, most likely: no lock file is left behind
+        unlock(fd, lock)
+        raise
     return fd
 
 

@@ -6,15 +6,19 @@ tests/unit/test_study.py."""
 import copy
 import dataclasses
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
 from metatokens.study import design, stages
 from metatokens.study.design import SCALES, TASKS
 from metatokens.study.runner import Pipeline
@@ -408,3 +412,46 @@ def test_learning_curves_title_sits_just_above_the_panels(study, monkeypatch):
     panels_top = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes if ax.get_title())
     gap = (title_bottom - panels_top) / fig.dpi
     assert 0 <= gap < 0.25, gap  # nothing overlaps, and no blank band
+
+
+def _stage_processes(pid: int) -> list[int]:
+    """The `reproduce --stage` processes whose parent is `pid` (Linux: read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            stage = parent == pid and b"--stage" in (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if stage:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the stage processes in /proc (Linux)")
+def test_a_ctrl_c_that_stops_a_stage_process_ends_reproduce_with_130_and_one_line(tmp_path):
+    """SIGINT to one `reproduce --stage` process only (as when reproduce itself ignores SIGINT, started in
+    the background by a script): reproduce stops the other stage too and exits 130 with one line."""
+    out = tmp_path / "report"
+    proc = subprocess.Popen([sys.executable, "-m", "metatokens", "reproduce", "--scale", "toy", "--out", str(out),
+                             "--jobs", "2", "--no-progress"], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            stages = _stage_processes(proc.pid)
+            if stages:
+                time.sleep(1.5)  # into the stage's work
+                try:
+                    os.kill(stages[0], signal.SIGINT)
+                    break
+                except ProcessLookupError:  # it ended meanwhile: the next one
+                    continue
+            time.sleep(0.1)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert re.fullmatch(r"metatokens reproduce: interrupted: seed0/[a-z0-9-]+ was stopped by SIGINT; the stages that "
+                        r"finished are kept, and the same command continues from there\n", err), err
+    assert not [p for p in out.rglob(".lock") if (p.parent / "run.json").is_file() or p.parent.name == "run"]

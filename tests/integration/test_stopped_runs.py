@@ -7,16 +7,19 @@ The unit layer's tests/unit/test_bad_inputs.py holds the bad inputs refused befo
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import subprocess_env, toy_data_args
+from conftest import TOY_RUN_STEPS, subprocess_env, toy_data_args
 from metatokens import cli
 
 
@@ -99,7 +102,108 @@ def test_a_full_disk_while_saving_is_one_line_naming_it_and_keeps_the_last_good_
                      "--set", "train.max_steps=6", "--set", "train.ckpt_interval=2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"metatokens pretrain: error: no space left on device while saving step 4 in {out / 'checkpoints'} "
+    assert err.startswith(f"metatokens pretrain: error: no space left on the device while saving step 4 in {out / 'checkpoints'} "
                           "(1 MiB free)"), err
     assert f"last good checkpoint: {out / 'checkpoints' / 'step-00000002'}" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step-00000002"]  # no temp folder left
+
+
+def test_a_full_disk_while_logging_is_one_line_and_keeps_the_checkpoints(toy_runs, tmp_path, monkeypatch, capsys):
+    """The metrics.jsonl append of step 8 of a resumed run (step 6) meets a full disk."""
+    import metatokens.training.loop as loop_mod
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_runs / "run", run)
+    checkpoints = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    logged = {"n": 0}
+
+    def open_(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and mode == "a":
+            logged["n"] += 1
+            if logged["n"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "open", open_, raising=False)
+    code = cli.main(["pretrain", "--out", str(run), "--resume", "--max-steps", str(TOY_RUN_STEPS + 4), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines()[-1] == (f"metatokens pretrain: error: no space left on the device while writing "
+                                    f"{run / 'metrics.jsonl'}: free some space; the run stopped; its checkpoints are kept")
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == checkpoints
+    assert not (run / ".lock").exists()
+
+
+# How torch.compile reports a compile that a Ctrl-C broke (its C++ compiler or worker process died of it).
+FakeInductorError = type("InductorError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_a_compile_broken_by_ctrl_c_is_a_stop_and_without_one_a_failure(toy_runs, tmp_path, monkeypatch, capsys,
+                                                                       signalled):
+    """The first step's compile fails the way inductor's does when a Ctrl-C killed its compiler: after the
+    SIGINT, a stop (130, one line, the new run removed); with no signal, the error with its traceback."""
+    import metatokens.training.loop as loop_mod
+
+    def parallelize(model, cfg, d):
+        def compiled(*args, **kwargs):
+            if signalled:
+                os.kill(os.getpid(), signal.SIGINT)
+            raise FakeInductorError("CppCompileError: C++ compile error")
+        return compiled
+
+    monkeypatch.setattr(loop_mod, "parallelize", parallelize)
+    out = tmp_path / "new"
+    argv = ["pretrain", "--config", "toy", *toy_data_args(toy_runs), "--out", str(out), "--no-progress",
+            "--set", "train.compile=true", "--set", "train.max_steps=4"]
+    if not signalled:
+        with pytest.raises(FakeInductorError):
+            cli.main(argv)
+        return
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert err == ("metatokens pretrain: stopped by SIGINT while compiling the model for step 1 (train.compile); "
+                   "nothing of it was saved (the run has no checkpoint yet); run the same command to start again\n")
+    assert not out.exists()  # a new run that never trained: removed, lock and all
+
+
+def _kernel_compilers(pgid: int) -> list[int]:
+    """The C++ compilers of inductor's kernels (cc1plus on a .main.cpp) in process group `pgid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text[text.index("(") + 1:text.rindex(")")] == "cc1plus" and b".main.cpp" in command \
+                and int(text.rsplit(")", 1)[1].split()[3]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow  # inductor compiles the toy model's kernels from scratch: about 30 s on 2 cores
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="watches the C++ compilers in /proc (Linux)")
+def test_ctrl_c_while_compiling_exits_130_with_one_line(toy_runs, tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the process group) while inductor's C++ compiler builds the first
+    step's kernels: the compiler dies of it, and the run must stop as on any Ctrl-C, not with InductorError."""
+    out = tmp_path / "new"
+    env = {**subprocess_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # nothing compiled yet
+    proc = subprocess.Popen([sys.executable, "-m", "metatokens", "pretrain", "--config", "toy", "--out", str(out),
+                             "--no-progress", *toy_data_args(toy_runs), "--set", "train.compile=true",
+                             "--set", "train.max_steps=4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not _kernel_compilers(proc.pid):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before inductor compiled a kernel"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert err == ("metatokens pretrain: stopped by SIGINT while compiling the model for step 1 (train.compile); "
+                   "nothing of it was saved (the run has no checkpoint yet); run the same command to start again\n")
+    assert not out.exists()

@@ -85,6 +85,16 @@ def _write(name: str, text: bytes):
     return damage
 
 
+def _latest_a_folder(run: Path) -> None:
+    (run / "checkpoints" / "LATEST").unlink()
+    (run / "checkpoints" / "LATEST").mkdir()
+
+
+def _new_a_file(run: Path) -> None:
+    """{new}, where a command is told to write, is a file of the user's."""
+    (run.parent / "new").write_text("the user's notes\n")
+
+
 RESUME = ["pretrain", "--out", "{run}", "--resume", "--max-steps", str(TOY_RUN_STEPS + 2), "--no-progress"]
 FT_RESUME = ["finetune", "--out", "{ft}", "--resume", "--no-progress"]
 NEW = ["--out", "{new}", "--no-progress"]
@@ -156,6 +166,20 @@ CASES = [
     ("run-json-garbage-with-config", [*RESUME, "--config", "toy"], _write("run.json", b"{not json"),
      "run.json: unreadable, not valid JSON"),
     ("finetune-run-json-garbage", FT_RESUME, _write("run.json", b"{not json"), "run.json: unreadable, not valid JSON"),
+    # checkpoints/LATEST a folder: refused before any step, not after training at the save (a bare [Errno 21])
+    ("latest-a-folder", RESUME, _latest_a_folder,
+     "checkpoints/LATEST is a folder, not the file naming the latest checkpoint; remove it"),
+    ("generate-latest-a-folder", ["generate", "--checkpoint", "{run}"], _latest_a_folder,
+     "checkpoints/LATEST is a folder, not the file naming the latest checkpoint; remove it"),
+    # --out a file: refused before any work, not with a bare [Errno 17] / [Errno 20] at the end
+    ("analyze-out-a-file", ["analyze", "entropy", "--checkpoint", "{run}", "--out", "{new}", "--no-progress"],
+     _new_a_file, "error: --out {new} is a file, not a folder; choose another --out"),
+    ("analyze-out-below-a-file", ["analyze", "ablate", "--checkpoint", "{run}", "--out", "{new}/sub", "--no-progress"],
+     _new_a_file, "error: --out {new}/sub cannot be made: {new} is a file, not a folder; choose another --out"),
+    ("reproduce-out-a-file", ["reproduce", "--scale", "toy", "--out", "{new}", "--no-progress"], _new_a_file,
+     "error: --out {new} is a file, not a folder; choose another --out"),
+    ("reproduce-out-below-a-file", ["reproduce", "--scale", "toy", "--out", "{new}/report", "--no-progress"],
+     _new_a_file, "error: --out {new}/report cannot be made: {new} is a file, not a folder; choose another --out"),
 ]
 
 
@@ -169,6 +193,7 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(toy_runs, tmp_path, mo
         damage(ft if "{ft}" in argv else run)  # the run the command resumes
     monkeypatch.chdir(tmp_path)  # outputs that default to the working directory (evaluate's eval/) show up too
     argv = [a.format(run=run, ft=ft, new=tmp_path / "new") for a in argv]
+    needle = needle.format(new=tmp_path / "new")
     if argv[0] == "pretrain":
         # the corpus settings first, so that a case's own --set (a later override) wins
         argv = argv[:1] + (toy_data_args(toy_runs) if "--resume" not in argv or "--config" in argv else []) + argv[1:]

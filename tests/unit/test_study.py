@@ -5,6 +5,7 @@ tests/integration/test_reproduce.py."""
 import numpy as np
 import pytest
 
+from metatokens import cli
 from metatokens.study import runner
 from metatokens.study.design import SCALES
 from metatokens.study.runner import Pipeline
@@ -94,3 +95,55 @@ def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
     assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
     assert near_minus_far([0.5, 0.1], [0.2, 0.2]) == pytest.approx(0.4)
     assert near_minus_far([0.5, float("nan")], [0.2, 0.2]) is None
+
+
+# ----------------------------------------------------------------------------- stage processes stopped by a signal
+
+
+def test_a_stage_ended_by_sigint_is_told_apart_from_a_failure():
+    assert runner.ended_by_sigint(130) and runner.ended_by_sigint(-2)  # caught the Ctrl-C / killed by it
+    assert not any(runner.ended_by_sigint(code) for code in (None, 0, 1, 2, 143, -15, -9))
+
+
+class _EndedStage:
+    """A `reproduce --stage` process that has already ended with `code` (set per test)."""
+
+    code = 130
+    started: list = []
+
+    def __init__(self, cmd, **kwargs):
+        self.returncode = self.code
+        self.started.append(cmd[-1])
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+    def send_signal(self, sig):
+        raise AssertionError("an ended stage is not signalled")
+
+
+@pytest.mark.parametrize("code", [130, -2])
+def test_a_stage_stopped_by_ctrl_c_ends_reproduce_with_130_and_one_line(tmp_path, monkeypatch, capsys, code):
+    monkeypatch.setattr(runner.subprocess, "Popen", _EndedStage)
+    monkeypatch.setattr(_EndedStage, "code", code)
+    monkeypatch.setattr(_EndedStage, "started", [])
+    status = cli.main(["reproduce", "--scale", "toy", "--out", str(tmp_path / "report"), "--jobs", "2",
+                       "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 130, err
+    first = _EndedStage.started[0]
+    assert err == (f"metatokens reproduce: interrupted: {first} was stopped by SIGINT; the stages that finished are "
+                   "kept, and the same command continues from there\n")
+
+
+def test_a_stage_that_failed_otherwise_is_still_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner.subprocess, "Popen", _EndedStage)
+    monkeypatch.setattr(_EndedStage, "code", 1)
+    monkeypatch.setattr(_EndedStage, "started", [])
+    assert cli.main(["reproduce", "--scale", "toy", "--out", str(tmp_path / "report"), "--jobs", "2",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metatokens reproduce: error: {_EndedStage.started[0]} failed (exit 1): "), err

@@ -1,13 +1,15 @@
 """The training set-up without training: the schedule, optimiser groups, run settings and presets,
 the CLI's refusals before any step, and run folders' checkpoint pointers (made without training)."""
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
+import metatokens.training.loop as loop_mod
 from conftest import run_cli, toy_model
-from metatokens.errors import CheckpointError
+from metatokens.errors import CheckpointError, RunStopped, TrainingError
 from metatokens.training.config import TrainConfig, load_run_config
 from metatokens.training.setup import build_optimizer, lr_at
 
@@ -179,3 +181,45 @@ def test_new_run_refuses_a_folder_that_is_not_a_run(words_corpus, tmp_path):
     code, err = run_cli(*base, "--out", str(tmp_path / "file"))
     assert code == 2 and err.count("\n") == 1 and "not a folder" in err, err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (tmp_path / "file").read_text() == "x"
+
+
+# ----------------------------------------------------------------------------- an error a signal caused
+
+
+# How torch.compile reports a compile that a Ctrl-C broke (its C++ compiler or worker process died of it).
+FakeInductorError = type("InductorError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+
+
+def _flag(signum: int | None) -> loop_mod._StopFlag:
+    flag = loop_mod._StopFlag()
+    flag.stop, flag.signum = signum is not None, signum
+    return flag
+
+
+def _raised_through(flag, err: BaseException, run: Path, step: int = 4, compile_: bool = True) -> BaseException:
+    with pytest.raises(BaseException) as caught:
+        with loop_mod._stop_when_broken(flag, TrainConfig(compile=compile_), run, lambda: step):
+            raise err
+    return caught.value
+
+
+def test_an_error_after_a_signal_is_a_stop_and_without_one_a_failure(tmp_path):
+    broken = FakeInductorError("CppCompileError: C++ compile error")
+    assert loop_mod.broken_by_signal(broken, _flag(signal.SIGINT))
+    assert not loop_mod.broken_by_signal(broken, _flag(None))  # no signal: a real compile error
+    assert not loop_mod.broken_by_signal(TrainingError("loss became nan"), _flag(signal.SIGINT))  # ours: kept
+    assert not loop_mod.broken_by_signal(KeyboardInterrupt(), _flag(signal.SIGINT))  # a second Ctrl-C
+
+    assert _raised_through(_flag(None), broken, tmp_path) is broken
+    stop = _raised_through(_flag(signal.SIGINT), broken, tmp_path)
+    assert isinstance(stop, RunStopped) and stop.exit_code == 130 and not stop.resumable
+    assert str(stop) == ("stopped by SIGINT while compiling the model for step 5 (train.compile); nothing of it was "
+                         "saved (the run has no checkpoint yet)")
+    (tmp_path / "checkpoints" / "step-00000004").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "checkpoints" / "step-00000004" / name).write_text("{}")
+    stop = _raised_through(_flag(signal.SIGTERM), RuntimeError("DataLoader worker exited unexpectedly"), tmp_path,
+                           compile_=False)
+    assert isinstance(stop, RunStopped) and stop.exit_code == 143 and stop.resumable
+    assert str(stop) == (f"stopped by SIGTERM during step 5; nothing of it was saved (last checkpoint: "
+                         f"{tmp_path / 'checkpoints' / 'step-00000004'})")

@@ -23,10 +23,11 @@ from ..analysis.rate_distortion import (
     rate_distortion_analysis,
 )
 from ..analysis.residual import plot_residual, residual_analysis
+from ..errors import AnalysisError
 from ..fileio import atomic_write_text
 from ..plotting import model_label
 from ..tasks.registry import get_task, make_examples
-from .common import beside_model
+from .common import beside_model, check_out_folder
 
 DEFAULT_OUT = "analysis"
 
@@ -86,7 +87,9 @@ def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
 
 
 def _out(args) -> Path:
-    return Path(args.out) if args.out else beside_model(args.checkpoint, DEFAULT_OUT)
+    """The output folder, checked before any work (a file there would fail only at the end)."""
+    out = Path(args.out) if args.out else beside_model(args.checkpoint, DEFAULT_OUT)
+    return check_out_folder(out, AnalysisError, "--out" if args.out else "the default output folder")
 
 
 def add_command(sub) -> None:
@@ -185,6 +188,7 @@ def _interval(h: dict[str, Any] | None) -> str:
 
 
 def run_entropy(args) -> int:
+    out = _out(args)
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.window < 0:
         raise ValueError(f"--window must be >= 0, got {args.window}")
@@ -198,11 +202,12 @@ def run_entropy(args) -> int:
           " (a meta-token attends only to itself and earlier meta-tokens: 0 where a prompt holds one)")
     if result["max_logit_boost"] is not None:
         print(f"max-logit boost, real minus zeroed meta embedding: {_interval(result['max_logit_boost'])}")
-    _finish(_out(args), "entropy", result, plot_entropy, _title(folder, args, "attention entropy"))
+    _finish(out, "entropy", result, plot_entropy, _title(folder, args, "attention entropy"))
     return 0
 
 
 def run_ablate(args) -> int:
+    out = _out(args)
     tasks = _check_task_args([t.strip() for t in args.task.split(",") if t.strip()], args.difficulty)
     if not tasks:
         raise ValueError("--task needs at least one task name")
@@ -214,7 +219,6 @@ def run_ablate(args) -> int:
     result = {"settings": _settings(args, folder, model, tasks=tasks), **result}
     table = markdown_table(result)
     print("exact match (%), change from the full model in parentheses:\n" + table, end="")
-    out = _out(args)
     out.mkdir(parents=True, exist_ok=True)
 
     title = f"{model_label(folder)}: ablations at meta positions ({args.difficulty}, {args.split}, n={args.n})"
@@ -224,6 +228,7 @@ def run_ablate(args) -> int:
 
 
 def run_residual(args) -> int:
+    out = _out(args)
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.lens_examples < 0:
         raise ValueError(f"--lens-examples must be >= 0, got {args.lens_examples}")
@@ -241,11 +246,12 @@ def run_residual(args) -> int:
     probs = result["logit_lens"]["answer_first_token_prob"]["mean"]
     print("logit lens, answer's first token at the last meta-token, mean prob by layer: "
           + " ".join(f"{p:.3f}" for p in probs))
-    _finish(_out(args), "residual", result, plot_residual, _title(folder, args, "residual stream"))
+    _finish(out, "residual", result, plot_residual, _title(folder, args, "residual stream"))
     return 0
 
 
 def run_rate_distortion(args) -> int:
+    out = _out(args)
     (args.task,) = _check_task_args([args.task], args.difficulty)
     n_test = args.n if args.n_test is None else args.n_test
     if n_test < 0:
@@ -268,5 +274,5 @@ def run_rate_distortion(args) -> int:
     for k, beta in enumerate(result["betas"]):
         cells = [f"{c[k][prefix + 'rate']:.3f} / {c[k][prefix + 'distortion']:.3f}" for c in result["curves"].values()]
         print(f"{beta:>6g}" + "".join(f"{c:>28}" for c in cells))
-    _finish(_out(args), "rate_distortion", result, plot_rate_distortion, _title(folder, args, "rate-distortion"))
+    _finish(out, "rate_distortion", result, plot_rate_distortion, _title(folder, args, "rate-distortion"))
     return 0

@@ -15,6 +15,22 @@ from ..runs.checkpoints import check_resume_steps
 from ..runs.folder import read_run_json
 
 
+def check_out_folder(path: str | Path, error: type[Exception], name: str = "--out") -> Path:
+    """`path` as an output folder (`name` says where it came from), refused in one line (as `error`) before
+    any work when it, or a folder above it, is a file: making it would fail only at the end, with a bare
+    [Errno 17] or [Errno 20]."""
+    path = Path(path)
+    for above in (path, *path.parents):
+        if above.is_dir():
+            break
+        if above.exists() or above.is_symlink():
+            what = "is a file, not a folder" if above.is_file() else "exists and is not a folder"
+            where = what if above == path else f"cannot be made: {above} {what}"
+            hint = "choose another --out" if name == "--out" else "choose a folder with --out"
+            raise error(f"{name} {path} {where}; {hint}")
+    return path
+
+
 def beside_model(path: str | Path, name: str) -> Path:
     """Default output folder of a command that reads a model: `name` inside the run the model
     belongs to (a checkpoint folder RUN/checkpoints/step-N counts as RUN), as litgpt writes an
@@ -41,15 +57,16 @@ def check_training_flags(args, steps: int | None, run_keys: tuple[str, ...] = ()
 
 def run_training(command: str, out: str, train: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> int:
     """Run `train` (a pre-training or fine-tuning) and end as both commands do: a stop by SIGINT/SIGTERM
-    says how to continue and exits 128 + the signal; a finished run prints its step and `keys`.
+    says how to continue (resume, or start again when the run has no checkpoint) and exits 128 + the signal; a finished run prints its step and `keys`.
     Under torchrun only the main process prints."""
     main = os.environ.get("RANK", "0") == "0"
     try:
         summary = train()
     except RunStopped as stop:
         if main:
-            print(f"metatokens {command}: {stop}; continue with: metatokens {command} --out {out} --resume",
-                  file=sys.stderr)
+            then = f"continue with: metatokens {command} --out {out} --resume" if stop.resumable else \
+                "run the same command to start again"
+            print(f"metatokens {command}: {stop}; {then}", file=sys.stderr)
         return stop.exit_code
     if main:
         shown = [k for k in keys if k in summary]
@@ -60,7 +77,9 @@ def run_training(command: str, out: str, train: Callable[[], dict[str, Any]], ke
 def hide_transformers_progress() -> None:
     """--no-progress covers the loading bars of transformers too, where it is installed."""
     try:
-        from transformers.utils import logging as hf_logging  # optional dependency: transformers (metatokens[hf])
+        from transformers.utils import (
+            logging as hf_logging,  # optional dependency: transformers (metatokens[hf])
+        )
     except ImportError:
         return
     hf_logging.disable_progress_bar()

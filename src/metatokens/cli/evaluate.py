@@ -9,8 +9,7 @@ from ..evaluation.loading import load_model, unique_names
 from ..evaluation.perplexity import evaluate_perplexity
 from ..evaluation.report import perplexity_markdown, task_markdown, write_report
 from ..evaluation.tasks import evaluate_task
-from .common import beside_model
-from .common import hide_transformers_progress
+from .common import beside_model, hide_transformers_progress
 
 
 def _lengths(text: str) -> list[int]:

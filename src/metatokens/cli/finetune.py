@@ -5,8 +5,7 @@ from __future__ import annotations
 from ..errors import FinetuneError
 from ..training.finetune import make_train_config, parse_overrides, run_finetune
 from ..training.task_batches import TaskSpec
-from .common import check_training_flags, run_training
-from .common import hide_transformers_progress
+from .common import check_training_flags, hide_transformers_progress, run_training
 
 
 def add_command(sub) -> None:

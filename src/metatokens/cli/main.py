@@ -2,7 +2,7 @@
 
 Each workflow module exposes `add_command(subparsers)`, which adds its parser and sets
 `func(args) -> int`. A refusal raises a `metatokens.errors.MetatokensError` (or a ValueError / OSError
-for bad input met elsewhere), printed here as one line with exit status 2.
+for bad input met elsewhere), printed here as one line with exit status 2. A Ctrl-C is one line and 130.
 Set METATOKENS_DEBUG=1 to see the traceback instead.
 """
 
@@ -68,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("metatokens: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        # Ctrl-C: one line, exit 130. A stop that says more (a study whose stage was stopped, a run that
+        # saved a checkpoint) gives its own line and, for RunStopped, the status of its signal.
+        said = " ".join(str(stop).split())
+        print(f"metatokens {args.command}: {said}" if said else "metatokens: interrupted", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     except (MetatokensError, ValueError, OSError) as err:
         # Our refusals, bad input met by a library (a ValueError) and missing or unwritable files
         # are one line. Anything else, a RuntimeError from PyTorch say, is a bug or an environment

@@ -11,6 +11,7 @@ from ..fileio import output_lock
 from ..study.design import SCALES
 from ..study.output import claim_study_folder
 from ..study.runner import Pipeline, default_jobs
+from .common import check_out_folder
 
 
 def add_command(sub) -> None:
@@ -51,6 +52,7 @@ def run(args) -> int:
         if jobs < 1:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
     resolve_device(args.device)  # a device this machine lacks is refused before anything is written
+    check_out_folder(args.out, StudyError)  # a file there would fail at the first stage, with a bare errno
     progress = not args.no_progress and sys.stderr.isatty()
     out = Path(args.out)
     pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_write_text, fsync_dir, json_sha256
+from ..fileio import atomic_write_text, fsync_dir, json_sha256, writing
 from ..progress import progress_bar
 from ..tokenizer.meta import MetaTokenizer
 from .corpora import corpus_fingerprint, iter_documents
@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for 
 
 # Bump whenever the file layout or the split rule changes: old cache entries are then ignored.
 CACHE_FORMAT = 1
+CACHE_ELSEWHERE = "set data.cache_dir to another disk"  # what to do when the cache's disk is full
 # Documents per encode_batch call, and a cap on their characters, so memory stays bounded
 # while `tokenizers` still gets enough work to parallelise.
 _BATCH_DOCUMENTS = 1024
@@ -287,50 +288,52 @@ def prepare_data(
     cached = _load_entry(folder, key)
     if cached is not None:
         return cached
-    folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder):
-        cached = _load_entry(folder, key)  # another process may have finished while we waited
-        if cached is not None:
-            return cached
-        # Invalidate first: from here until the new meta.json lands, the entry reads as incomplete.
-        (folder / "meta.json").unlink(missing_ok=True)
-        dtype = token_dtype(tokenizer.vocab_size)
-        train, val = _SplitWriter(folder, "train", dtype), _SplitWriter(folder, "val", dtype)
-        try:
-            rule = _tokenise_into(
-                iter_documents(source, **corpus_options),
-                tokenizer,
-                train,
-                val,
-                val_fraction=val_fraction,
-                progress=progress,
-                desc=f"tokenising {source}",
-            )
-            meta = {
-                "format": CACHE_FORMAT,
-                "key": key,
-                "source": os.fspath(source),
-                **corpus_options,
-                "corpus_fingerprint": fingerprint,
-                "tokenizer_sha256": tok_hash,
-                "vocab_size": tokenizer.vocab_size,
-                "eos_token_id": tokenizer.eos_token_id,
-                "meta_token_id": tokenizer.meta_token_id,
-                "dtype": dtype.name,
-                "val_fraction": val_fraction,
-                "val_every": stride,
-                "val_split": rule,
-            }
-            for name, writer in (("train", train), ("val", val)):
-                meta[f"{name}_tokens"] = writer.tokens
-                meta[f"{name}_documents"] = writer.documents
-                meta[f"{name}_bytes"] = writer.bytes
-                _finish(writer.handle, folder / f"{name}.bin")
-            fsync_dir(folder)
-            atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        finally:
-            train.discard()  # no-op for files already moved into place
-            val.discard()
+    # The temporary token files are removed on any failure: a full disk leaves no half-written entry.
+    with writing(folder, instead=CACHE_ELSEWHERE):
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(folder):
+            cached = _load_entry(folder, key)  # another process may have finished while we waited
+            if cached is not None:
+                return cached
+            # Invalidate first: from here until the new meta.json lands, the entry reads as incomplete.
+            (folder / "meta.json").unlink(missing_ok=True)
+            dtype = token_dtype(tokenizer.vocab_size)
+            train, val = _SplitWriter(folder, "train", dtype), _SplitWriter(folder, "val", dtype)
+            try:
+                rule = _tokenise_into(
+                    iter_documents(source, **corpus_options),
+                    tokenizer,
+                    train,
+                    val,
+                    val_fraction=val_fraction,
+                    progress=progress,
+                    desc=f"tokenising {source}",
+                )
+                meta = {
+                    "format": CACHE_FORMAT,
+                    "key": key,
+                    "source": os.fspath(source),
+                    **corpus_options,
+                    "corpus_fingerprint": fingerprint,
+                    "tokenizer_sha256": tok_hash,
+                    "vocab_size": tokenizer.vocab_size,
+                    "eos_token_id": tokenizer.eos_token_id,
+                    "meta_token_id": tokenizer.meta_token_id,
+                    "dtype": dtype.name,
+                    "val_fraction": val_fraction,
+                    "val_every": stride,
+                    "val_split": rule,
+                }
+                for name, writer in (("train", train), ("val", val)):
+                    meta[f"{name}_tokens"] = writer.tokens
+                    meta[f"{name}_documents"] = writer.documents
+                    meta[f"{name}_bytes"] = writer.bytes
+                    _finish(writer.handle, folder / f"{name}.bin")
+                fsync_dir(folder)
+                atomic_write_text(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            finally:
+                train.discard()  # no-op for files already moved into place
+                val.discard()
     loaded = _load_entry(folder, key)
     if loaded is None:  # pragma: no cover - would mean the files changed under us
         raise DataError(f"{folder}: cache entry unreadable right after writing it; check the disk")
@@ -372,5 +375,6 @@ def train_tokenizer_on(
         show_progress=show_progress,
     )
     if path is not None:
-        tokenizer.save(path)  # atomic: a reader sees no file or a whole one
+        with writing(path, instead=CACHE_ELSEWHERE):
+            tokenizer.save(path)  # atomic: a reader sees no file or a whole one
     return tokenizer

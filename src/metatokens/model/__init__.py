@@ -12,8 +12,8 @@
 May import: errors (yarn.py only). config, positions, cache, gpt, family and hf_model are shipped
 inside exported Hugging Face folders as their model code, so they import nothing outside model/.
 """
+from .cache import KVCache
 from .config import ConfigError, ModelConfig, YarnConfig
 from .gpt import GPT
-from .cache import KVCache
 
 __all__ = ["GPT", "KVCache", "ConfigError", "ModelConfig", "YarnConfig"]

@@ -48,6 +48,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     folder = run_dir / "checkpoints"
     pointer = folder / "LATEST"
     named = None
+    if pointer.is_dir() or (pointer.exists() and not pointer.is_file()):
+        # A save would fail to replace it only after training, with a bare [Errno 21]: refuse it now.
+        what = "a folder" if pointer.is_dir() else "not a regular file"
+        raise CheckpointError(f"{pointer} is {what}, not the file naming the latest checkpoint; remove it "
+                              "(the newest complete checkpoint is then used)")
     if pointer.is_file():
         name = pointer.read_text(encoding="utf-8", errors="replace").strip()
         if not STEP_NAME.fullmatch(name):

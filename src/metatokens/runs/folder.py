@@ -33,6 +33,7 @@ from ..fileio import (
     read_json_object,
     same_file,
     unlock,
+    writing,
 )
 from .checkpoints import STEP_NAME, latest_checkpoint
 
@@ -161,7 +162,13 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
         _validate_run_dir(run_dir, resume, error)
         return
     held = run_dir.resolve() in _CLAIMS
-    claim = _lock_run_dir(run_dir, error)
+    try:
+        # Writing the lock is the run's first write: a full disk is refused here, before any work.
+        with writing(run_dir / LOCK_FILE, instead=None if resume else "choose another --out"):
+            claim = _lock_run_dir(run_dir, error)
+    except BaseException:
+        _remove_empty(created)
+        raise
     claim.new, claim.created = not resume, claim.created or created
     try:
         _validate_run_dir(run_dir, resume, error)

@@ -26,9 +26,11 @@ processes, each with its share of the cores (`metatokens reproduce --stage` runs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +72,12 @@ def early_first(todo: list[tuple[int, StageSpec]], scale: Scale) -> list[tuple[i
             order.remove(early)
             order.insert(first, early)
     return order
+
+
+def ended_by_sigint(returncode: int | None) -> bool:
+    """Whether a stage process ended because of SIGINT: killed by it (-2), or it caught the Ctrl-C and
+    exited 130 as `metatokens` does (a training stage after saving a checkpoint)."""
+    return returncode in (-signal.SIGINT, 128 + signal.SIGINT)
 
 
 def default_jobs(device: str) -> int:
@@ -203,6 +211,7 @@ class Pipeline(Stages):
         running: dict[str, tuple[subprocess.Popen, int, StageSpec, float, Any]] = {}
         failed: list[str] = []
         pending = early_first(todo, self.scale)
+        interrupted = False
         try:
             while pending or running:
                 if not failed:
@@ -236,6 +245,9 @@ class Pipeline(Stages):
                         continue
                     log_file.close()
                     del running[name]
+                    if ended_by_sigint(proc.returncode):  # a Ctrl-C reached the stage: this command stops too
+                        raise KeyboardInterrupt(f"interrupted: {name} was stopped by SIGINT; the stages that finished "
+                                                "are kept, and the same command continues from there")
                     rec = self.finished(spec)
                     if proc.returncode != 0 or rec is None:
                         tail = _last_line(Path(log_file.name))
@@ -246,9 +258,19 @@ class Pipeline(Stages):
                     done[spec.seed, spec.name] = rec
                     self.records.append(rec)
                     self.log(f"[{i}/{total}] {name}: done in {rec.wall_s:.0f} s")
+        except KeyboardInterrupt:
+            # The stages still running most likely had the same Ctrl-C: a few seconds to save and end by
+            # themselves (a second signal would stop a training stage at once), then a SIGINT of their own.
+            interrupted = True
+            deadline = time.monotonic() + 5
+            for proc, *_ in running.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            raise
         finally:
-            for proc, *_ in running.values():  # interrupted: stop the stages still running, and wait for them
-                proc.terminate()
+            for proc, *_ in running.values():  # stop the stages still running, and wait for them
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT if interrupted else signal.SIGTERM)
             for proc, *_ in running.values():
                 try:
                     proc.wait(timeout=30)

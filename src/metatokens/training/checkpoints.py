@@ -3,13 +3,14 @@ optimiser state, the RNG states and the data position, all checksummed in traine
 
 A checkpoint is written under a temporary name and renamed into place, then LATEST is updated, so
 a kill at any moment leaves the last complete checkpoint loadable; resuming restores every state
-bit for bit. NaN weights are never saved; a full disk is reported in one line.
+bit for bit. NaN weights are never saved; a full disk (or a file-size limit) is reported in one line.
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, TrainingError, one_line
+from ..errors import CheckpointError, DiskFullError, TrainingError, one_line
 from ..fileio import atomic_write_text
 from ..model.family import build_model
 from ..model.gpt import GPT
@@ -30,8 +31,6 @@ try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
     fcntl = None
-import errno
-
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -103,29 +102,36 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, tokenizer, 
                 snapshot.save_folder(folder, tokenizer, extra={"step": step}, write_extra=write_extra)
             else:
                 save_pretrained(folder, snapshot, tokenizer, extra={"step": step}, write_extra=write_extra)
-        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-            if not _disk_full(err, run_dir):
+            try:
+                atomic_write_text(run_dir / "checkpoints" / "LATEST", folder.name + "\n")
+            except DiskFullError:
+                if _named_by_latest(run_dir) != folder.name:  # a checkpoint LATEST does not name is not kept
+                    shutil.rmtree(folder, ignore_errors=True)
                 raise
-            last = latest_checkpoint(run_dir)
-            raise TrainingError(f"no space left on device while saving step {step} in {run_dir / 'checkpoints'} "
-                                f"({shutil.disk_usage(run_dir).free / 2**20:,.0f} MiB free); nothing of it was kept "
-                                f"(last good checkpoint: {last if last else 'none'}); free space, then --resume") from None
-        atomic_write_text(run_dir / "checkpoints" / "LATEST", folder.name + "\n")
+        except DiskFullError as err:
+            raise TrainingError(_not_saved(err, run_dir, step)) from None
         _prune(run_dir / "checkpoints", cfg.keep_last)
     d.barrier()
     return folder
 
 
-def _disk_full(err: BaseException, where: Path) -> bool:
-    """Whether a failed write ran out of space: ENOSPC, or (torch.save's RuntimeError says only
-    "file write failed") a file system with almost nothing left."""
-
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+def _named_by_latest(run_dir: Path) -> str | None:
     try:
-        return shutil.disk_usage(where).free < 64 * 2**20
+        return (run_dir / "checkpoints" / "LATEST").read_text(encoding="utf-8").strip()
     except OSError:
-        return False
+        return None
+
+
+def _not_saved(err: DiskFullError, run_dir: Path, step: int) -> str:
+    """The one line of a checkpoint that ran out of room (atomic_folder removed what was written of it)."""
+    free = ""
+    if err.kind != "EFBIG":
+        with suppress(OSError):
+            free = f" ({shutil.disk_usage(run_dir).free / 2**20:,.0f} MiB free)"
+    last = latest_checkpoint(run_dir)
+    then = "then --resume" if last else "then start the run again (it has no checkpoint to resume from)"
+    return (f"{err.reason} while saving step {step} in {run_dir / 'checkpoints'}{free}; nothing of it was kept "
+            f"(last good checkpoint: {last if last else 'none'}); {err.remedy}, {then}")
 
 
 CHECKPOINT_EXTRA = ("optimizer.pt", "rng.safetensors")  # written by save_checkpoint, checksummed in trainer_state.json

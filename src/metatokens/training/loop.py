@@ -30,7 +30,14 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import CheckpointError, RunDirError, RunStopped, TrainingError
+from ..errors import (
+    CheckpointError,
+    MetatokensError,
+    RunDirError,
+    RunStopped,
+    TrainingError,
+)
+from ..fileio import writing
 from ..model.config import IGNORE_INDEX
 from ..model.gpt import GPT
 from ..runs.checkpoints import latest_checkpoint
@@ -71,7 +78,7 @@ class BatchSource(Protocol):
 
 class _StopFlag:
     """SIGINT/SIGTERM set a flag (and `signum`, the signal); the loop saves a checkpoint after the
-    current step and raises RunStopped."""
+    current step and raises RunStopped (or at once, when the signal broke the step: `_stop_when_broken`)."""
 
     def __init__(self) -> None:
         self.stop = False
@@ -92,6 +99,29 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def broken_by_signal(err: BaseException, flag: _StopFlag) -> bool:
+    """Whether `err`, raised in a step, is the signal's doing rather than a failure: a signal has come, and
+    the error is not one of ours. A Ctrl-C reaches the whole process group, so torch.compile's worker
+    processes (and the C++ compilers they run) die of it, and the compile in this process then fails with
+    an InductorError; DataLoader workers die alike. Without a signal the same error is a real failure."""
+    return flag.stop and isinstance(err, Exception) and not isinstance(err, MetatokensError)
+
+
+@contextlib.contextmanager
+def _stop_when_broken(flag: _StopFlag, cfg: TrainConfig, run_dir: Path, step: Callable[[], int]):
+    """Raise an error that a signal caused in the loop (`broken_by_signal`) as RunStopped, nothing of the
+    step saved: one line and 128 + the signal, as any other stop, instead of the error's traceback."""
+    try:
+        yield
+    except Exception as err:
+        if not broken_by_signal(err, flag):
+            raise
+        compiling = cfg.compile and type(err).__module__.startswith(("torch._inductor", "torch._dynamo"))
+        broke = f"while compiling the model for step {step() + 1} (train.compile)" if compiling else ""
+        raise RunStopped(step(), flag.signum or signal.SIGINT, None, broke=broke,
+                         last=latest_checkpoint(run_dir)) from None
 
 
 class MetricLog:
@@ -119,8 +149,10 @@ class MetricLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        # A line cut off by a full disk is dropped when the run resumes (runs.folder.truncate_metrics).
+        with writing(self.file, instead=None, kept="the run stopped; its checkpoints are kept"):
+            with open(self.file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
         step = row["step"]
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
@@ -225,7 +257,7 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     head = {"logits": False} if getattr(model, "loss_only_forward", False) else {}
     model.train()
     step, stopped_by = start, None
-    with _StopFlag() as flag:
+    with _StopFlag() as flag, _stop_when_broken(flag, cfg, run_dir, lambda: step):
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             lr = lr_at(step, cfg)
