@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+import metatokens.fileio as fileio
 import metatokens.runs.folder as folder_mod
 from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, run_cli
 from metatokens.errors import DiskFullError
@@ -151,7 +152,8 @@ def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_nothing(toy_ru
 
 
 class _NoSpaceOs:
-    """`os` as runs/folder.py sees it on a disk with no space left: the lock file opens, its pid write fails."""
+    """`os` as fileio.lock_exclusively sees it on a disk with no space left: the lock file opens, its pid
+    write fails."""
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -165,7 +167,7 @@ def test_a_full_disk_at_the_lock_refuses_a_resume_and_leaves_no_lock(toy_runs, t
     run = tmp_path / "run"
     shutil.copytree(toy_runs / "run", run)
     before = snapshot(tmp_path, toy_runs)
-    monkeypatch.setattr(folder_mod, "os", _NoSpaceOs())
+    monkeypatch.setattr(fileio, "os", _NoSpaceOs())
     code, err = run_cli("pretrain", "--out", str(run), "--resume", "--max-steps", str(TOY_RUN_STEPS + 2),
                         "--no-progress")
     assert code == 2, err
@@ -178,7 +180,7 @@ def test_a_full_disk_at_the_lock_refuses_a_resume_and_leaves_no_lock(toy_runs, t
 def test_a_full_disk_at_the_lock_of_a_new_run_removes_the_folders_it_made(toy_runs, tmp_path, monkeypatch):
     out = tmp_path / "new" / "ft"
     before = snapshot(tmp_path, toy_runs)
-    monkeypatch.setattr(folder_mod, "os", _NoSpaceOs())
+    monkeypatch.setattr(fileio, "os", _NoSpaceOs())
     code, err = run_cli("finetune", "--from-scratch", "toy", "--tokenizer", str(toy_runs / "run" / "tokenizer.json"),
                         "--set", "model.block_size=256", "--max-len", "160", "--steps", "2", "--batch-size", "2",
                         "--eval-n", "2", "--out", str(out), "--no-progress")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..devices import resolve_device
-from ..errors import RunStopped
+from ..errors import RunDirError, RunStopped
 from ..runs.checkpoints import check_resume_steps
 from ..runs.folder import read_run_json
 
@@ -45,9 +45,15 @@ def beside_model(path: str | Path, name: str) -> Path:
 
 def check_training_flags(args, steps: int | None, run_keys: tuple[str, ...] = ()) -> None:
     """What `pretrain` and `finetune` refuse in one line before any work: a bad --device, and with
-    --resume a damaged run.json (it must hold `run_keys`) or a step count the run is already past."""
+    --resume a flag that picks a new run's model (--init, --from-scratch, --hf-model, --tokenizer), a
+    damaged run.json (it must hold `run_keys`) or a step count the run is already past."""
     if args.device:
         resolve_device(args.device)
+    sources = {"--init": "init", "--from-scratch": "from_scratch", "--hf-model": "hf_model", "--tokenizer": "tokenizer"}
+    given = [flag for flag, name in sources.items() if getattr(args, name, None)]
+    if args.resume and given:  # the library ignores them on resume: say so rather than drop them silently
+        raise RunDirError(f"{' and '.join(given)} choose{'s' if len(given) == 1 else ''} the model of a new run, but "
+                          f"--resume continues {args.out} from its own checkpoint and settings; drop one of them")
     if args.resume and (Path(args.out) / "run.json").exists():
         if run_keys:
             read_run_json(args.out, *run_keys)

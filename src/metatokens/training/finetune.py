@@ -178,11 +178,6 @@ def run_finetune(
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
 
-    sources = {"--init": init, "--from-scratch": from_scratch, "--hf-model": hf_model, "--tokenizer": tokenizer_path}
-    given = [flag for flag, value in sources.items() if value]
-    if resume and given:
-        raise FinetuneError(f"{' and '.join(given)} choose the model of a new run, but --resume continues {out} from "
-                            "its own checkpoint and settings; drop one of them")
     d = setup_distributed(train_cfg.device)
     with RunFolder(out, resume=resume, error=FinetuneError) as folder:
         return _finetune(folder, spec, train_cfg, d, init=init, from_scratch=from_scratch, hf_model=hf_model,

@@ -111,9 +111,6 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
 
     A new run that fails before its first checkpoint leaves nothing behind.
     """
-    if resume and init:
-        raise RunDirError(f"--init {init} starts a new run from a model, but --resume continues {out} from its own "
-                          "checkpoint; drop one of them")
     d = setup_distributed(cfg.train.device)
     with RunFolder(out, resume=resume) as folder:
         return _pretrain(cfg, folder, d, resume=resume, init=init, progress=progress)
