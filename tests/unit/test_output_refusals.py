@@ -99,6 +99,22 @@ def test_reproduce_refuses_a_study_of_another_scale(tmp_path, marked):
     assert snapshot(tmp_path) == before
 
 
+def test_report_only_accepts_committed_results_with_a_readme_but_needs_stages(tmp_path):
+    """--report-only writes REPORT.md and figures/ only: a results folder may hold a README beside them."""
+    from metatokens.study.output import claim_study_folder
+
+    out = tmp_path / "results"
+    (out / "stages").mkdir(parents=True)
+    (out / "README.md").write_text("what these results are")
+    (out / "REPORT.md").write_text("Scale `tiny` (about an hour per seed)\n")
+    claim_study_folder(out, "tiny", report_only=True)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "REPORT.md", "stages"]  # no study.json added
+    with pytest.raises(StudyError, match="scale tiny"):
+        claim_study_folder(out, "toy", report_only=True)
+    with pytest.raises(StudyError, match="no stages/"):
+        claim_study_folder(tmp_path / "empty", "tiny", report_only=True)
+
+
 def test_claiming_a_study_folder_records_its_scale_and_accepts_it_again(tmp_path):
     from metatokens.study.output import claim_study_folder, study_scale
 

@@ -61,7 +61,7 @@ def run(args) -> int:
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
     with output_lock(out, StudyError):  # one study writes a folder at a time, from its check to its end
-        claim_study_folder(out, args.scale, write=not args.report_only)
+        claim_study_folder(out, args.scale, report_only=args.report_only)
         report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

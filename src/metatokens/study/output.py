@@ -37,11 +37,21 @@ def study_scale(out: Path) -> str | None:
     return None
 
 
-def claim_study_folder(out: Path, scale: str, *, write: bool = True) -> None:
-    """Refuse `out` unless it is new, empty, or this scale's study folder; then (with `write`) record
-    the scale in study.json. Nothing is written when it refuses."""
+def claim_study_folder(out: Path, scale: str, *, report_only: bool = False) -> None:
+    """Refuse `out` unless it is new, empty, or this scale's study folder; then record the scale in
+    study.json. With `report_only` (which writes REPORT.md and figures/ only, from finished stages) the
+    folder may hold other files too, such as a README beside committed results, and gets no study.json;
+    it must hold stages. Nothing is written when it refuses."""
     if out.exists() and not out.is_dir():
         raise StudyError(f"--out {out} is a file, not a folder; choose a folder for the study")
+    if report_only:
+        if not (out / "stages").is_dir():
+            raise StudyError(f"--out {out} holds no stages/ of a study; --report-only writes a report from finished "
+                             "stages (run the study first, or give the folder that holds them)")
+        found = study_scale(out)
+        if found is not None and found != scale:
+            raise StudyError(f"--out {out} holds a study at scale {found}; use --scale {found}")
+        return
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in STUDY_NAMES)
         if foreign:
@@ -52,6 +62,6 @@ def claim_study_folder(out: Path, scale: str, *, write: bool = True) -> None:
         if found is not None and found != scale:
             raise StudyError(f"--out {out} holds a study at scale {found}; a {scale} study there would replace its "
                              f"stages: choose another --out, or run --scale {found} to continue it")
-    if write and not (out / STUDY_MARKER).is_file():
+    if not (out / STUDY_MARKER).is_file():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / STUDY_MARKER, json.dumps({"format": STUDY_FORMAT, "scale": scale}) + "\n")
