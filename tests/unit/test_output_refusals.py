@@ -12,6 +12,7 @@ import torch
 from conftest import run_cli, toy_data_args
 
 from metatokens.errors import StudyError
+from metatokens.fileio import output_lock
 from metatokens.model.config import ConfigError
 from metatokens.training.config import load_run_config
 
@@ -176,3 +177,17 @@ def test_no_progress_also_hides_the_loading_bars_of_transformers():
         assert not hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_an_analysis_into_a_folder_another_command_is_writing_is_refused(toy_runs, tmp_path):
+    """flock is per open file, so a lock held here stands for another process (tested with two in the
+    integration layer): the analysis is refused before any work and writes nothing."""
+    from metatokens.errors import AnalysisError
+
+    out = tmp_path / "analysis"
+    with output_lock(out, AnalysisError):
+        code, err = run_cli("analyze", "entropy", "--checkpoint", str(toy_runs / "ft"), "--task", "list_recall",
+                            "--length", "160", "--n", "2", "--out", str(out), "--no-progress")
+    assert code == 2
+    one_line(err, "analyze", "being written by another metatokens process")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

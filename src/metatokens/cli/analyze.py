@@ -24,7 +24,7 @@ from ..analysis.rate_distortion import (
 )
 from ..analysis.residual import plot_residual, residual_analysis
 from ..errors import AnalysisError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, output_lock
 from ..plotting import model_label
 from ..tasks.registry import get_task, make_examples
 from .common import beside_model, check_out_folder
@@ -86,6 +86,16 @@ def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _holding_out(run):
+    """`run` with its output folder held for its whole life: a second analysis writing there is refused."""
+
+    def held(args) -> int:
+        with output_lock(_out(args), AnalysisError):
+            return run(args)
+
+    return held
+
+
 def _out(args) -> Path:
     """The output folder, checked before any work (a file there would fail only at the end)."""
     out = Path(args.out) if args.out else beside_model(args.checkpoint, DEFAULT_OUT)
@@ -106,19 +116,19 @@ def add_command(sub) -> None:
                    help="'nearby' control: non-meta queries within this many positions of a meta-token (default: 16)")
     e.add_argument("--no-boost", action="store_true",
                    help="skip the max-logit boost (one forward pass less per example)")
-    e.set_defaults(func=run_entropy)
+    e.set_defaults(func=_holding_out(run_entropy))
 
     a = inner.add_parser("ablate", help="accuracy with the meta position or embedding zeroed, beside the full model")
     _common(a, many=True, n=100)
     a.add_argument("--batch-size", type=_positive_int, default=16, help="examples per forward pass (default: 16)")
-    a.set_defaults(func=run_ablate)
+    a.set_defaults(func=_holding_out(run_ablate))
 
     r = inner.add_parser("residual", help="cosine similarity vs distance at meta-tokens; logit lens at meta positions")
     _common(r)
     r.add_argument("--top-k", type=_positive_int, default=5, help="tokens per layer in the logit lens (default: 5)")
     r.add_argument("--lens-examples", type=int, default=5, metavar="N",
                    help="examples whose lens is written out in full (default: 5)")
-    r.set_defaults(func=run_residual)
+    r.set_defaults(func=_holding_out(run_residual))
 
     d = inner.add_parser("rate-distortion", help="information bottleneck probe on frozen hidden states, beta sweep")
     _common(d, split=False)
@@ -133,7 +143,7 @@ def add_command(sub) -> None:
     d.add_argument("--samples", type=_positive_int, default=32, help="draws of z when measuring distortion (default: 32)")
     d.add_argument("--layer", type=int, default=None,
                    help="probe the residual after this block (0 = embeddings) instead of the final hidden state")
-    d.set_defaults(func=run_rate_distortion)
+    d.set_defaults(func=_holding_out(run_rate_distortion))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ..devices import resolve_device
+from ..errors import EvaluationError
 from ..evaluation.loading import load_model, unique_names
 from ..evaluation.perplexity import evaluate_perplexity
 from ..evaluation.report import perplexity_markdown, task_markdown, write_report
 from ..evaluation.tasks import evaluate_task
+from ..fileio import output_lock
 from .common import beside_model, hide_transformers_progress
 
 
@@ -108,6 +110,8 @@ def run(args) -> int:
                                      hf_config=args.hf_config, split=args.split, yarn_scale=args.yarn_scale,
                                      device=args.device, progress=progress)
         print(perplexity_markdown(result), end="")
-    paths = write_report(result, args.out or beside_model(args.checkpoint[0], "eval"))
+    out = args.out or beside_model(args.checkpoint[0], "eval")
+    with output_lock(out, EvaluationError):  # one writer of the folder at a time
+        paths = write_report(result, out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
