@@ -11,6 +11,7 @@ works on its own copy of it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -170,6 +171,16 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def snapshot(*folders: Path) -> dict[str, str | None]:
+    """Every file (its SHA-256) and folder under `folders`, hidden ones included: what "nothing was
+    changed" means in the tests of refusals."""
+    found: dict[str, str | None] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return found
 
 
 def capture_figures(monkeypatch, module) -> list:

@@ -10,7 +10,6 @@ tests/unit/test_disk_full.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import shutil
@@ -21,20 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, subprocess_env
+from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, snapshot, subprocess_env
 
 LIMIT = 100_000  # bytes: the toy model's weights (about 200 kB) do not fit, its settings do
 # (the words corpus' token cache, about 25 kB, fits too: 10 kB stops it)
 TOO_BIG = "a file grew past this process's file-size limit (ulimit -f)"
-
-
-def snapshot(*folders: Path) -> dict[str, str | None]:
-    """Every file (its SHA-256) and folder under `folders`, hidden ones included."""
-    found: dict[str, str | None] = {}
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-    return found
 
 
 def metatokens_limited(*args, limit: int = LIMIT) -> tuple[int, str]:

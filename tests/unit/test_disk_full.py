@@ -11,7 +11,6 @@ tests/integration/test_disk_full_processes.py.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -20,27 +19,17 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-import torch
 from safetensors import SafetensorError
 
 import metatokens.fileio as fileio
 import metatokens.runs.folder as folder_mod
-from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, run_cli
+from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, run_cli, snapshot
 from metatokens.errors import DiskFullError
 from metatokens.fileio import atomic_folder, atomic_write_text, no_room, writing
 
 ENOSPC_TEXT = "Error while serializing: I/O error: No space left on device (os error 28)"
 EFBIG_TEXT = "Error while serializing: I/O error: File too large (os error 27)"
 FULL = "no space left on the device while writing {out}: free some space or choose another --out; nothing was changed"
-
-
-def snapshot(*folders: Path) -> dict[str, str | None]:
-    """Every file (its SHA-256) and folder under `folders`, hidden ones included."""
-    found: dict[str, str | None] = {}
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-    return found
 
 
 # ------------------------------------------------------------------------------------------ the decision

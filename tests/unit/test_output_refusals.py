@@ -3,24 +3,16 @@ in one line, before it writes anything; a second writer of the same output is re
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, toy_data_args
+from conftest import run_cli, snapshot, toy_data_args
 
 from metatokens.errors import StudyError
 from metatokens.fileio import output_lock
 from metatokens.model.config import ConfigError
 from metatokens.training.config import load_run_config
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` (hidden ones included) with its SHA-256: what 'unchanged' means."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
 
 
 def one_line(err: str, command: str, *needles: str) -> None:
