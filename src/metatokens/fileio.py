@@ -7,7 +7,6 @@ ends with one `errors.DiskFullError` line naming what it was writing, and nothin
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import hashlib
@@ -25,6 +24,10 @@ from safetensors import SafetensorError
 
 from .errors import DiskFullError, one_line
 
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked
+    fcntl = None
 try:
     import resource
 except ImportError:  # Windows: no file-size limit to read
@@ -90,10 +93,36 @@ def writing(path: str | Path, *, instead: str | None = "choose another --out",
             raise
         raise DiskFullError(kind, path, instead=instead, kept=kept) from None
 
-try:
-    import fcntl
-except ImportError:  # Windows: folders are not locked
-    fcntl = None
+
+def missing_folders(path: str | Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what making it will create."""
+    path = Path(path)
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path] | tuple[Path, ...]) -> None:
+    """Remove `folders` (deepest first) that are still empty; stop at the first one that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def check_out_folder(path: str | Path, error: type[Exception], name: str = "--out") -> Path:
+    """`path` as an output folder (`name` says where it came from), refused in one line (as `error`) before
+    any work when it, or a folder above it, is a file: making it would fail only at the end, with a bare
+    [Errno 17] or [Errno 20]."""
+    path = Path(path)
+    for above in (path, *path.parents):
+        if above.is_dir():
+            break
+        if above.exists() or above.is_symlink():
+            what = "is a file, not a folder" if above.is_file() else "exists and is not a folder"
+            where = what if above == path else f"cannot be made: {above} {what}"
+            hint = "choose another --out" if name == "--out" else "choose a folder with --out"
+            raise error(f"{name} {path} {where}; {hint}")
+    return path
 
 
 def read_json_object(file: str | Path, error: type[Exception], *, missing: str, damaged: str) -> dict[str, Any]:
@@ -176,7 +205,7 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; on success it replaces `final`, on error it is removed
     (a write that ran out of room, in the block or while moving it into place, is a DiskFullError naming `final`)."""
     final = Path(final)
-    made = [p for p in final.parents if not p.exists()]  # deepest first: removed again on failure
+    made = missing_folders(final.parent)  # removed again on failure
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     with writing(final):
         try:
@@ -187,9 +216,7 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
             replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            for folder in made:
-                with suppress(OSError):
-                    folder.rmdir()  # only when still empty
+            remove_empty(made)
             raise
 
 
@@ -203,17 +230,18 @@ def same_file(fd: int, path: str | Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def lock_exclusively(lock: str | Path, refuse: Callable[[str], Exception]) -> int:
+def lock_exclusively(lock: str | Path, refuse: Callable[[str], Exception] | None) -> int:
     """An exclusive flock on the file `lock` (made if missing), held by this process until
     `unlock(fd, lock)`; the kernel drops it when the process dies, so a killed command never leaves a
-    stale lock. Another holder makes `refuse(who)` raise, `who` naming its pid when known. Where flock
-    is missing (Windows, some network mounts) nothing is locked. Returns the open file."""
+    stale lock. Another holder makes `refuse(who)` raise, `who` naming its pid when known; with
+    `refuse=None` this waits for it instead. Where flock is missing (Windows, some network mounts)
+    nothing is locked. Returns the open file."""
     if fcntl is None:
         return os.open(os.devnull, os.O_RDONLY)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if refuse is None else fcntl.LOCK_NB))
         except BlockingIOError:
             owner = os.read(fd, 32).decode("ascii", "replace").strip()
             os.close(fd)
@@ -235,7 +263,7 @@ def lock_exclusively(lock: str | Path, refuse: Callable[[str], Exception]) -> in
 def unlock(fd: int, lock: str | Path) -> None:
     """Remove the lock file (when it is still the one `fd` holds) and drop the lock."""
     if fcntl is not None and same_file(fd, lock):
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.unlink(lock)
     os.close(fd)
 
@@ -244,9 +272,10 @@ def unlock(fd: int, lock: str | Path) -> None:
 def output_lock(out: str | Path, error: type[Exception]) -> Iterator[None]:
     """Hold the output folder `out` exclusively for a whole command, its creation included: a lock file
     beside it (``.NAME.lock`` in its parent, made if missing), so that it also covers a folder written
-    under a temporary name and renamed into place. A second writer of the same folder is refused."""
-    out = Path(out)
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    under a temporary name and renamed into place. A second writer of the same folder is refused, and
+    so is an `out` that is (or lies below) a file."""
+    out = check_out_folder(out, error)  # before making its parents: a file in the way is one line
+    made = missing_folders(out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
     try:
@@ -257,11 +286,7 @@ def output_lock(out: str | Path, error: type[Exception]) -> Iterator[None]:
         finally:
             unlock(fd, lock)
     finally:
-        for folder in made:  # the parents made for the lock, when the command left nothing in them
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(made)  # the parents made for the lock, when the command left nothing in them
 
 
 def holds_output(error: type[Exception]):

@@ -24,10 +24,10 @@ from ..analysis.rate_distortion import (
 )
 from ..analysis.residual import plot_residual, residual_analysis
 from ..errors import AnalysisError
-from ..fileio import atomic_write_text, output_lock
+from ..fileio import atomic_write_text, check_out_folder, output_lock
 from ..plotting import model_label
 from ..tasks.registry import get_task, make_examples
-from .common import beside_model, check_out_folder
+from .common import beside_model
 
 DEFAULT_OUT = "analysis"
 
@@ -44,7 +44,6 @@ def _positive_int(text: str) -> int:
 
 def _number_list(text: str, convert, ok, kind: str, bound: str) -> list:
     """Comma-separated numbers for an argparse `type=`: each converted, all passing `ok`."""
-
     try:
         values = [convert(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -87,11 +86,13 @@ def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
 
 
 def _holding_out(run):
-    """`run` with its output folder held for its whole life: a second analysis writing there is refused."""
+    """`run(args, out)` with its output folder checked and held for its whole life: a second analysis
+    writing there is refused."""
 
     def held(args) -> int:
-        with output_lock(_out(args), AnalysisError):
-            return run(args)
+        out = _out(args)
+        with output_lock(out, AnalysisError):
+            return run(args, out)
 
     return held
 
@@ -151,7 +152,6 @@ def add_command(sub) -> None:
 
 def _check_task_args(tasks: list[str], difficulty: str) -> list[str]:
     """Fail on a bad task or difficulty before the (slow) model load; returns canonical names."""
-
     names = []
     for task in tasks:
         the_task = get_task(task)
@@ -186,7 +186,6 @@ def _finish(out: Path, name: str, result: dict[str, Any], plot, title: str) -> N
 
 def _title(folder: Path, args, what: str) -> str:
     """A figure's title: the model (its run and step, not just "step-00001800") and the task."""
-
     where = f" @ {args.length}" if hasattr(args, "length") else ""
     return f"{model_label(folder)}: {what}, {args.task}{where} ({args.difficulty}, n={args.n})"
 
@@ -197,8 +196,7 @@ def _interval(h: dict[str, Any] | None) -> str:
     return f"{h['mean']:.3f} (95% CI {h['ci95'][0]:.3f} to {h['ci95'][1]:.3f}, n={h['n']})"
 
 
-def run_entropy(args) -> int:
-    out = _out(args)
+def run_entropy(args, out: Path) -> int:
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.window < 0:
         raise ValueError(f"--window must be >= 0, got {args.window}")
@@ -216,8 +214,7 @@ def run_entropy(args) -> int:
     return 0
 
 
-def run_ablate(args) -> int:
-    out = _out(args)
+def run_ablate(args, out: Path) -> int:
     tasks = _check_task_args([t.strip() for t in args.task.split(",") if t.strip()], args.difficulty)
     if not tasks:
         raise ValueError("--task needs at least one task name")
@@ -237,8 +234,7 @@ def run_ablate(args) -> int:
     return 0
 
 
-def run_residual(args) -> int:
-    out = _out(args)
+def run_residual(args, out: Path) -> int:
     (args.task,) = _check_task_args([args.task], args.difficulty)
     if args.lens_examples < 0:
         raise ValueError(f"--lens-examples must be >= 0, got {args.lens_examples}")
@@ -260,8 +256,7 @@ def run_residual(args) -> int:
     return 0
 
 
-def run_rate_distortion(args) -> int:
-    out = _out(args)
+def run_rate_distortion(args, out: Path) -> int:
     (args.task,) = _check_task_args([args.task], args.difficulty)
     n_test = args.n if args.n_test is None else args.n_test
     if n_test < 0:

@@ -15,22 +15,6 @@ from ..runs.checkpoints import check_resume_steps
 from ..runs.folder import read_run_json
 
 
-def check_out_folder(path: str | Path, error: type[Exception], name: str = "--out") -> Path:
-    """`path` as an output folder (`name` says where it came from), refused in one line (as `error`) before
-    any work when it, or a folder above it, is a file: making it would fail only at the end, with a bare
-    [Errno 17] or [Errno 20]."""
-    path = Path(path)
-    for above in (path, *path.parents):
-        if above.is_dir():
-            break
-        if above.exists() or above.is_symlink():
-            what = "is a file, not a folder" if above.is_file() else "exists and is not a folder"
-            where = what if above == path else f"cannot be made: {above} {what}"
-            hint = "choose another --out" if name == "--out" else "choose a folder with --out"
-            raise error(f"{name} {path} {where}; {hint}")
-    return path
-
-
 def beside_model(path: str | Path, name: str) -> Path:
     """Default output folder of a command that reads a model: `name` inside the run the model
     belongs to (a checkpoint folder RUN/checkpoints/step-N counts as RUN), as litgpt writes an

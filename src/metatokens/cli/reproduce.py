@@ -11,7 +11,6 @@ from ..fileio import output_lock
 from ..study.design import SCALES
 from ..study.output import claim_study_folder
 from ..study.runner import Pipeline, default_jobs
-from .common import check_out_folder
 
 
 def add_command(sub) -> None:
@@ -52,7 +51,6 @@ def run(args) -> int:
         if jobs < 1:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
     resolve_device(args.device)  # a device this machine lacks is refused before anything is written
-    check_out_folder(args.out, StudyError)  # a file there would fail at the first stage, with a bare errno
     progress = not args.no_progress and sys.stderr.isatty()
     out = Path(args.out)
     pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
@@ -60,7 +58,7 @@ def run(args) -> int:
         rec = pipe.run_stage(args.stage)
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
-    with output_lock(out, StudyError):  # one study writes a folder at a time, from its check to its end
+    with output_lock(out, StudyError):  # one study writes a folder at a time; a file as --out is refused
         claim_study_folder(out, args.scale, report_only=args.report_only)
         report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")

@@ -28,18 +28,21 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import atomic_write_text, fsync_dir, json_sha256, writing
+from ..fileio import (
+    atomic_write_text,
+    fsync_dir,
+    json_sha256,
+    lock_exclusively,
+    writing,
+)
 from ..progress import progress_bar
 from ..tokenizer.meta import MetaTokenizer
 from .corpora import corpus_fingerprint, iter_documents
-
-if TYPE_CHECKING:  # the tokenizer module imports `tokenizers`; only needed for annotations here
-    from ..tokenizer.meta import MetaTokenizer
 
 # Bump whenever the file layout or the split rule changes: old cache entries are then ignored.
 CACHE_FORMAT = 1
@@ -130,22 +133,17 @@ def _load_entry(folder: Path, key: str) -> PackedData | None:
 
 @contextlib.contextmanager
 def _exclusive(folder: Path):
-    """Hold an inter-process lock on `folder`, so concurrent ranks build an entry only once.
+    """Hold an inter-process lock on `folder` (waiting for another holder), so concurrent ranks build an
+    entry only once.
 
-    Best effort: where `fcntl` is missing (Windows) builds may race, which stays correct because
+    Best effort: where flock is missing (Windows) builds may race, which stays correct because
     every file lands by atomic rename and the content is deterministic - only work is wasted.
     """
+    fd = lock_exclusively(folder / ".lock", None)
     try:
-        import fcntl  # platform: fcntl is missing on Windows
-    except ImportError:
         yield
-        return
-    with open(folder / ".lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        os.close(fd)  # drops the lock; the file stays in the entry, as it always has
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +357,6 @@ def train_tokenizer_on(
     every document, validation ones included, as is usual for BPE; the effect on held-out loss
     is negligible.
     """
-
     corpus_options = dict(text_field=text_field, hf_config=hf_config, split=split, max_documents=max_documents)
     path = None
     if cache_dir is not None:

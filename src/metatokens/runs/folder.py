@@ -30,7 +30,9 @@ from ..errors import CheckpointError, RunDirError
 from ..fileio import (
     atomic_write_text,
     lock_exclusively,
+    missing_folders,
     read_json_object,
+    remove_empty,
     same_file,
     unlock,
     writing,
@@ -126,10 +128,8 @@ class RunFolder:
         return self.path
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if not self._outer:
-            if exc_type is not None:
-                abandon_run_dir(self.path)  # releases the lock too
-            release_run_dir(self.path)
+        if not self._outer:  # a failure undoes a new run that never trained; either way the lock goes
+            (abandon_run_dir if exc_type is not None else release_run_dir)(self.path)
         return False
 
 
@@ -152,7 +152,7 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
         return
     created: tuple[Path, ...] = ()
     if create:
-        missing = tuple(p for p in (run_dir, *run_dir.parents) if not p.exists())
+        missing = tuple(missing_folders(run_dir))
         try:
             run_dir.mkdir(parents=True)
             created = missing
@@ -167,7 +167,7 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
         with writing(run_dir / LOCK_FILE, instead=None if resume else "choose another --out"):
             claim = _lock_run_dir(run_dir, error)
     except BaseException:
-        _remove_empty(created)
+        remove_empty(created)
         raise
     claim.new, claim.created = not resume, claim.created or created
     try:
@@ -175,7 +175,7 @@ def check_run_dir(run_dir: Path, resume: bool, error: type[Exception] = RunDirEr
     except BaseException:
         if not held:
             release_run_dir(run_dir)
-            _remove_empty(created)
+            remove_empty(created)
         raise
 
 
@@ -200,7 +200,7 @@ def abandon_run_dir(run_dir: Path) -> None:
                 path.unlink(missing_ok=True)
     release_run_dir(run_dir)
     if not keep:
-        _remove_empty(claim.created)
+        remove_empty(claim.created)
 
 
 def _logged_training(run_dir: Path) -> bool:
@@ -210,14 +210,6 @@ def _logged_training(run_dir: Path) -> bool:
             return any('"train_loss"' in line for line in fh)
     except OSError:
         return False
-
-
-def _remove_empty(folders: tuple[Path, ...]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()  # only if empty
-        except OSError:
-            return
 
 
 def _pid_alive(pid: int) -> bool:

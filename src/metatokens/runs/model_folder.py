@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,6 @@ def check_shapes_fit(cfg: ModelConfig, found: dict[str, tuple[int, ...]], config
 
 def _check_weights_fit(cfg: ModelConfig, weights: Path, config_file: Path) -> None:
     """`check_shapes_fit` against the safetensors file's header (no tensor is read)."""
-
     try:
         with safe_open(str(weights), framework="pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -165,13 +165,19 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", *, ver
     return model, tokenizer, data
 
 
+def finite_flags(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One bool per tensor: whether all its values are finite. One fused max-|x| reduction over all of
+    them (NaN and inf propagate through it); the check of loading here and of saving in training."""
+    return torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite()
+
+
 def check_finite(model: torch.nn.Module, where: str | Path) -> None:
-    """Refuse weights holding NaN or inf (one reduction, then the first such tensor is named): a model
-    with them samples garbage or fails deep inside generation, evaluation or training."""
-    named = [(name, p) for name, p in model.named_parameters() if p.is_floating_point() and p.numel()]
+    """Refuse weights holding NaN or inf (the first such tensor is named): a model with them samples
+    garbage or fails deep inside generation, evaluation or training."""
+    named = [(name, p.detach()) for name, p in model.named_parameters() if p.is_floating_point() and p.numel()]
     if not named:
         return
-    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    finite = finite_flags([p for _, p in named])
     if not bool(finite.all()):
         name = named[int((~finite).nonzero()[0])][0]
         raise CheckpointError(f"{where}: {name} holds NaN or inf values, so the model cannot be used "

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import StudyError
-from ..fileio import atomic_write_text, read_json_object
+from ..fileio import atomic_write_text, check_out_folder, read_json_object
 
 STUDY_MARKER = "study.json"
 STUDY_FORMAT = "metatokens-study"
@@ -42,8 +42,7 @@ def claim_study_folder(out: Path, scale: str, *, report_only: bool = False) -> N
     study.json. With `report_only` (which writes REPORT.md and figures/ only, from finished stages) the
     folder may hold other files too, such as a README beside committed results, and gets no study.json;
     it must hold stages. Nothing is written when it refuses."""
-    if out.exists() and not out.is_dir():
-        raise StudyError(f"--out {out} is a file, not a folder; choose a folder for the study")
+    check_out_folder(out, StudyError)
     if report_only:
         if not (out / "stages").is_dir():
             raise StudyError(f"--out {out} holds no stages/ of a study; --report-only writes a report from finished "

@@ -8,7 +8,6 @@ bit for bit. NaN weights are never saved; a full disk (or a file-size limit) is 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from contextlib import suppress
 from pathlib import Path
@@ -17,27 +16,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-
-from ..errors import CheckpointError, DiskFullError, TrainingError, one_line
-from ..fileio import atomic_write_text
-from ..model.family import build_model
-from ..model.gpt import GPT
-from ..runs.checkpoints import _prune, latest_checkpoint
-from ..runs.model_folder import load_pretrained, save_pretrained, sha256_file
-from .config import TrainConfig
-from .setup import Dist
-
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
     set_state_dict,
 )
 
-from ..fileio import read_json_object
+from ..errors import CheckpointError, DiskFullError, TrainingError, one_line
+from ..fileio import atomic_write_text, read_json_object
+from ..model.family import build_model
+from ..model.gpt import GPT
+from ..runs.checkpoints import _prune, latest_checkpoint
+from ..runs.model_folder import (
+    finite_flags,
+    load_pretrained,
+    save_pretrained,
+    sha256_file,
+)
+from .config import TrainConfig
+from .setup import Dist
 
 
 def _rng_state(d: Dist) -> dict[str, torch.Tensor]:
@@ -61,12 +58,10 @@ def _full_state(model: GPT, optimizer, d: Dist, fsdp: bool):
 
 
 def weights_finite(model: torch.nn.Module, d: Dist) -> bool:
-    """Whether every parameter (of every process's shard) is finite: one max-|x| reduction, NaN/inf propagate."""
+    """Whether every parameter (of every process's shard) is finite, summed over the processes."""
     local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]
     local = [t for t in local if t.numel()]
-    bad = 0.0
-    if local:
-        bad = float(not bool(torch.stack(torch._foreach_norm(local, math.inf)).isfinite().all()))
+    bad = 0.0 if not local or bool(finite_flags(local).all()) else 1.0
     (bad,) = d.all_sum(bad)
     return bad == 0
 
@@ -184,7 +179,6 @@ def load_checkpoint(folder: Path, model: GPT, optimizer, d: Dist, fsdp: bool) ->
     except Exception as err:  # SafetensorError, OSError, ...
         raise CheckpointError(f"{rng_file}: cannot load the RNG state ({one_line(err, 200)})") from None
     if fsdp and d.world > 1:
-
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True))
     else:
