@@ -18,7 +18,6 @@ def resolve_device(spec: object, what: str = "--device") -> str:
     `what` names the setting in the message (--device, train.device). Returns the resolved string
     ("auto" becomes "cuda" or "cpu"); raises DeviceError before any model or data is touched.
     """
-
     if isinstance(spec, torch.device):
         spec = str(spec)
     text = spec.strip() if isinstance(spec, str) else None
@@ -41,7 +40,6 @@ def resolve_device(spec: object, what: str = "--device") -> str:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated."""
-
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

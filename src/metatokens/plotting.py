@@ -91,7 +91,6 @@ def analysis_title(result: dict, what: str, title: str = "") -> str:
 
 def wrap_title(text: str, width: int = 90) -> str:
     """Each line of `text` wrapped at `width` characters, so a long title does not run off the figure."""
-
     return "\n".join(textwrap.fill(line, width) if line else line for line in text.split("\n"))
 
 
@@ -113,7 +112,6 @@ def label_cells(ax, image, grid, fmt: str = "{:.2f}", max_size: float = 10.0, mi
     is final): black or white by the cell's colour, in the largest font (up to `max_size` points)
     that fits the cell; NaN cells read "n/a". None written, and [] returned, when the cells are too
     small for `min_size` points."""
-
     grid = np.asarray(grid, dtype=float)
     rows, cols = grid.shape
     texts = [("n/a" if np.isnan(v) else fmt.format(v)) for v in grid.ravel()]

@@ -87,6 +87,5 @@ def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
     desc, unit, disable, ...)."""
     stream = kwargs.get("file") or sys.stderr
     if getattr(stream, "isatty", lambda: False)():
-
         return tqdm(iterable, dynamic_ncols=True, **kwargs)
     return LineProgress(iterable, **kwargs)

@@ -52,7 +52,6 @@ def answer_accuracy(
     The scoring is `metatokens.evaluation.scoring.score_examples`, so `ablate` and `evaluate` report the
     same number for the same model; `model(idx)` must return (logits (B, T, V), ...).
     """
-
     device = next(model.parameters()).device
     pad = 0 if meta_token_id != 0 else 1  # never the meta id, so padding adds no meta-token
     with progress_bar(total=len(examples), desc=desc, unit="example", disable=not progress) as bar:
@@ -77,7 +76,6 @@ def ablation_study(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of the three variants on every (task, length); rows in task-major order."""
-
     examples = {}
     for task in tasks:  # made (and checked) before any model run, so bad input fails fast
         for length in lengths:

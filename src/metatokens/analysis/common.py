@@ -22,7 +22,6 @@ from ..runs.model_folder import load_pretrained
 
 def load_for_analysis(checkpoint: str | Path, device: str = "cpu"):
     """(model in eval mode, tokenizer, model folder) from a model folder or a run folder."""
-
     device = resolve_device(device)  # a bad --device, in one line, before the model loads
     folder = resolve_model_dir(checkpoint)
     model, tokenizer, _ = load_pretrained(folder, device)

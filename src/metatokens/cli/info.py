@@ -24,8 +24,6 @@ def add_command(sub) -> None:
 
 def parameter_counts(shape: str) -> tuple[int, int]:
     """(with meta-attention, without) for a named shape; built on the meta device, so free."""
-
-
     with torch.device("meta"):
         meta = GPT(model_shape(shape, meta_token_id=0))
         base = GPT(model_shape(shape, meta_attention=False))
@@ -53,8 +51,6 @@ def run(args) -> int:
 def preset_counts() -> list[tuple[str, str, object, int]]:
     """(preset, base shape, ModelConfig, parameters) of every preset, as pre-training builds it
     (the vocabulary is the preset's; a run pads its tokenizer's size to the same number)."""
-
-
     rows = []
     for name in list_presets():
         cfg = load_run_config(name).model

@@ -55,8 +55,6 @@ def run(args) -> int:
 def _saved_preset(run_dir: Path, tmp: Path) -> str:
     """Write the run's saved settings as a YAML file in `tmp` (nothing is added to the run folder) and
     return its path."""
-
-
     saved = read_run_json(run_dir, "config")["config"]
     missing = [k for k in ("model", "data", "train") if not isinstance(saved.get(k), dict)]
     if missing:

@@ -105,7 +105,6 @@ def _model_name(path: Path, model_dir: Path) -> str:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> LoadedModel:
     """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one)."""
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model or run folder")
@@ -131,8 +130,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", name: str |
 def load_export(folder: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> tuple[GPT, MetaTokenizer]:
     """A `metatokens export` folder (or a transformers save of one) as our GPT and tokenizer: the settings
     from its config.json, the weights read with safetensors. The folder's Python files are never run."""
-
-
     file = folder / "config.json"
     kind = FamilyConfig if "family" in config else ModelConfig  # an export of an `import-hf` model
     names = {f.name for f in dataclasses.fields(kind)} - {"tie_embeddings"}
@@ -165,8 +162,6 @@ def load_export(folder: Path, config: dict[str, Any], device: str | torch.device
 def _export_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The safetensors weights of an exported folder, checked against the SHA-256 its marker records
     (a transformers save of a loaded export has no marker, and nothing to check against)."""
-
-
     marker = folder / EXPORT_MARKER
     try:
         if (folder / "model.safetensors").is_file():

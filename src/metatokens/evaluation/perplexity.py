@@ -35,7 +35,6 @@ from .scoring import answer_logits
 def _token_stream(tokenizer: MetaTokenizer, source: str, need: int, *, every: int, max_documents: int | None,
                   text_field: str, hf_config: str | None, split: str) -> tuple[torch.Tensor, int]:
     """EOS-joined tokens of every `every`-th document until `need` tokens (pre-training's layout)."""
-
     ids: list[int] = []
     used = 0
     for i, doc in enumerate(iter_documents(source, text_field=text_field, hf_config=hf_config, split=split,
@@ -86,7 +85,6 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss and perplexity per text token, overall and by position bucket (module docstring)."""
-
     if not models:
         raise EvaluationError("no models to evaluate")
     every, documents_note = documents_to_score(models, source, every, hf_config=hf_config, split=split)
@@ -134,7 +132,6 @@ def evaluate_perplexity(
         batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
         iterator = batches
         if progress:
-
             iterator = progress_bar(batches, desc=f"perplexity {m.name}", unit="batch")
         for x, y in iterator:
             x, y = x.to(device), y.to(device)
@@ -182,7 +179,6 @@ def documents_to_score(models: Sequence[LoadedModel], source: str, every: int | 
     share the documents: refused, pass an explicit R. Otherwise every document is scored, and the
     note says whether any model could have trained on them.
     """
-
     if every != "auto":
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise EvaluationError(f"every must be a positive integer or auto, got {every!r}")

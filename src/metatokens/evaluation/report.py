@@ -121,7 +121,6 @@ def write_report(result: dict[str, Any], out_dir: str | Path, stem: str | None =
         atomic_write_text(paths["markdown"], task_markdown(result))
         task_plot(result, paths["png"])
     else:
-
         atomic_write_text(paths["markdown"], perplexity_markdown(result))
         perplexity_plot(result, paths["png"])
     return paths

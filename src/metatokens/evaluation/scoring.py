@@ -62,7 +62,6 @@ def answer_baselines(examples: Sequence[Example]) -> dict[str, float]:
     among the answers the question allows (1/k for a List Recall list of k items, 1/2 for Parity,
     one over the possible counts 1..w for Segment Counting over w words, 0 for Copying, whose spans
     are random word sequences)."""
-
     if not examples:
         return {"majority": 0.0, "chance": 0.0}
     majority = Counter(e.answer_text for e in examples).most_common(1)[0][1] / len(examples)

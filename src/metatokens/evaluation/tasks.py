@@ -44,12 +44,6 @@ from ..tasks.registry import get_task, make_examples
 from .loading import LoadedModel, uses_meta
 from .scoring import answer_baselines, needed_positions, prompts_digest, score_examples
 
-# ----------------------------------------------------------------------------- statistics
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
 # ----------------------------------------------------------------------------- task evaluation
 
 
@@ -114,7 +108,6 @@ def evaluate_task(
 
     bar = None
     if progress:
-
         bar = progress_bar(total=sum(len(ex) for _, _, cells in plan for _, ex, _ in cells if ex), desc=f"evaluate {task}",
                            unit="ex")
     results = []
@@ -146,8 +139,3 @@ def evaluate_task(
                    "= greedy decoding; 95% Wilson intervals",
         "models": results,
     }
-
-
-# ----------------------------------------------------------------------------- reports
-
-

@@ -87,7 +87,6 @@ def save_hf_tokenizer(tokenizer, folder: str | Path, *, model_max_length: int | 
     to the meta id, a transformers tokenizer turns the literal `<|meta|>` in a prompt into it
     (that is how users place meta-tokens), and `skip_special_tokens=True` drops it when decoding.
     """
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(folder / "tokenizer.json")
@@ -143,8 +142,3 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
               "Without remote code: install metatokens from its source (it is not on PyPI yet: `pip install -e .` in a "
               "checkout), `import metatokens.model.hf_model`, then the same calls without `trust_remote_code=True`.", ""]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
-
-
-# ----------------------------------------------------------------------------- evaluating Hugging Face models
-
-

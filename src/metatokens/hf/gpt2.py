@@ -130,7 +130,6 @@ def gpt2_to_meta_model(
     is zero: the new sublayers add nothing until trained, so on text without meta-tokens the
     logits are GPT-2's. pos_encoding "rope"/"none" drops GPT-2's learned position table.
     """
-
     tied = bool(getattr(hf_config, "tie_word_embeddings", True))
     cfg = config_from_hf_gpt2(
         hf_config, vocab_size=vocab_rows, meta_token_id=meta_token_id, meta_attention=meta_attention,
@@ -184,7 +183,6 @@ def import_gpt2(
     other than "ape" a GPT2ImportWarning says that the learned positions are discarded. An existing
     `out` must be empty, or an earlier import, replaced only with overwrite=True (never the source).
     """
-
     _require_transformers()
     if pos_encoding not in ("ape", "rope", "none"):
         raise HFInteropError(f"pos_encoding must be ape, rope or none; got {pos_encoding!r}")

@@ -12,12 +12,6 @@ from pathlib import Path
 
 from ..errors import CheckpointError, RunDirError
 
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
-
-
 STEP_NAME = re.compile(r"step-[0-9]{8,}")  # checkpoint folders: step-NNNNNNNN
 
 

@@ -68,7 +68,6 @@ def loss_figure(res: StudyResults) -> str:
 
 def learning_curves_figure(res: StudyResults) -> str:
     """Held-out exact match during fine-tuning, one panel per task, every model (mean over seeds)."""
-
     plt = pyplot()
     models = [m for m in res.scale.models if res.has(f"finetune-{m}")]
     tasks = res.scale.tasks
@@ -127,7 +126,6 @@ def _baseline_lines(ax, res: StudyResults, task: str, key: str | dict[str, float
 def accuracy_figure(res: StudyResults, task: str) -> str:
     """Exact match by length, every model (and meta models without their meta-tokens), with chance
     and majority lines; error bars: 95% Wilson (one seed) or ± one standard deviation over seeds."""
-
     plt = pyplot()
     L = res.scale.ft_len
     keys = [str(L), str(2 * L), f"{4 * L}+yarn"]
@@ -172,7 +170,6 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
 
 def differences_figure(res: StudyResults, rows: list[tuple[str, dict[str, Any] | None]]) -> str:
     """A forest plot: each paired difference (points) with its 95% interval."""
-
     rows = [(label, c) for label, c in rows if c is not None]
     if not rows:
         return "*(differences figure: nothing measured)*"

@@ -48,12 +48,6 @@ from .results import (
     mean_std,
 )
 
-# ----------------------------------------------------------------------------- reading the stages
-
-
-# ----------------------------------------------------------------------------- findings
-
-
 # ----------------------------------------------------------------------------- figures
 
 
@@ -296,7 +290,6 @@ def render_report(res: StudyResults) -> str:
 
 def seed_invocations(res: StudyResults, seed: int) -> list[dict[str, Any]]:
     """The invocations that ran stages of a seed (stages/seed<S>/seed.json), first first."""
-
     path = res.out / "stages" / f"seed{seed}" / "seed.json"
     try:
         return json.loads(path.read_text()).get("invocations", []) if path.is_file() else []

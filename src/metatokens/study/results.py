@@ -152,7 +152,6 @@ def near_minus_far(meta: list[float], ctrl: list[float]) -> float | None:
 def min_gap_at_equal_rate(a: list[dict[str, Any]], b: list[dict[str, Any]], points: int = 25) -> float | None:
     """The smallest held-out distortion gap a - b over the rates both curves reach (linear
     interpolation of each curve's distortion against its rate); None where their rates do not overlap."""
-
     key = "test_" if "test_distortion" in a[0] else ""
     curves = []
     for c in (a, b):

@@ -83,7 +83,6 @@ def ended_by_sigint(returncode: int | None) -> bool:
 def default_jobs(device: str) -> int:
     """Parallel stage processes: 2 on a CPU with two or more cores (two one-thread processes beat one
     two-thread process on small models), 1 on a GPU."""
-
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     return 1 if on_gpu else max(1, min(2, usable_cpus()))
 
@@ -164,7 +163,6 @@ class Pipeline(Stages):
     def _log_invocation(self, seeds: list[int], wall: float) -> None:
         """Append this invocation's wall-clock time (and machine) to stages/seed<S>/seed.json of every
         seed that had a stage run now; the report shows each seed's invocations."""
-
         ran = {}
         for r in self.records:
             if not r.cached:

@@ -74,7 +74,6 @@ class Stages:
 
     def plan(self, seed: int) -> list[StageSpec]:
         """Every stage of one seed, in an order that starts the long ones first; keys filled in."""
-
         sc, L = self.scale, self.scale.ft_len
         models = sc.models
         specs: list[StageSpec] = []
@@ -149,7 +148,6 @@ class Stages:
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
         run = folder / "run"
         if gpus > 1 and "WORLD_SIZE" not in os.environ:
-
             cfg_file = folder / "config.yaml"
             atomic_write_text(cfg_file, yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "name"}))
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
@@ -158,7 +156,6 @@ class Stages:
             rows = read_metrics(run, missing_ok=True)
             summary = {k: v for r in rows for k, v in r.items()}
         else:
-
             summary = run_pretrain(cfg, run, resume=resume, progress=self.progress)
         info = json.loads((run / "run.json").read_text())
         rows = read_metrics(run, missing_ok=True)

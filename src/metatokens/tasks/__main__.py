@@ -25,7 +25,6 @@ def load_tokenizer(spec: str):
     if spec == "gpt2":
         return MetaTokenizer.from_gpt2()
     if spec == "builtin":
-
         return MetaTokenizer.train(list(builtin_documents()), 4096)
     return MetaTokenizer.from_file(spec)
 

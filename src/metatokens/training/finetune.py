@@ -63,9 +63,6 @@ FINETUNE_TRAIN = dict(batch_size=16, max_steps=500, lr=5e-4, min_lr=5e-5, warmup
                       eval_interval=100, log_interval=10, ckpt_interval=250, keep_last=2)
 
 
-# ----------------------------------------------------------------------------- batches
-
-
 # ----------------------------------------------------------------------------- plan and settings
 
 
@@ -177,7 +174,6 @@ def run_finetune(
     With `resume`, every setting comes from the run's run.json and `spec` / `train_cfg` are
     ignored, except `resume_steps`, which moves the end of the run (and its cosine schedule).
     """
-
     d = setup_distributed(train_cfg.device)
     with RunFolder(out, resume=resume, error=FinetuneError) as folder:
         return _finetune(folder, spec, train_cfg, d, init=init, from_scratch=from_scratch, hf_model=hf_model,

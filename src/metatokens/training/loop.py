@@ -40,6 +40,7 @@ from ..errors import (
 from ..fileio import writing
 from ..model.config import IGNORE_INDEX
 from ..model.gpt import GPT
+from ..progress import progress_bar
 from ..runs.checkpoints import latest_checkpoint
 from ..runs.folder import RunFolder, remove_stale_temps, truncate_metrics
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -54,23 +55,11 @@ from .setup import (
     peak_flops,
 )
 
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
-from ..progress import progress_bar
-
 
 class BatchSource(Protocol):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-# ----------------------------------------------------------------------------- run folders
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -234,7 +223,6 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     summary: dict[str, Any] = {"start_step": start, "losses": {}}
     bar = None
     if progress and d.main:
-
         bar = progress_bar(total=cfg.max_steps, initial=start, desc=run_dir.name, unit="step")
 
     def checkpoint(step: int) -> None:

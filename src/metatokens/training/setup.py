@@ -12,19 +12,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import devices
 from ..devices import resolve_device
 from ..errors import TrainingError
 from ..model.gpt import GPT
 from .config import TrainConfig
-
-try:
-    import fcntl
-except ImportError:  # Windows: run folders are not locked
-    fcntl = None
-from torch.distributed.fsdp import fully_shard
-from torch.nn.parallel import DistributedDataParallel
 
 KNOWN_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L4": 121.0, "A10": 125.0}  # dense bf16
 
@@ -114,12 +109,10 @@ def parallelize(model: GPT, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
     model.to(d.device)
     wrapped: torch.nn.Module = model
     if d.world > 1 and cfg.fsdp:
-
         for block in model.h:
             fully_shard(block)
         fully_shard(model)
     elif d.world > 1:
-
         ids = [d.device.index] if d.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:

@@ -55,7 +55,6 @@ def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
 
 def task_names(task: str) -> list[str]:
     """The tasks of a `--task` value: one name, several comma-separated ones, or "all" (the four)."""
-
     names = list(TASKS) if task.strip() == "all" else [t.strip() for t in task.split(",") if t.strip()]
     if not names:
         raise FinetuneError("--task names no task")

@@ -158,7 +158,6 @@ def import_hf(source: Any, out: str | Path, *, tokenizer: Any = None, meta_atten
     `pretrain --init` (at most the checkpoint's max_position_embeddings; GPT-2 keeps n_positions).
     An existing `out` must be empty, or an earlier import-hf output, replaced only with overwrite=True.
     """
-
     _require_transformers()
     out = Path(out)
     check = dict(command="import-hf", overwrite=overwrite, ours=_is_import)

@@ -68,7 +68,6 @@ def meta_tokenizer(source: Any, hf_config: Any, folder: Path | None = None) -> M
     stay as they are. MetaTokenizer spells the end-of-text token `<|endoftext|>`; a checkpoint whose
     eos token is spelled otherwise (`</s>`, `<|end_of_text|>`) keeps its id under that spelling.
     """
-
     if isinstance(source, MetaTokenizer):
         return source
     eos = None
