@@ -360,7 +360,8 @@ def hf_bpe(eos: str):
 
 @pytest.fixture(scope="session")
 def hf_sources(tmp_path_factory):
-    """family -> (folder with config.json + model.safetensors + tokenizer files, the HF model)."""
+    """family -> (folder with config.json + model.safetensors + tokenizer files, the HF model). Read only:
+    copy a folder before changing it."""
     found = {}
     for i, family in enumerate(HF_FAMILIES):
         folder = tmp_path_factory.mktemp(family)
@@ -373,6 +374,7 @@ def hf_sources(tmp_path_factory):
                 p.add_(0.2 * torch.randn_like(p)) if p.dim() == 1 else p.mul_(3)
         hf.eval().save_pretrained(folder)
         tok.save(str(folder / "tokenizer.json"))
+        tok.save_model(str(folder))  # vocab.json + merges.txt too: import-gpt2 reads GPT-2's own files
         (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}), encoding="utf-8")
         found[family] = folder, hf
     return found

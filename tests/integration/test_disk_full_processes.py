@@ -10,17 +10,15 @@ tests/unit/test_disk_full.py.
 
 from __future__ import annotations
 
-import json
 import resource
 import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, snapshot, subprocess_env
+from conftest import TOY_RUN_STEPS, snapshot, subprocess_env
 
 LIMIT = 100_000  # bytes: the toy model's weights (about 200 kB) do not fit, its settings do
 # (the words corpus' token cache, about 25 kB, fits too: 10 kB stops it)
@@ -39,33 +37,18 @@ def metatokens_limited(*args, limit: int = LIMIT) -> tuple[int, str]:
     return proc.returncode, lines[-1] if lines else ""
 
 
-@pytest.fixture(scope="module")
-def hf_folders(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Llama checkpoint (import-hf) and a tiny GPT-2 one with vocab.json + merges.txt (import-gpt2)."""
-    root = tmp_path_factory.mktemp("disk-hf")
-    for family in ("llama", "gpt2"):
-        _, eos = hf_checkpoint(family, 1)
-        bpe = hf_bpe(eos)
-        model, _ = hf_checkpoint(family, bpe.get_vocab_size())
-        model.save_pretrained(root / family)
-        bpe.save(str(root / family / "tokenizer.json"))
-        bpe.save_model(str(root / family))
-        (root / family / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}), encoding="utf-8")
-    return {family: root / family for family in ("llama", "gpt2")}
-
-
 @pytest.mark.parametrize("command", ["export", "import-hf", "import-gpt2"])
-def test_weights_past_the_file_size_limit_are_one_line_and_leave_nothing(toy_runs, hf_folders, tmp_path, command):
+def test_weights_past_the_file_size_limit_are_one_line_and_leave_nothing(toy_runs, hf_sources, tmp_path, command):
     out = tmp_path / "out"
     source = {"export": ["--checkpoint", toy_runs / "run"],
-              "import-hf": ["--from", hf_folders["llama"], "--block-size", "64"],
-              "import-gpt2": ["--from", hf_folders["gpt2"]]}[command]
-    before = snapshot(tmp_path, toy_runs / "run", hf_folders["llama"].parent)
+              "import-hf": ["--from", hf_sources["llama"][0], "--block-size", "64"],
+              "import-gpt2": ["--from", hf_sources["gpt2"][0]]}[command]
+    before = snapshot(tmp_path, toy_runs / "run", hf_sources["llama"][0], hf_sources["gpt2"][0])
     code, last = metatokens_limited(command, *source, "--out", out)
     assert code == 2, last
     assert last == (f"metatokens {command}: error: {TOO_BIG} while writing {out}: raise the limit "
                     "(ulimit -f unlimited); nothing was changed")
-    assert snapshot(tmp_path, toy_runs / "run", hf_folders["llama"].parent) == before
+    assert snapshot(tmp_path, toy_runs / "run", hf_sources["llama"][0], hf_sources["gpt2"][0]) == before
 
 
 def test_a_resume_whose_checkpoint_does_not_fit_keeps_the_last_good_one(toy_runs, tmp_path):

@@ -11,7 +11,6 @@ tests/integration/test_disk_full_processes.py.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from collections import namedtuple
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 
 import metatokens.fileio as fileio
 import metatokens.runs.folder as folder_mod
-from conftest import TOY_RUN_STEPS, hf_bpe, hf_checkpoint, run_cli, snapshot
+from conftest import TOY_RUN_STEPS, run_cli, snapshot
 from metatokens.errors import DiskFullError
 from metatokens.fileio import atomic_folder, atomic_write_text, no_room, writing
 
@@ -99,23 +98,6 @@ def test_atomic_writers_leave_the_old_file_and_no_temporary_one(tmp_path, monkey
 # ------------------------------------------------------------------------------------------ the commands
 
 
-@pytest.fixture(scope="module")
-def hf_folders(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Llama checkpoint (import-hf) and a tiny GPT-2 one with vocab.json + merges.txt (import-gpt2)."""
-    root = tmp_path_factory.mktemp("disk-hf")
-    found = {}
-    for family in ("llama", "gpt2"):
-        _, eos = hf_checkpoint(family, 1)
-        bpe = hf_bpe(eos)
-        model, _ = hf_checkpoint(family, bpe.get_vocab_size())
-        model.save_pretrained(root / family)
-        bpe.save(str(root / family / "tokenizer.json"))
-        bpe.save_model(str(root / family))
-        (root / family / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}), encoding="utf-8")
-        found[family] = root / family
-    return found
-
-
 def _full_safetensors(monkeypatch):
     """safetensors' writer on a full disk: part of the file written, then its own error."""
     def serialize_file(tensors, filename, metadata=None):
@@ -125,19 +107,19 @@ def _full_safetensors(monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["export", "import-hf", "import-gpt2"])
-def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_nothing(toy_runs, hf_folders, tmp_path,
+def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_nothing(toy_runs, hf_sources, tmp_path,
                                                                           monkeypatch, command):
     out = tmp_path / "out" / "model"
     source = {"export": ["--checkpoint", str(toy_runs / "run")],
-              "import-hf": ["--from", str(hf_folders["llama"]), "--block-size", "64"],
-              "import-gpt2": ["--from", str(hf_folders["gpt2"])]}[command]
+              "import-hf": ["--from", str(hf_sources["llama"][0]), "--block-size", "64"],
+              "import-gpt2": ["--from", str(hf_sources["gpt2"][0])]}[command]
     (tmp_path / "mine.txt").write_text("a file of the user's\n")
-    before = snapshot(tmp_path, toy_runs, hf_folders["llama"].parent)
+    before = snapshot(tmp_path, toy_runs, hf_sources["llama"][0], hf_sources["gpt2"][0])
     _full_safetensors(monkeypatch)
     code, err = run_cli(command, *source, "--out", str(out))
     assert code == 2, err
     assert err.splitlines()[-1] == f"metatokens {command}: error: " + FULL.format(out=out), err
-    assert snapshot(tmp_path, toy_runs, hf_folders["llama"].parent) == before
+    assert snapshot(tmp_path, toy_runs, hf_sources["llama"][0], hf_sources["gpt2"][0]) == before
 
 
 class _NoSpaceOs:
