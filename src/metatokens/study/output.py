@@ -43,24 +43,21 @@ def claim_study_folder(out: Path, scale: str, *, report_only: bool = False) -> N
     folder may hold other files too, such as a README beside committed results, and gets no study.json;
     it must hold stages. Nothing is written when it refuses."""
     check_out_folder(out, StudyError)
-    if report_only:
-        if not (out / "stages").is_dir():
-            raise StudyError(f"--out {out} holds no stages/ of a study; --report-only writes a report from finished "
-                             "stages (run the study first, or give the folder that holds them)")
-        found = study_scale(out)
-        if found is not None and found != scale:
-            raise StudyError(f"--out {out} holds a study at scale {found}; use --scale {found}")
-        return
-    if out.is_dir():
+    if report_only and not (out / "stages").is_dir():
+        raise StudyError(f"--out {out} holds no stages/ of a study; --report-only writes a report from finished "
+                         "stages (run the study first, or give the folder that holds them)")
+    if not report_only and out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in STUDY_NAMES)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise StudyError(f"--out {out} holds files the study did not write ({shown}); choose a new or empty "
                              "folder (nothing in it was changed)")
-        found = study_scale(out)
-        if found is not None and found != scale:
-            raise StudyError(f"--out {out} holds a study at scale {found}; a {scale} study there would replace its "
-                             f"stages: choose another --out, or run --scale {found} to continue it")
+    found = study_scale(out) if out.is_dir() else None
+    if found is not None and found != scale:  # its stages would be replaced, or reported as another scale's
+        raise StudyError(f"--out {out} holds a study at scale {found}, not {scale}: run --scale {found} to continue "
+                         "it, or choose another --out")
+    if report_only:
+        return
     if not (out / STUDY_MARKER).is_file():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / STUDY_MARKER, json.dumps({"format": STUDY_FORMAT, "scale": scale}) + "\n")
