@@ -26,7 +26,7 @@ from ..analysis.residual import plot_residual, residual_analysis
 from ..errors import AnalysisError
 from ..fileio import atomic_write_text, check_out_folder, output_lock
 from ..plotting import model_label
-from ..tasks.registry import get_task, make_examples
+from ..tasks.registry import SPLITS, get_task, make_examples
 from .common import beside_model
 
 DEFAULT_OUT = "analysis"
@@ -78,7 +78,8 @@ def _common(p, *, many: bool = False, n: int = 50, split: bool = True) -> None:
     p.add_argument("--n", type=_positive_int, default=n, metavar="N", help=f"examples per task and length (default: {n})")
     p.add_argument("--seed", type=int, default=0, help="seed of the task examples (and of the probes; default: 0)")
     if split:
-        p.add_argument("--split", default="test", choices=["train", "test"], help="examples from this split (default: test)")
+        p.add_argument("--split", default="test", choices=list(SPLITS),
+                       help="examples from this split: train, dev or test (default: test)")
     p.add_argument("--out", metavar="DIR", help=f"folder for the JSON and PNG (default: {DEFAULT_OUT}/ inside the "
                    "--checkpoint's run folder)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

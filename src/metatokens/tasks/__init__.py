@@ -3,7 +3,7 @@
 >>> examples = make_examples("list_recall", tokenizer, length=512, difficulty="hard", n=100, seed=0)
 
 Each task module writes prompts as text; :mod:`.registry` tokenizes them, fits them to the
-requested length, inserts the meta-token ids and keeps train and test apart. See docs/tasks.md.
+requested length, inserts the meta-token ids and keeps the train, dev and test splits apart. See docs/tasks.md.
 
 May import: errors, tokenizer, data (only `python -m metatokens.tasks`, for its tokenizer).
 """

@@ -18,7 +18,7 @@ import sys
 from ..data.corpora import builtin_documents
 from ..tokenizer.meta import MetaTokenizer
 from .base import DIFFICULTIES
-from .registry import TASKS, make_examples
+from .registry import SPLITS, TASKS, make_examples
 
 
 def load_tokenizer(spec: str):
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=128, help="target prompt length in tokens (default 128)")
     parser.add_argument("-n", type=int, default=1, help="examples per task (default 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="train", choices=("train", "test"))
+    parser.add_argument("--split", default="train", choices=SPLITS)
     parser.add_argument("--tokenizer", default="builtin", help="tokenizer.json path, 'gpt2' or 'builtin' (default)")
     args = parser.parse_args(argv)
     try:

@@ -3,7 +3,7 @@
 A task module only writes *text*: its :meth:`Task.render` returns the prompt as a list of text
 segments, with one meta-token belonging between each pair of neighbours, plus the answer text.
 Turning that into token ids, hitting the requested prompt length, the meta / no-meta variants and
-the train / test split are done once, in :mod:`metatokens.tasks.registry`.
+the train / dev / test split are done once, in :mod:`metatokens.tasks.registry`.
 """
 
 from __future__ import annotations

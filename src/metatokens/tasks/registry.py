@@ -8,10 +8,14 @@ How an example is made (``iter_examples``):
 2. Its prompt length is fitted: a target length is drawn uniformly from ``length_window(length)``
    and the task's size knob (lists, bits, sentences) is searched until the prompt lands inside the
    window (both with and without its meta-tokens), as close to the target as the knob allows.
-3. The prompt text is hashed (BLAKE2b); an odd first byte puts it in the test split, an even one in
-   train. A candidate of the other split is skipped. Because the split is a function of the text
-   itself, no train prompt can ever equal a test prompt, whatever seeds, lengths or difficulties
-   the two sets were made with. (It costs one skipped candidate per kept one, on average.)
+3. The prompt text is hashed (BLAKE2b, 8 bytes); an odd first byte puts it in the test split (1/2
+   of all prompts); an even first byte puts it in dev when the second byte is below 32 (1/16 of all
+   prompts), else in train (7/16). A candidate of another split is skipped. Because the split is a
+   function of the text itself, no prompt of one split can ever equal a prompt of another, whatever
+   seeds, lengths or difficulties the sets were made with. Dev is for choices made while training
+   (learning curves, recipes), so that only the final evaluation reads test prompts. Dev was carved
+   out of the old two-way rule's train half, so test prompts are what they always were. (A kept
+   test prompt costs about 2 candidates, a train one about 2.3, a dev one about 16.)
 4. A prompt already produced by this call is skipped, so the ``n`` examples are distinct.
 
 The meta and no-meta variants go through the same steps with the same random draws, so they hold
@@ -47,7 +51,7 @@ __all__ = [
 
 TASKS: dict[str, Task] = {task.name: task for task in (ListRecall(), SegmentCounting(), Parity(), Copying())}
 ALIASES = {"list_pointer": "list_recall"}  # the paper uses both names
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")
 
 _FIT_ATTEMPTS = 4  # fresh content draws before a length is declared unreachable
 _FIT_STEPS = 12  # renders per attempt; the secant search below needs 3-5 in practice
@@ -66,10 +70,15 @@ def get_task(name: str) -> Task:
     return task
 
 
+_DEV_BELOW = 32  # an even first byte and a second byte below this: dev (32/256 of the even half)
+
+
 def split_of(prompt_text: str) -> str:
-    """"train" or "test": the split a prompt belongs to, fixed by its text alone."""
-    first_byte = hashlib.blake2b(prompt_text.encode("utf-8"), digest_size=8).digest()[0]
-    return SPLITS[first_byte & 1]
+    """"train", "dev" or "test": the split a prompt belongs to, fixed by its text alone (module docstring)."""
+    digest = hashlib.blake2b(prompt_text.encode("utf-8"), digest_size=8).digest()
+    if digest[0] & 1:
+        return "test"
+    return "dev" if digest[1] < _DEV_BELOW else "train"
 
 
 def make_examples(
