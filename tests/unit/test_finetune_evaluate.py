@@ -16,7 +16,7 @@ from conftest import TASK_VOCAB, capture_figures, task_model
 from metatokens import cli
 from metatokens.runs.model_folder import save_pretrained
 from metatokens.evaluation.tasks import evaluate_task
-from metatokens.evaluation.scoring import score_examples
+from metatokens.evaluation.scoring import prompts_digest, score_examples
 from metatokens.stats import wilson_interval
 from metatokens.errors import EvaluationError
 from metatokens.evaluation.loading import LoadedModel
@@ -192,6 +192,29 @@ def test_beyond_the_window_runs_for_rope_with_yarn_and_is_refused_for_ape(task_t
     assert cli.main([*args, "--checkpoint", *both, "--skip-unfit", "--yarn-scale", "2", "--out", str(tmp_path / "e3")]) == 0
     ape, rope = json.loads((tmp_path / "e3" / "list_recall.json").read_text())["models"]
     assert ape["results"][1]["n"] == 0 and "learned positions" in ape["results"][1]["skipped"] and rope["results"][1]["n"] == 4
+
+
+def test_evaluate_split_dev_scores_the_dev_prompts(task_tokenizer, tmp_path, commands, capsys):
+    """`metatokens evaluate --split dev` scores dev prompts (for recipe choices), and says so; the default
+    stays the test prompts; with --task no other split is taken, before any model is loaded."""
+    save_pretrained(tmp_path / "m", task_model(task_tokenizer), task_tokenizer)
+    args = ["evaluate", "--checkpoint", str(tmp_path / "m"), "--task", "list_recall", "--lengths", "64", "--n", "6",
+            "--seed", "2", "--no-progress"]
+    digests = {}
+    for split, flag in (("test", []), ("dev", ["--split", "dev"])):
+        assert cli.main([*args, *flag, "--out", str(tmp_path / split)]) == 0
+        out = capsys.readouterr().out
+        result = json.loads((tmp_path / split / "list_recall.json").read_text())
+        assert result["split"] == split and f"6 {split} examples per length" in out
+        digests[split] = result["models"][0]["results"][0]["prompts_sha256"]
+        chosen = make_examples("list_recall", task_tokenizer, length=64, n=6, seed=2, split=split)
+        assert digests[split] == prompts_digest(chosen)
+    assert digests["dev"] != digests["test"]
+    assert cli.main([*args, "--split", "train", "--out", str(tmp_path / "train")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--split" in err and "test or dev" in err and not (tmp_path / "train").exists()
+    with pytest.raises(EvaluationError, match="test or dev"):
+        evaluate_task([_loaded(task_tokenizer, "m")], "list_recall", [64], n=2, split="train", progress=False)
 
 
 # ----------------------------------------------------------------------------- fine-tuning batches

@@ -9,7 +9,7 @@ from ..errors import EvaluationError
 from ..evaluation.loading import load_model, unique_names
 from ..evaluation.perplexity import evaluate_perplexity
 from ..evaluation.report import perplexity_markdown, task_markdown, write_report
-from ..evaluation.tasks import evaluate_task
+from ..evaluation.tasks import EVAL_SPLITS, evaluate_task
 from ..fileio import output_lock
 from .common import beside_model, hide_transformers_progress
 
@@ -54,6 +54,9 @@ def add_command(sub) -> None:
                       "folder, or hf:NAME (e.g. hf:pg19; only touched when named)")
     p.add_argument("--out", help="output folder (default: eval/ inside the first --checkpoint's run folder)")
     p.add_argument("--seed", type=int, default=0, help="seeds the test examples / meta-token positions (default 0)")
+    p.add_argument("--split", default="test", help="with --task: the task prompts scored, test (default) or dev (for "
+                   "choosing a recipe without looking at the test prompts); with --perplexity: the Hugging Face split "
+                   "(default test)")
     p.add_argument("--yarn-scale", type=float, help="evaluate RoPE models with YaRN: window L -> s*L (L = the "
                    "pre-training window); other models as they are")
     p.add_argument("--batch-size", type=int, default=16, help="examples or rows per forward pass, at least 1 (default 16)")
@@ -80,7 +83,6 @@ def add_command(sub) -> None:
     q.add_argument("--max-documents", type=int, help="read at most this many documents")
     q.add_argument("--text-field", default="text", help="text field of JSONL / Parquet / HF rows (default text)")
     q.add_argument("--hf-config", help="Hugging Face dataset configuration")
-    q.add_argument("--split", default="test", help="Hugging Face split (default test)")
     p.set_defaults(func=run)
 
 
@@ -94,13 +96,15 @@ def run(args) -> int:
     if names is not None and len(names) != len(args.checkpoint):
         raise ValueError(f"--names has {len(names)} names for {len(args.checkpoint)} checkpoints")
     lengths = _lengths(args.lengths) if args.task else None  # bad input fails before the (slow) model loads
+    if args.task and args.split not in EVAL_SPLITS:
+        raise ValueError(f"--split with --task takes test or dev, got {args.split!r}")
     models = [load_model(path, args.device, names[i] if names else None) for i, path in enumerate(args.checkpoint)]
     unique_names(models)
     progress = not args.no_progress
     if args.task:
         result = evaluate_task(models, args.task, lengths, n=args.n, seed=args.seed,
                                difficulty=args.difficulty, yarn_scale=args.yarn_scale, meta=args.meta,
-                               skip_unfit=args.skip_unfit, batch_size=args.batch_size, device=args.device,
+                               skip_unfit=args.skip_unfit, split=args.split, batch_size=args.batch_size, device=args.device,
                                progress=progress)
         print(task_markdown(result), end="")
     else:

@@ -19,7 +19,7 @@ def _pct(x: float | None) -> str:
 
 def task_markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"### {result['task']} ({result['difficulty']}), {result['n_per_length']} test examples per length, seed {result['seed']}",
+        f"### {result['task']} ({result['difficulty']}), {result['n_per_length']} {result.get('split', 'test')} examples per length, seed {result['seed']}",
         "",
         "Length = prompt-length bin: prompts of 0.75 L to L tokens. Exact match and token accuracy in %, "
         "with 95% Wilson intervals.",
@@ -63,7 +63,7 @@ def task_title(result: dict[str, Any]) -> str:
     models = ", ".join(names) if len(", ".join(names)) <= 70 else f"{len(names)} models (see the legend)"
     n = result.get("n_per_length")
     return (f"{models}: {result['task']} ({result['difficulty']})"
-            + (f", {n} test prompts per length" if n else "") + (f", seed {result['seed']}" if "seed" in result else ""))
+            + (f", {n} {result.get('split', 'test')} prompts per length" if n else "") + (f", seed {result['seed']}" if "seed" in result else ""))
 
 
 BASELINE_STYLE = {"majority": (":", "majority answer"), "chance": ("-.", "chance")}

@@ -2,7 +2,10 @@
 
 Task accuracy (arXiv 2509.16278, sections 5-6; docs/method.md section 5)
 -----------------------------------------------------------------
-For every length bin, `n` test-split examples of the task are scored in one teacher-forced pass:
+For every length bin, `n` examples of the task are scored in one teacher-forced pass, from the test
+split (the default) or, with ``split="dev"``, from the dev split: the prompts for choices made
+while developing a recipe, so that the test prompts are read only by the final evaluation
+(`metatokens.tasks.split_of`).
 the model reads ``prompt + answer[:-1]`` and, at each answer position, its argmax over the
 vocabulary (the meta-token and the embedding's padding rows excluded, exactly as generation
 excludes them) is compared with the answer token.
@@ -46,6 +49,8 @@ from .scoring import answer_baselines, needed_positions, prompts_digest, score_e
 
 # ----------------------------------------------------------------------------- task evaluation
 
+EVAL_SPLITS = ("test", "dev")  # the task splits an evaluation may score (never train)
+
 
 def evaluate_task(
     models: Sequence[LoadedModel],
@@ -58,6 +63,7 @@ def evaluate_task(
     yarn_scale: float | None = None,
     meta: str = "auto",
     skip_unfit: bool = False,
+    split: str = "test",
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -71,6 +77,8 @@ def evaluate_task(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise EvaluationError(f"n must be a positive integer, got {n!r}")
     get_task(task)
+    if split not in EVAL_SPLITS:
+        raise EvaluationError(f"split must be test or dev, got {split!r} (train prompts are what fine-tuning learns from)")
     if yarn_scale is not None:
         rope = [m for m in models if m.pos_encoding == "rope"]
         if not rope:
@@ -91,7 +99,7 @@ def evaluate_task(
             if key not in cache:
                 try:
                     cache[key] = make_examples(task, m.tokenizer, length=length, difficulty=difficulty, n=n, seed=seed,
-                                               split="test", meta=with_meta)
+                                               split=split, meta=with_meta)
                 except TaskError as err:
                     raise EvaluationError(f"{m.name}: {err}") from None
             examples = cache[key]
@@ -130,7 +138,7 @@ def evaluate_task(
         "kind": "task",
         "task": get_task(task).name,
         "difficulty": difficulty,
-        "split": "test",
+        "split": split,
         "n_per_length": n,
         "seed": seed,
         "lengths": lengths,
