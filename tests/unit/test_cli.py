@@ -10,7 +10,7 @@ import pytest
 
 from metatokens import cli
 
-STUDY = Path(__file__).resolve().parents[2] / "docs" / "results" / "reproduce_tiny" / "stages" / "seed0"
+STUDY = Path(__file__).resolve().parents[2] / "docs" / "results" / "exploratory_tiny_lr3e-3" / "stages" / "seed0"
 
 
 @pytest.mark.parametrize("argv,command", [

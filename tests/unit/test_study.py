@@ -2,6 +2,8 @@
 contrast, the stage plan's order and its refusals. The whole study at toy size is in
 tests/integration/test_reproduce.py."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -49,13 +51,6 @@ def test_paired_bootstrap_matches_a_hand_computation():
     assert few["ci95"][0] <= -0.3 and few["ci95"][1] >= 0.3
     with pytest.raises(ValueError, match="differ in length"):
         paired([[1, 0]], [[1]])
-    # seeds that disagree widen the interval beyond what any one seed's prompts give: a t-interval over seeds
-    spread = [np.r_[np.ones(m), np.zeros(100 - m)] for m in (20, 50, 80)]
-    base = [np.zeros(100)] * 3
-    wide = contrast([paired(spread, base)])
-    one = max((contrast([paired([x], [y])])["ci95"] for x, y in zip(spread, base)), key=lambda c: c[1] - c[0])
-    assert wide["ci95"][1] - wide["ci95"][0] > 2 * (one[1] - one[0])
-    assert wide["ci95_t"] == pytest.approx([0.5 - 4.303 * 0.3 / 3 ** 0.5, 0.5 + 4.303 * 0.3 / 3 ** 0.5])
     # a difference of differences: two terms, weights +1 and -1
     dd = contrast([paired([[1] * 50], [[0] * 50]), paired([[1] * 50], [[1] * 50], -1.0)])
     assert dd["diff"] == pytest.approx(1.0)
@@ -68,6 +63,7 @@ def test_verdict_reads_the_interval():
     assert verdict([-0.1, 0.1]) == INCONCLUSIVE
     assert verdict([-0.02, 0.03], rule_out=0.05) == NOT_REPRODUCED  # a 5-point effect is ruled out
     assert verdict([-0.02, 0.08], rule_out=0.05) == INCONCLUSIVE
+    assert verdict([0.01, 0.03], rule_out=0.05) == NOT_REPRODUCED  # shown, but smaller than the smallest of interest
     assert verdict([-0.3, -0.1], direction=-1) == REPRODUCED  # a claimed drop
     assert verdict(None) == INCONCLUSIVE and verdict([float("nan"), 1.0]) == INCONCLUSIVE
 
@@ -147,3 +143,54 @@ def test_a_stage_that_failed_otherwise_is_still_a_failure(tmp_path, monkeypatch,
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"metatokens reproduce: error: {_EndedStage.started[0]} failed (exit 1): "), err
+
+
+# ----------------------------------------------------------------------------- the plan: recipe, seeds, tuning
+
+
+def test_the_tiny_plan_uses_each_models_frozen_rate_and_fresh_seed_values(tmp_path):
+    """Seed index 0 of the confirmatory tiny study trains and draws its test prompts with seed value 100 (the
+    exploratory study used 0-2); each model fine-tunes at its own rate (the controls at their twin's); the YaRN
+    protocol and the attribution control are planned; the evaluations read every length of the scale."""
+    sc = dataclasses.replace(SCALES["tiny"], ft_lrs={"gpt2": 1e-3, "meta-ape": 3e-3, "meta-rope": 3e-3,
+                                                     "gpt2-rope": 1e-3})
+    pipe = Pipeline(tmp_path, "tiny", progress=False)
+    pipe.__class__ = type("Frozen", (Pipeline,), {"scale": property(lambda self: sc)})
+    plan = {s.name: s for s in pipe.plan(0)}
+    assert plan["finetune-gpt2"].settings["lr"] == 1e-3 and "--lr 0.001 --seed 100 " in plan["finetune-gpt2"].command
+    assert plan["finetune-gpt2-rope-wide"].settings["lr"] == 1e-3  # GPT-2 (RoPE)'s
+    assert plan["finetune-meta-rope-k0"].settings["lr"] == 3e-3  # Meta+RoPE's
+    assert plan["pretrain-meta-rope-k0"].settings["data"]["k"] == 0
+    assert plan["pretrain-meta-rope"].settings["train"]["seed"] == 1337 + 100
+    assert plan["evaluate-gpt2"].settings["lengths"] == [96, 144, 192, 240]
+    assert plan["evaluate-gpt2"].settings["split"] == "test" and plan["evaluate-gpt2"].settings["seed"] == 100
+    assert plan["yarn-meta-rope"].inputs == ["finetune-meta-rope"]
+    assert "--max-len 384 --yarn-scale 4" in plan["yarn-meta-rope"].command
+    assert set(plan) >= {"yarn-gpt2-rope", "finetune-meta-rope-k0", "evaluate-meta-rope-k0"}
+    # a changed rate re-keys that model's fine-tune and everything downstream of it, nothing else
+    sc2 = dataclasses.replace(sc, ft_lrs={**sc.ft_lrs, "gpt2": 3e-3})
+    pipe.__class__ = type("Frozen2", (Pipeline,), {"scale": property(lambda self: sc2)})
+    plan2 = {s.name: s for s in pipe.plan(0)}
+    changed = {n for n in plan if plan[n].key != plan2[n].key}
+    assert changed == {"finetune-gpt2", "evaluate-gpt2"}
+
+
+def test_the_tuning_plan_reads_dev_prompts_only_and_runs_the_grid_for_every_tuned_model(tmp_path):
+    pipe = Pipeline(tmp_path, "tiny", progress=False, tune=True)
+    plan = {s.name: s for s in pipe.plan(0)}
+    tuned = ("gpt2", "meta-ape", "meta-rope", "gpt2-rope")
+    for m in tuned:
+        for lr in (1e-3, 3e-3):
+            assert plan[f"finetune-{m}-lr{lr:g}"].settings["lr"] == lr
+            assert plan[f"evaluate-{m}-lr{lr:g}"].settings["split"] == "dev"
+    assert not any(s.settings.get("split") == "test" for s in plan.values())
+    assert {n for n in plan if n.startswith("pretrain-")} == {f"pretrain-{m}" for m in tuned}
+    assert plan["pretrain-gpt2"].settings["train"]["seed"] == 1337 + SCALES["tiny"].tune_seed
+    assert SCALES["tiny"].tune_seed - SCALES["tiny"].seed_base >= 100  # never one of the study's seeds
+    assert plan["yarn-meta-rope"].settings["split"] == "dev"
+
+
+def test_tune_refuses_study_seeds(tmp_path, capsys):
+    assert cli.main(["reproduce", "--scale", "toy", "--tune", "--seeds", "2", "--out", str(tmp_path / "t")]) == 2
+    assert "--tune runs one seed of its own" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

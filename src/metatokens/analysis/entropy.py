@@ -95,7 +95,8 @@ def entropy_analysis(
             warnings.simplefilter("ignore", RuntimeWarning)
             per_example = np.nanmean(a.reshape(len(a), -1), axis=1)
         per_example = per_example[~np.isnan(per_example)]
-        return summary(per_example) if per_example.size else None
+        # the per-example values go along, so that a study can bootstrap seeds, then examples
+        return {**summary(per_example), "per_example": per_example.tolist()} if per_example.size else None
 
     return {
         "n_examples": len(examples),

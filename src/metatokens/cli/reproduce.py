@@ -33,6 +33,9 @@ def add_command(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage lines still print)")
     p.add_argument("--report-only", action="store_true", help="run nothing: write REPORT.md from the stages that have "
                    "finished (e.g. committed stage results without their checkpoints)")
+    p.add_argument("--tune", action="store_true", help="instead of the study: the learning-rate grid of the scale on dev "
+                   "prompts, one seed; its report gives the rate chosen for each model (frozen by hand in "
+                   "metatokens/study/design.py)")
     p.add_argument("--stage", help="run this one stage (seed0/finetune-meta-rope, ...) and stop; its input stages "
                    "must have finished (used by --jobs)")
     p.set_defaults(func=run)
@@ -50,16 +53,18 @@ def run(args) -> int:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}") from None
         if jobs < 1:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
+    if args.tune and (args.seeds != 1 or args.only_seeds):
+        raise StudyError("--tune runs one seed of its own; leave out --seeds and --seed")
     resolve_device(args.device)  # a device this machine lacks is refused before anything is written
     progress = not args.no_progress and sys.stderr.isatty()
     out = Path(args.out)
-    pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs)
+    pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs, tune=args.tune)
     if args.stage:  # a stage process of a study that holds the folder (--jobs): no lock of its own
         rec = pipe.run_stage(args.stage)
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
     with output_lock(out, StudyError):  # one study writes a folder at a time; a file as --out is refused
-        claim_study_folder(out, args.scale, report_only=args.report_only)
+        claim_study_folder(out, f"{args.scale}-tune" if args.tune else args.scale, report_only=args.report_only)
         report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

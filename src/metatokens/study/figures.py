@@ -88,7 +88,7 @@ def learning_curves_figure(res: StudyResults) -> str:
             ax.plot(steps, mean, style, marker="o", ms=3, color=color, label=res.scale.models[m].label)
         _baseline_lines(ax, res, task, L)
         ax.set_title(TASK_LABELS[task], fontsize=10)
-        ax.set_ylabel("held-out exact match %")
+        ax.set_ylabel("dev exact match %")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
@@ -97,7 +97,7 @@ def learning_curves_figure(res: StudyResults) -> str:
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     seeds = f"mean over {len(res.seeds)} seeds" if len(res.seeds) > 1 else f"seed {res.seed_list[0]}"
     fig.suptitle(f"Learning curves of every model, one fine-tune each on the mixture of the {_count(tasks)} tasks at "
-                 f"L = {L} ({seeds})\nheld-out prompts of the run, not the test prompts; dashed: controls", fontsize=10)
+                 f"L = {L} ({seeds})\ndev prompts of the run, never test prompts; dashed: controls", fontsize=10)
     fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     path = save_figure(fig, res.out / "figures" / "learning-curves.png")
     return f"![Held-out exact match during fine-tuning, every model and task]({path.relative_to(res.out)})"
@@ -128,8 +128,9 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
     and majority lines; error bars: 95% Wilson (one seed) or ± one standard deviation over seeds."""
     plt = pyplot()
     L = res.scale.ft_len
-    keys = [str(L), str(2 * L), f"{4 * L}+yarn"]
-    xpos = {str(L): 1, str(2 * L): 2, f"{4 * L}+yarn": 4}
+    lengths = res.scale.lengths()
+    keys = [str(n) for n in lengths] + [f"{4 * L}+yarn"]
+    xpos = {**{str(n): n / L for n in lengths}, f"{4 * L}+yarn": 4}
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     lines = [(m, "prompts") for m in res.scale.models] + [(m, "no_meta") for m in res.scale.models
                                                           if res.scale.models[m].meta]
@@ -155,7 +156,8 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o" if variant == "prompts" else "x", capsize=3,
                         ls="-" if variant == "prompts" else ":", color=colors[m], label=label)
     _baseline_lines(ax, res, task, xpos)
-    ax.set_xticks([1, 2, 4], [f"L = {L}", f"2L = {2 * L}", f"4L = {4 * L}\n(RoPE + YaRN)"])
+    ax.set_xticks([n / L for n in lengths] + [4], [f"{n / L:g}L = {n}" if n != L else f"L = {n}" for n in lengths]
+                  + [f"4L = {4 * L}\n(RoPE, YaRN at\ntest time only)"])
     ax.set_ylabel("exact match % (test prompts)")
     ax.set_ylim(-3, 103)
     bars = "95% Wilson intervals" if len(res.seeds) == 1 else f"± 1 sd over {len(res.seeds)} seeds"

@@ -12,17 +12,20 @@ import json
 import time
 from typing import Any
 
+from ..fileio import json_sha256
 from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from .design import (
+    CORRECTION,
     PAPER_ABLATION,
     PAPER_ACCURACY,
     PAPER_ENTROPY_DIFF,
-    PAPER_LENGTH_GAIN,
     PAPER_LOGIT_BOOST,
     PAPER_MODELS,
+    SESOI,
     TASK_LABELS,
     TASKS,
     Scale,
+    preregistration,
 )
 from .figures import (
     _figure,
@@ -45,8 +48,9 @@ from .results import (
     cell,
     compare,
     environment,
-    mean_std,
+    per_example_contrast,
 )
+from .sections import length_section, training_prompts_section, yarn_section
 
 # ----------------------------------------------------------------------------- figures
 
@@ -61,6 +65,50 @@ def _left_out(sc: Scale) -> str:
 
 # ----------------------------------------------------------------------------- the report
 
+INTERVAL_METHOD = ("95% hierarchical percentile bootstrap (4,000 replicates: seeds drawn with replacement, then each "
+                   "drawn seed's test prompts; one pseudo-prompt pair per seed), `metatokens.stats`")
+
+
+def _seeds(values: list[float] | None, digits: int = 1) -> str:
+    return "—" if not values else ", ".join(f"{v:+.{digits}f}" for v in values)
+
+
+def _findings_section(res: StudyResults, primary, explore, digest: str) -> list[str]:
+    counts = {v: sum(f.verdict == v for f in primary) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    out = ["## Findings", "",
+           f"### Primary claims (pre-registered, digest `{digest}`)", "",
+           f"{len(primary)} primary claims, fixed with their smallest effect of interest "
+           f"({SESOI['accuracy_points']:g} points) and their correction ({CORRECTION}) in "
+           "`metatokens.study.design` before the confirmatory seeds ran; the digest is that of "
+           "`preregistration(scale)` (claims, effects of interest, correction, recipe, seeds), so a changed design "
+           f"shows. **{counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not reproduced, "
+           f"{counts[INCONCLUSIVE]} inconclusive.** Each is a paired difference of exact match on the same test "
+           f"prompts ({res.scale.eval_n} per task and length per seed; none drawn in training: see the training-prompt "
+           f"record below), with its {INTERVAL_METHOD}. *p*: one-sided bootstrap p of no effect on the claimed side; "
+           "*Holm p*: adjusted across the primary claims. A verdict reads the adjusted p-values: *reproduced* when "
+           "Holm p < 0.025; *not reproduced* when the adjusted p of an effect at least the smallest of interest is "
+           "below 0.025; *inconclusive* otherwise, and always where neither model clears the majority answer and "
+           "chance by 5 points (the task is not learned, so the comparison cannot tell).", "",
+           "| | claim | paper | ours: difference [95% CI] | each seed | p | Holm p | verdict | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for f in primary:
+        p = "—" if f.p is None else f"{f.p:.4f}"
+        ph = "—" if f.p_holm is None else f"{f.p_holm:.4f}"
+        out.append(f"| {f.id} | {f.claim} | {f.paper} | {f.ours} | {_seeds(f.per_seed)} | {p} | {ph} | "
+                   f"**{f.verdict}** | {f.note} |")
+    out += ["", "### Exploratory rows", "",
+            "Every other claim of the paper that the study tests. Each row is read from its own 95% interval, with no "
+            "correction, so they suggest rather than confirm: *reproduced* when the interval lies on the paper's side "
+            "of 0, *not reproduced* when it excludes the smallest effect of interest on that side (5 points for "
+            "accuracy; the analyses' own, in the note), *inconclusive* otherwise; — where the row cannot judge the "
+            "claim (a probe that learned nothing, a protocol the paper does not use).", "",
+            "| claim (paper, docs/method.md sections 6-7) | paper | ours: difference [95% CI] | each seed | verdict | "
+            "note |", "|---|---|---|---|---|---|"]
+    for f in explore:
+        digits = 1 if "points" in f.claim else 3
+        out.append(f"| {f.claim} | {f.paper} | {f.ours} | {_seeds(f.per_seed, digits)} | **{f.verdict}** | {f.note} |")
+    return out
+
 
 def render_report(res: StudyResults) -> str:
     sc, L = res.scale, res.scale.ft_len
@@ -71,7 +119,8 @@ def render_report(res: StudyResults) -> str:
     out = [
         "# metatokens reproduction report",
         "",
-        f"Scale `{res.scale_name}` ({sc.budget}), {n_seeds} seed(s): {', '.join(map(str, res.seed_list))}{spread}"
+        f"Scale `{res.scale_name}` ({sc.budget}), {n_seeds} seed(s): "
+        + ", ".join(f"{s} (seed value {res.seed_values.get(s, s)})" for s in res.seed_list) + spread
         + (f"; seeds {', '.join(map(str, missing))} not finished yet" if missing else "")
         + f"; written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Paper: Shah et al., *Language Modeling with Learned "
         "Meta-Tokens*, arXiv 2509.16278. Every number in a column marked *ours* was measured by this run and is read "
@@ -82,7 +131,7 @@ def render_report(res: StudyResults) -> str:
     if sc.smoke_test:
         out += ["> **Smoke test.** At this scale the models are too small and trained too briefly to learn the tasks: "
                 "the report shows that every stage runs and every table fills, and **its numbers carry no evidence** "
-                "about meta-tokens. The evidence is the `tiny` study (`metatokens reproduce --scale tiny --seeds 3`; "
+                "about meta-tokens. The evidence is the `tiny` study (`metatokens reproduce --scale tiny --seeds 5`; "
                 "committed in `docs/results/reproduce_tiny/`).", ""]
     out += [f"Re-create this report: `metatokens reproduce --scale {res.scale_name} --seeds {res.requested_seeds} "
             f"--out {res.out}` (finished stages are reused; `--seed S` runs one seed, and the report merges every "
@@ -90,23 +139,11 @@ def render_report(res: StudyResults) -> str:
 
     found = findings(res)
     ctrl = controls(res)
-    counts = {v: sum(f.verdict == v for f in found) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
-    out += [
-        "## Findings",
-        "",
-        f"{len(found)} claims of the paper tested: **{counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} not "
-        f"reproduced, {counts[INCONCLUSIVE]} inconclusive** at this scale. Differences are paired (the same test "
-        f"prompts for every model, {sc.eval_n} per task and length per seed, none seen in training) with 95% bootstrap "
-        f"intervals over prompts and seeds (`metatokens.stats`). A verdict reads the interval: *reproduced* when "
-        f"it lies on the paper's side of 0; *not reproduced* when it excludes an effect of {RULE_OUT_POINTS:g} points "
-        "or more in the paper's direction (for accuracy; for the analyses, when it lies on the other side of 0: a "
-        "contrary finding); *inconclusive* otherwise.",
-        "",
-        "| claim (paper, docs/method.md sections 6-7) | paper | ours: difference [95% CI] | verdict | note |",
-        "|---|---|---|---|---|",
-    ]
-    for f in found:
-        out.append(f"| {f.claim} | {f.paper} | {f.ours} | **{f.verdict}** | {f.note} |")
+    primary = [f for f in found if f.id]
+    explore = [f for f in found if not f.id]
+    prereg = preregistration(sc)
+    digest = json_sha256(prereg)[:16]
+    out += _findings_section(res, primary, explore, digest)
     out += ["", "### Controls: where a difference comes from", "",
             f"Paired differences in exact match at L = {L} (points, 95% CI); *shown* when the interval is above 0, "
             f"*ruled out* when it excludes a gain of {RULE_OUT_POINTS:g} points or more; *not learned*: neither model "
@@ -128,16 +165,22 @@ def render_report(res: StudyResults) -> str:
 
     # 1. pre-training
     out += ["## 1. Pre-training", "",
-            "| model | role | parameters | steps | training tokens | val loss / text token (ours) | val bits per byte (ours) |",
+            "| model | role | parameters | steps | positions trained on (epochs of the corpus) | val loss / text token "
+            "(ours) | val bits per byte (ours) |",
             "|---|---|---|---|---|---|---|"]
     for m, ms in models.items():
         if not res.has(f"pretrain-{m}"):
             continue
         rows = [res.result(s, f"pretrain-{m}") for s in res.seed_list]
-        out.append(f"| {ms.label} | {ms.role} | {rows[0]['params']:,} | {rows[0]['step']} | {rows[0]['train_tokens']:,} | "
+        positions = rows[0].get("positions")
+        seen = "n/a" if not positions else f"{positions:,} ({positions / rows[0]['train_tokens']:.1f})"
+        out.append(f"| {ms.label} | {ms.role} | {rows[0]['params']:,} | {rows[0]['step']} | {seen} | "
                    f"{_num([r['val_loss'] for r in rows])} | {_num([r['val_bpb'] for r in rows])} |")
-    out += ["", "Validation loss counts text tokens only (no loss on meta-token targets), so the models compare "
-            "fairly. Models marked *not pre-trained* start fine-tuning from a random initialisation.", "",
+    tokens = res.result(res.seed_list[0], next(f"pretrain-{m}" for m in models if res.has(f"pretrain-{m}")))["train_tokens"]
+    out += ["", f"The corpus's training split holds {tokens:,} tokens; *positions trained on* counts steps x sequences x "
+            "window (meta-tokens take positions too), and the epochs are that over the corpus. Validation loss counts "
+            "text tokens only (no loss on meta-token targets), so the models compare fairly. Models marked *not "
+            "pre-trained* start fine-tuning from a random initialisation.", "",
             loss_figure(res), ""]
 
     # 2. task accuracy
@@ -179,36 +222,7 @@ def render_report(res: StudyResults) -> str:
     out += ["", learning_curves_figure(res), ""]
 
     # 3. length generalisation
-    out += [f"## 3. Length generalisation: L = {L} -> 2L = {2 * L}, and 4L = {4 * L} with YaRN (exact match %)", "",
-            "2L is inside every model's pre-training window; 4L is beyond it, so only RoPE models are read there, after "
-            "YaRN extension. Paper: fine-tuned at 256 and evaluated at 512, gains of "
-            + ", ".join(f"{PAPER_LENGTH_GAIN[m]:+.1f} points ({models[m].label})" for m in PAPER_MODELS if m in models)
-            + ".", "",
-            "| model | task | L | 2L | 2L - L | 4L + YaRN | paper gain at 2x |", "|---|---|---|---|---|---|---|"]
-    for m, ms in models.items():
-        for t in sc.tasks:
-            accs = {k: [(cell(res, s, m, t, k) or {}).get("exact_match") for s in res.seed_list]
-                    for k in (str(L), str(2 * L), f"{4 * L}+yarn")}
-            diffs = [None if a is None or b is None else b - a for a, b in zip(accs[str(L)], accs[str(2 * L)])]
-            mean, _ = mean_std(diffs)
-            gain = "n/a" if mean is None else f"{100 * mean:+.1f}"
-            yarn = _pct(accs[f"{4 * L}+yarn"]) if any(v is not None for v in accs[f"{4 * L}+yarn"]) else "—"
-            paper = _paper(PAPER_LENGTH_GAIN.get(m), sign=True) if m in PAPER_MODELS and t == "list_recall" else "—"
-            out.append(f"| {ms.label} | {TASK_LABELS[t]} | {_pct(accs[str(L)])} | {_pct(accs[str(2 * L)])} | {gain} "
-                       f"| {yarn} | {paper} |")
-    out += ["", "n/a: not measured (an APE model's prompts plus answers of that length do not fit its learned positions); "
-            "—: not applicable (4L: APE models cannot be extended).", ""]
-    out += ["### Paired differences by task and length", "",
-            "Exact match, model A minus model B on the same test prompts (points, 95% CI over prompts and seeds).", "",
-            "| A vs B | task | L | 2L | 4L + YaRN |", "|---|---|---|---|---|"]
-    for a, b in (("meta-ape", "gpt2"), ("meta-rope", "gpt2"), ("meta-rope", "gpt2-rope"), ("meta-rope", "gpt2-rope-wide")):
-        if a not in models or b not in models:
-            continue
-        for t in sc.tasks:
-            cells = [_ci(compare(res, (a, t, k, "prompts"), (b, t, k, "prompts")))
-                     for k in (str(L), str(2 * L), f"{4 * L}+yarn")]
-            out.append(f"| {models[a].label} vs {models[b].label} | {TASK_LABELS[t]} | " + " | ".join(cells) + " |")
-    out.append("")
+    out += length_section(res) + yarn_section(res)
     out += [accuracy_figure(res, t) for t in sc.tasks] + [""]
 
     # 4. ablations
@@ -234,7 +248,10 @@ def render_report(res: StudyResults) -> str:
     if res.has("analyze-entropy"):
         ent = [res.result(s, "analyze-entropy") for s in res.seed_list]
         out += ["## 5. Attention sharpening at meta-tokens (Meta+RoPE, List Recall)", "",
-                "| quantity | ours | paper |", "|---|---|---|"]
+                f"Mean over seeds of each seed's mean over {sc.analysis_n} test prompts, with a 95% hierarchical percentile "
+                "bootstrap (seeds drawn with replacement, then each drawn seed's prompts; no pseudo-observations for "
+                "these continuous values).", "",
+                "| quantity | ours [95% CI] | each seed | paper |", "|---|---|---|---|"]
         for key, paper, what in (("entropy_difference", PAPER_ENTROPY_DIFF,
                                   "attention entropy, non-meta minus meta query positions (nats)"),
                                  ("entropy_difference_nearby", None, "the same, non-meta queries near a meta-token only "
@@ -242,15 +259,17 @@ def render_report(res: StudyResults) -> str:
                                  ("max_logit_boost", PAPER_LOGIT_BOOST, "max attention logit, real meta embedding minus zeroed")):
             if not any(e.get(key) for e in ent):
                 continue
-            vals = [e[key]["mean"] if e.get(key) else None for e in ent]
-            ci = ent[0][key]["ci95"] if ent[0].get(key) else None
-            out.append(f"| {what} | {_num(vals)}" + (f" (95% CI, seed {res.seed_list[0]}: {ci[0]:.3f} to {ci[1]:.3f})" if ci else "")
-                       + f" | {'—' if paper is None else f'{paper:.2f}'} |")
+            c = per_example_contrast([(e.get(key) or {}).get("per_example") for e in ent])
+            ours = _ci(c, 1.0, 3) if c is not None else _num([(e.get(key) or {}).get("mean") for e in ent])
+            each = "—" if c is None else ", ".join(f"{v:+.3f}" for v in c["per_seed"])
+            out.append(f"| {what} | {ours} | {each} | {'—' if paper is None else f'{paper:.2f}'} |")
         out += ["", _figure(res, "analyze-entropy/entropy.png", "Entropy difference by layer and head"), ""]
     if res.has("analyze-residual"):
         out += ["## 6. Residual stream: what a meta-token caches", "",
-                "Cosine similarity between a query token's hidden state and earlier tokens' by distance, per layer, at "
-                "meta and at text (control) queries (paper: high near the meta-token, fading with distance).", "",
+                "Centred cosine similarity (the mean hidden state of the layer subtracted first) between a query token's "
+                "hidden state and earlier tokens' by distance, per layer, at meta and at text (control) queries (paper: "
+                "high near the meta-token, fading with distance). The Findings judge the meta-token's own decay, near "
+                "minus far at the last layer, per example, bootstrapped over seeds then examples.", "",
                 _figure(res, "analyze-residual/residual.png", "Cosine similarity by distance and layer"), ""]
     if res.has("analyze-rate-distortion"):
         rd = res.result(res.seed_list[0], "analyze-rate-distortion")
@@ -274,6 +293,7 @@ def render_report(res: StudyResults) -> str:
                     f"{p['rate']:.2f} / {p['distortion']:.2f}; held out {p.get('test_rate', float('nan')):.2f} / "
                     f"{p.get('test_distortion', float('nan')):.2f}" for p in points) + " |")
             out.append("")
+    out += training_prompts_section(res)
     out += _stage_table(res)
     runs = [(s, inv) for s in res.seed_list for inv in seed_invocations(res, s)[:1] if inv.get("environment")]
     out += ["", "## Environment", ""]

@@ -3,6 +3,7 @@ the number formats of the report.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..stats import contrast, mean_interval, paired
+from ..stats import contrast, paired, values
 from .design import (
     Scale,
 )
@@ -28,6 +29,7 @@ class StudyResults:
     scale: Scale
     seeds: dict[int, dict[str, Any]]  # seed -> stage name -> StageRecord
     requested_seeds: int
+    seed_values: dict[int, int] = dataclasses.field(default_factory=dict)  # seed index -> the seed value it ran with
 
     def result(self, seed: int, stage: str) -> dict[str, Any]:
         return self.seeds[seed][stage].result
@@ -64,9 +66,15 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def eval_stage(model: str) -> str:
+    """The stage that holds a model's test results: evaluate-<model>, or yarn-<model> for "<model>+yarn"
+    (the model after the YaRN protocol: fine-tuned inside the YaRN window and tested there)."""
+    return f"yarn-{model.removesuffix('+yarn')}" if model.endswith("+yarn") else f"evaluate-{model}"
+
+
 def cell(res: StudyResults, seed: int, model: str, task: str, key: str, variant: str = "prompts") -> dict | None:
     """One evaluated (model, task, length key) of one seed, or None where it was not measured."""
-    stage = f"evaluate-{model}"
+    stage = eval_stage(model)
     if stage not in res.seeds[seed]:
         return None
     return res.result(seed, stage).get(task, {}).get(variant, {}).get(key)
@@ -118,23 +126,35 @@ def ablation_contrast(res: StudyResults, model: str, task: str, variant: str) ->
 
 
 def baseline(res: StudyResults, task: str, key: str, which: str) -> float | None:
-    values = []
+    """The majority or chance answer's exact match on the test prompts of a task and length (the same
+    prompts for every model of a seed), averaged over seeds."""
+    found = []
     for seed in res.seed_list:
         for stage, rec in res.seeds[seed].items():
-            if stage.startswith("evaluate-") and key.split("+")[0] in rec.result.get("baselines", {}).get(task, {}):
-                values.append(rec.result["baselines"][task][key.split("+")[0]][which])
+            if stage.startswith(("evaluate-", "yarn-")) and key.split("+")[0] in rec.result.get("baselines", {}).get(task, {}):
+                found.append(rec.result["baselines"][task][key.split("+")[0]][which])
                 break
-    return sum(values) / len(values) if values else None
+    return sum(found) / len(found) if found else None
 
 
-def per_seed_interval(values: list[float | None], single_ci: list[float] | None) -> dict[str, Any] | None:
-    """A quantity measured once per seed: its mean, with the 95% t-interval over seeds (or, with one
-    seed, that seed's own interval where the analysis gives one)."""
-    xs = [v for v in values if v is not None and math.isfinite(v)]
+def per_seed_interval(per_seed: list[float | None]) -> dict[str, Any] | None:
+    """A quantity measured once per seed (with no per-example values to resample): its mean, and the
+    seed level of the bootstrap alone (percentiles of the mean of S seeds drawn with replacement);
+    no interval below two seeds."""
+    xs = [v for v in per_seed if v is not None and math.isfinite(v)]
     if not xs:
         return None
-    ci = mean_interval(xs) if len(xs) > 1 else single_ci
-    return {"diff": sum(xs) / len(xs), "ci95": ci, "seeds": len(xs)}
+    if len(xs) < 2:
+        return {"diff": xs[0], "ci95": None, "seeds": 1, "per_seed": xs}
+    return contrast([values([[x] for x in xs])])
+
+
+def per_example_contrast(per_seed: list[list[float] | None]) -> dict[str, Any] | None:
+    """A quantity with one value per example in each seed (an analysis): the hierarchical bootstrap of
+    its mean, seeds then examples."""
+    if not per_seed or any(not v for v in per_seed):
+        return None
+    return contrast([values(per_seed)])
 
 
 def near_minus_far(meta: list[float], ctrl: list[float]) -> float | None:

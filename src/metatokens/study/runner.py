@@ -1,17 +1,22 @@
 """`metatokens reproduce`: the whole study, from corpus to REPORT.md beside the paper's numbers.
 
-Stages of one seed (see `metatokens.study.design` for the models):
+Stages of one seed (`metatokens.study.plan`; the models are in `metatokens.study.design`):
 
 1. ``pretrain-M``: pre-train each pre-trained model M on the built-in corpus;
-2. ``finetune-M``: one fine-tune per model on a mixture of the four tasks at length L (the same
-   examples for every model; held-out learning curves per task). Models not pre-trained start
-   from a random initialisation with the pre-trained models' tokenizer;
-3. ``evaluate-M``: the four tasks at L and 2L (and 4L with YaRN for RoPE models, beyond the
-   pre-training window), on the same test prompts for every model; meta models also with their
-   meta-tokens removed from the prompts. Per-prompt results are kept, so that models can be
-   compared prompt by prompt (`metatokens.stats`);
-4. ``ablate-M`` for the paper's meta models: the meta-token's position or embedding zeroed;
-5. ``analyze-*``: attention entropy, residual stream and rate-distortion of Meta+RoPE on List Recall.
+2. ``finetune-M``: one fine-tune per model on a mixture of the tasks at length L, at the model's
+   frozen learning rate (the same examples for every model; learning curves on dev prompts).
+   Models not pre-trained start from a random initialisation with the pre-trained models' tokenizer;
+3. ``yarn-M`` for Meta+RoPE and GPT-2 (RoPE): the paper's YaRN protocol (YaRN on, fine-tuned at
+   L_y past the pre-training window, tested at L_y and 2 L_y);
+4. ``evaluate-M``: the tasks at L, 1.5L, 2L, ... (where they fit the window), and 4L with YaRN
+   switched on at test time only for RoPE models (exploratory), on the same test prompts for every
+   model; meta models also with their meta-tokens removed from the prompts. Per-prompt results
+   are kept, so that models can be compared prompt by prompt (`metatokens.stats`);
+5. ``ablate-M`` for the paper's meta models: the meta-token's position or embedding zeroed;
+6. ``analyze-*``: attention entropy, residual stream and rate-distortion of Meta+RoPE on List Recall.
+
+With ``--tune`` the same machinery runs the learning-rate grid on dev prompts instead
+(`plan.plan_tuning`) and writes the grid's report (`metatokens.study.tuning`).
 
 Every stage is cached in OUT/stages/seed<S>/<name>/stage.json with a key hashed from its
 settings and from its inputs' keys: a re-run skips finished stages, continues an interrupted
@@ -44,9 +49,11 @@ import torch
 from ..errors import StudyError
 from ..fileio import atomic_write_text
 from .design import SCALES, Scale
+from .plan import Plan
 from .report import render_report
 from .results import StudyResults, environment
 from .stages import StageRecord, Stages, StageSpec, _last_line
+from .tuning import render_tuning
 
 
 def usable_cpus() -> int:
@@ -66,6 +73,7 @@ def early_first(todo: list[tuple[int, StageSpec]], scale: Scale) -> list[tuple[i
     order = list(todo)
     for seed in dict.fromkeys(spec.seed for _, spec in todo):
         early = next((item for item in order if item[1].seed == seed and item[1].name.startswith("finetune-")
+                      and item[1].name.removeprefix("finetune-") in scale.models
                       and not scale.models[item[1].name.removeprefix("finetune-")].pretrained), None)
         if early is not None:
             first = next(i for i, item in enumerate(order) if item[1].seed == seed)
@@ -88,7 +96,7 @@ def default_jobs(device: str) -> int:
 
 
 @dataclass
-class Pipeline(Stages):
+class Pipeline(Plan, Stages):
     out: Path
     scale_name: str
     seeds: int = 1
@@ -97,13 +105,11 @@ class Pipeline(Stages):
     jobs: int = 1
     log: Callable[[str], None] = print
     records: list[StageRecord] = field(default_factory=list)
+    tune: bool = False  # the learning-rate grid on dev prompts (plan.plan_tuning) instead of the study
 
     @property
     def scale(self) -> Scale:
         return SCALES[self.scale_name]
-
-    # ------------------------------------------------------------------------- the plan
-
 
     # ------------------------------------------------------------------------- running stages
 
@@ -225,7 +231,7 @@ class Pipeline(Stages):
                             log_file = open(log_path, "w")
                             cmd = [sys.executable, "-m", "metatokens", "reproduce", "--scale", self.scale_name,
                                    "--out", str(self.out), "--seeds", str(self.seeds), "--device", self.device,
-                                   "--no-progress", "--stage", spec.full_name]
+                                   "--no-progress", "--stage", spec.full_name] + (["--tune"] if self.tune else [])
                             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                                     stdin=subprocess.DEVNULL)
                             running[spec.full_name] = (proc, i, spec, time.perf_counter(), log_file)
@@ -297,16 +303,6 @@ class Pipeline(Stages):
         rec = self.finished(specs[name])
         return rec if rec is not None else self.execute(specs[name], done)
 
-    # ------------------------------------------------------------------------- stage bodies
-
-
-
-
-
-
-
-
-
     # ------------------------------------------------------------------------- the report
 
     def complete_seeds(self) -> dict[int, dict[str, StageRecord]]:
@@ -332,9 +328,9 @@ class Pipeline(Stages):
             for rec in records.values():
                 rec.cached = rec.name not in run_now
         results = StudyResults(out=self.out, scale_name=self.scale_name, scale=self.scale, seeds=seeds,
-                               requested_seeds=self.seeds)
+                               requested_seeds=self.seeds, seed_values={s: self.seed_value(s) for s in seeds})
         path = self.out / "REPORT.md"
-        atomic_write_text(path, render_report(results))
+        atomic_write_text(path, render_tuning(results) if self.tune else render_report(results))
         return path
 
 

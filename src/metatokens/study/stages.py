@@ -1,5 +1,5 @@
-"""The study's stages: their records (`StageSpec`, `StageRecord`), the plan of one seed, and what each
-stage does. Pre-training and fine-tuning go through `run_pretrain` / `run_finetune` (and so the run
+"""The study's stages: their records (`StageSpec`, `StageRecord`) and what each stage does (the plan
+of a seed is `metatokens.study.plan`). Pre-training and fine-tuning go through `run_pretrain` / `run_finetune` (and so the run
 folder's one lifecycle); evaluations, ablations and analyses write their results into stage.json.
 """
 from __future__ import annotations
@@ -23,15 +23,14 @@ from ..evaluation.loading import load_model
 from ..evaluation.report import write_report
 from ..evaluation.scoring import answer_baselines
 from ..evaluation.tasks import evaluate_task
-from ..fileio import atomic_write_text, json_sha256
+from ..fileio import atomic_write_text
 from ..model.yarn import apply_yarn
 from ..runs.folder import read_metrics
 from ..tasks.registry import make_examples
-from ..training.config import load_run_config
 from ..training.finetune import make_train_config, run_finetune
 from ..training.pretrain import run_pretrain
 from ..training.task_batches import TaskSpec
-from .design import EVAL_METRICS, PAPER_MODELS, RESULT_FORMAT
+from .design import EVAL_METRICS
 
 
 @dataclass
@@ -68,81 +67,9 @@ def _last_line(path: Path) -> str:
 
 
 class Stages:
-    """What each stage of the study does (pre-train, fine-tune, evaluate, ablate, analyse) and the plan
-    of one seed's stages; `runner.Pipeline` schedules them, caches their results and writes the report.
-    Uses the pipeline's `out`, `scale`, `device`, `progress`, `seeds` and `log`."""
-
-    def plan(self, seed: int) -> list[StageSpec]:
-        """Every stage of one seed, in an order that starts the long ones first; keys filled in."""
-        sc, L = self.scale, self.scale.ft_len
-        models = sc.models
-        specs: list[StageSpec] = []
-        windows: dict[str, int] = {}
-        positions: dict[str, str] = {}
-        for m, ms in models.items():
-            overrides = [*sc.pretrain_overrides, *ms.overrides, f"train.seed={1337 + seed}", f"train.device={self.device}"]
-            cfg = load_run_config(ms.preset, overrides)
-            windows[m], positions[m] = cfg.model.block_size, cfg.model.pos_encoding
-            if not ms.pretrained:
-                continue
-            command = (f"metatokens pretrain --config {ms.preset} --out stages/seed{seed}/pretrain-{m}/run "
-                       + " ".join(f"--set {o}" for o in overrides))
-            settings = cfg.to_dict()
-            settings["train"]["device"] = "auto"  # where a stage runs does not change what it measures
-            specs.append(StageSpec(seed, f"pretrain-{m}", settings, [], command,
-                                   lambda f, r, inp, cfg=cfg: self._pretrain(cfg, f, r)))
-        tokenizer_from = next(m for m, ms in models.items() if ms.pretrained and ms.meta)
-        fine = [m for m in models if not models[m].pretrained] + [m for m in models if models[m].pretrained]
-        for m in fine:
-            ms = models[m]
-            settings = {"tasks": list(sc.tasks), "weights": list(sc.ft_weights), "len": L, "steps": sc.ft_steps,
-                        "batch": sc.ft_batch, "lr": sc.ft_lr, "min_lr_ratio": sc.ft_min_lr_ratio, "warmup": sc.ft_warmup,
-                        "curve": [sc.ft_curve_points, sc.ft_curve_n], "seed": seed, "difficulty": sc.difficulty,
-                        "meta": ms.meta}
-            inputs = [f"pretrain-{m}"] if ms.pretrained else [f"pretrain-{tokenizer_from}"]
-            if not ms.pretrained:
-                settings["from_scratch"] = {"preset": ms.preset, "overrides": [*sc.pretrain_overrides, *ms.overrides]}
-            source = (f"--init stages/seed{seed}/pretrain-{m}/run" if ms.pretrained else
-                      f"--from-scratch {ms.preset} --tokenizer stages/seed{seed}/pretrain-{tokenizer_from}/run/tokenizer.json"
-                      + "".join(f" --set {o}" for o in [*sc.pretrain_overrides, *ms.overrides] if o.startswith("model.")))
-            command = (f"metatokens finetune {source} --task {','.join(sc.tasks)} "
-                       f"--task-weights {','.join(map(str, sc.ft_weights))} --max-len {L} --difficulty {sc.difficulty} "
-                       f"--meta {'on' if ms.meta else 'off'} --steps {sc.ft_steps} --batch-size {sc.ft_batch} "
-                       f"--lr {sc.ft_lr:g} --seed {seed} --out stages/seed{seed}/finetune-{m}/run")
-            specs.append(StageSpec(seed, f"finetune-{m}", settings, inputs, command,
-                                   lambda f, r, inp, m=m: self._finetune(m, seed, f, r, inp)))
-        for m, ms in models.items():
-            rope = positions[m] == "rope"
-            lengths = [L, 2 * L]
-            yarn = 4 * L / windows[m] if rope else None
-            settings = {"lengths": lengths, "n": sc.eval_n, "seed": seed, "yarn_len": 4 * L if rope else None,
-                        "no_meta": ms.meta, "difficulty": sc.difficulty, "format": RESULT_FORMAT}
-            run = f"stages/seed{seed}/finetune-{m}/run"
-            command = (f"metatokens evaluate --checkpoint {run} --task T --lengths {L},{2 * L} --n {sc.eval_n} "
-                       f"--seed {seed} --skip-unfit, for each task T"
-                       + ("; and --meta off" if ms.meta else "")
-                       + (f"; and --lengths {4 * L} --yarn-scale {yarn:g}" if rope else ""))
-            specs.append(StageSpec(seed, f"evaluate-{m}", settings, [f"finetune-{m}"], command,
-                                   lambda f, r, inp, m=m, yarn=yarn: self._evaluate(m, seed, f, inp, yarn)))
-        for m in PAPER_MODELS:
-            if m in models and models[m].meta:
-                settings = {"length": L, "n": sc.eval_n, "seed": seed, "difficulty": sc.difficulty, "format": RESULT_FORMAT}
-                command = (f"metatokens analyze ablate --checkpoint stages/seed{seed}/finetune-{m}/run "
-                           f"--task {','.join(sc.tasks)} --lengths {L} --n {sc.eval_n} --seed {seed}")
-                specs.append(StageSpec(seed, f"ablate-{m}", settings, [f"finetune-{m}"], command,
-                                       lambda f, r, inp, m=m: self._ablate(m, seed, f, inp)))
-        for analysis in ("entropy", "residual", "rate-distortion"):
-            settings = {"analysis": analysis, "length": L, "n": sc.analysis_n, "seed": seed, "epochs": sc.rd_epochs,
-                        "format": RESULT_FORMAT}
-            command = (f"metatokens analyze {analysis} --checkpoint stages/seed{seed}/finetune-meta-rope/run "
-                       f"--task list_recall --length {L} --n {sc.analysis_n} --seed {seed}")
-            specs.append(StageSpec(seed, f"analyze-{analysis}", settings, ["finetune-meta-rope"], command,
-                                   lambda f, r, inp, a=analysis: self._analyze(a, seed, f, inp)))
-        keys: dict[str, str] = {}
-        for spec in specs:
-            spec.key = json_sha256({"settings": spec.settings, "inputs": [keys[i] for i in spec.inputs]})[:16]
-            keys[spec.name] = spec.key
-        return specs
+    """What each stage of the study does (pre-train, fine-tune, evaluate, ablate, analyse); `plan.Plan`
+    lists the stages of a seed and `runner.Pipeline` schedules them, caches their results and writes the
+    report. Uses the pipeline's `out`, `scale`, `device`, `progress`, `seeds` and `log`."""
 
     def _pretrain(self, cfg, folder: Path, resume: bool) -> dict[str, Any]:
         gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
@@ -161,19 +88,22 @@ class Stages:
         rows = read_metrics(run, missing_ok=True)
         return {"run": self._rel(run), "params": info["params"], "step": summary.get("step"),
                 "val_loss": summary.get("val_loss"), "val_bpb": summary.get("val_bpb"),
-                "train_tokens": info["data"]["train_tokens"],
+                "train_tokens": info["data"]["train_tokens"],  # the corpus's training split, in tokens
+                # positions the model was trained on (steps x sequences x window; meta-tokens take positions too)
+                "positions": (summary.get("step") or 0) * cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size,
                 "curve": {"train": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r],
                           "val": [[r["step"], r["val_loss"]] for r in rows if "val_loss" in r]}}
 
-    def _finetune(self, m: str, seed: int, folder: Path, resume: bool, inputs: dict[str, StageRecord]) -> dict[str, Any]:
+    def _finetune(self, m: str, sv: int, lr: float, folder: Path, resume: bool,
+                  inputs: dict[str, StageRecord]) -> dict[str, Any]:
         sc, ms = self.scale, self.scale.models[m]
         spec = TaskSpec(task=",".join(sc.tasks), weights=list(sc.ft_weights), max_len=sc.ft_len, difficulty=sc.difficulty,
-                        seed=seed, eval_n=sc.ft_curve_n, meta="on" if ms.meta else "off")
-        every = max(1, sc.ft_steps // sc.ft_curve_points)
-        train = make_train_config(max_steps=sc.ft_steps, batch_size=sc.ft_batch, lr=sc.ft_lr,
-                                  min_lr=sc.ft_lr * sc.ft_min_lr_ratio, warmup_steps=min(sc.ft_warmup, sc.ft_steps),
-                                  eval_interval=every, ckpt_interval=max(1, sc.ft_steps // 4), seed=seed,
-                                  device=self.device, log_interval=max(1, sc.ft_steps // 40))
+                        seed=sv, eval_n=sc.ft_curve_n, meta="on" if ms.meta else "off")
+        train = make_train_config(max_steps=sc.ft_steps, batch_size=sc.ft_batch, lr=lr, min_lr=lr * sc.ft_min_lr_ratio,
+                                  warmup_steps=min(sc.ft_warmup, sc.ft_steps),
+                                  eval_interval=max(1, sc.ft_steps // sc.ft_curve_points),
+                                  ckpt_interval=max(1, sc.ft_steps // 4), seed=sv, device=self.device,
+                                  log_interval=max(1, sc.ft_steps // 40))
         run = folder / "run"
         (source,) = inputs.values()
         if ms.pretrained:
@@ -183,12 +113,19 @@ class Stages:
             kwargs = {"from_scratch": None if resume else ms.preset, "model_overrides": None if resume else model_overrides,
                       "tokenizer_path": str(self.run_path(source) / "tokenizer.json")}
         summary = run_finetune(spec, train, run, resume=resume, progress=self.progress, **kwargs)
+        return self._finetune_record(run, summary, sc.tasks)
+
+    def _finetune_record(self, run: Path, summary: dict[str, Any], tasks) -> dict[str, Any]:
+        """What a fine-tuning stage keeps: its dev-prompt learning curves, its training loss, and the record of
+        the prompts it trained on (how many, how many distinct, and how many of them fall in the test or dev
+        split: none may)."""
         info = json.loads((run / "run.json").read_text())
         rows = read_metrics(run, missing_ok=True)
         curves = {task: [[r["step"], r[f"val_exact_match/{task}"], r[f"val_token_accuracy/{task}"], r[f"val_loss/{task}"]]
-                         for r in rows if f"val_exact_match/{task}" in r] for task in sc.tasks}
+                         for r in rows if f"val_exact_match/{task}" in r] for task in tasks}
         return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
                 "step": summary.get("step"), "curves": curves,
+                "training_prompts": summary.get("training_prompts", info.get("training_prompts")),
                 "train_curve": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r]}
 
     def _rel(self, path: Path) -> str:
@@ -202,47 +139,70 @@ class Stages:
     def _device(self) -> str:
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
-    def _evaluate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord],
-                  yarn: float | None) -> dict[str, Any]:
-
-        sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
-        loaded = load_model(self.run_path(inputs[f"finetune-{m}"]), device=self._device())
+    def _evaluate(self, m: str, sv: int, folder: Path, source: StageRecord, split: str, lengths: list[int],
+                  test_time_yarn: float | None) -> dict[str, Any]:
+        sc, ms = self.scale, self.scale.models[m]
+        loaded = load_model(self.run_path(source), device=self._device())
         loaded.name = ms.label
         variants = [("prompts", "on" if ms.meta else "off")] + ([("no_meta", "off")] if ms.meta else [])
         out: dict[str, Any] = {}
-
-        def keep(result: dict[str, Any], task: str, variant: str, suffix: str = "") -> None:
-            for r in result["models"][0]["results"]:
-                cell = out.setdefault(task, {}).setdefault(variant, {})
-                cell[f"{r['length']}{suffix}"] = None if r.get("skipped") else {
-                    **{k: r.get(k) for k in EVAL_METRICS}, "n": r["n"], "exact_per_example": r["exact_per_example"],
-                    "prompts": r["prompts_sha256"]}
-
         for task in sc.tasks:
             for variant, meta in variants:
-                result = evaluate_task([loaded], task, [L, 2 * L], n=sc.eval_n, seed=seed, difficulty=sc.difficulty,
-                                       meta=meta, skip_unfit=True, device=self._device(), progress=self.progress)
+                result = evaluate_task([loaded], task, lengths, n=sc.eval_n, seed=sv, difficulty=sc.difficulty,
+                                       meta=meta, skip_unfit=True, split=split, device=self._device(),
+                                       progress=self.progress)
                 if variant == "prompts":
                     write_report(result, folder, stem=task)
-                keep(result, task, variant)
-
-        lengths = [L, 2 * L] + ([4 * L] if yarn is not None else [])
-        out["baselines"] = {task: {str(n): answer_baselines(make_examples(
-            task, loaded.tokenizer, length=n, difficulty=sc.difficulty, n=sc.eval_n, seed=seed, split="test"))
-            for n in lengths} for task in sc.tasks}
-        if yarn is not None:  # beyond the pre-training window: YaRN, applied once, in place
-            if yarn > 1:
-                apply_yarn(loaded.model, yarn)
-            out["yarn_scale"] = yarn
+                _keep(out, result, task, variant)
+        yarn_len = [4 * sc.ft_len] if test_time_yarn is not None else []
+        out["baselines"] = self._baselines(loaded.tokenizer, sc.tasks, lengths + yarn_len, sv, split)
+        if test_time_yarn is not None:  # exploratory: YaRN switched on at test time only, beyond the window
+            if test_time_yarn > 1:
+                apply_yarn(loaded.model, test_time_yarn)
+            out["yarn_scale"] = test_time_yarn
             for task in sc.tasks:
-                result = evaluate_task([loaded], task, [4 * L], n=sc.eval_n, seed=seed, difficulty=sc.difficulty,
-                                       meta="on" if ms.meta else "off", device=self._device(), progress=self.progress)
-                keep(result, task, "prompts", "+yarn")
+                result = evaluate_task([loaded], task, yarn_len, n=sc.eval_n, seed=sv, difficulty=sc.difficulty,
+                                       meta="on" if ms.meta else "off", split=split, device=self._device(),
+                                       progress=self.progress)
+                _keep(out, result, task, "prompts", "+yarn")
         return out
 
-    def _ablate(self, m: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
+    def _baselines(self, tokenizer, tasks, lengths: list[int], sv: int, split: str) -> dict[str, Any]:
+        """The majority and chance answers' exact match on the very prompts the models are scored on."""
+        return {task: {str(n): answer_baselines(make_examples(task, tokenizer, length=n, difficulty=self.scale.difficulty,
+                                                              n=self.scale.eval_n, seed=sv, split=split))
+                       for n in lengths} for task in tasks}
+
+    def _yarn(self, m: str, sv: int, folder: Path, resume: bool, source: StageRecord, split: str) -> dict[str, Any]:
+        """The paper's YaRN protocol: YaRN on at scale s, fine-tuned at L_y past the pre-training window (from
+        the model fine-tuned at L), then tested at L_y and 2 L_y, inside the YaRN window."""
+        sc, ms, y = self.scale, self.scale.models[m], self.scale.yarn
+        spec = TaskSpec(task=",".join(y.tasks), weights=list(y.weights), max_len=y.length, difficulty=sc.difficulty,
+                        seed=sv, eval_n=sc.ft_curve_n, meta="on" if ms.meta else "off", yarn_scale=y.scale)
+        train = make_train_config(max_steps=y.steps, batch_size=y.batch, lr=y.lr, min_lr=y.lr * sc.ft_min_lr_ratio,
+                                  warmup_steps=min(y.warmup, y.steps), eval_interval=max(1, y.steps // 4),
+                                  ckpt_interval=max(1, y.steps // 2), seed=sv, device=self.device,
+                                  log_interval=max(1, y.steps // 20))
+        run = folder / "run"
+        summary = run_finetune(spec, train, run, resume=resume, progress=self.progress,
+                               init=None if resume else str(self.run_path(source)))
+        loaded = load_model(run, device=self._device())
+        loaded.name = ms.label + " + YaRN"
+        lengths = [y.length, 2 * y.length]
+        out: dict[str, Any] = {"finetune": self._finetune_record(run, summary, y.tasks), "yarn_scale": y.scale,
+                               "window": loaded.model.config.block_size}
+        for task in y.tasks:
+            result = evaluate_task([loaded], task, lengths, n=sc.eval_n, seed=sv, difficulty=sc.difficulty,
+                                   meta="on" if ms.meta else "off", skip_unfit=True, split=split,
+                                   device=self._device(), progress=self.progress)
+            write_report(result, folder, stem=task)
+            _keep(out, result, task, "prompts")
+        out["baselines"] = self._baselines(loaded.tokenizer, y.tasks, lengths, sv, split)
+        return out
+
+    def _ablate(self, m: str, sv: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
         model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
-        result = ablation_study(model, tok, list(self.scale.tasks), [self.scale.ft_len], n=self.scale.eval_n, seed=seed,
+        result = ablation_study(model, tok, list(self.scale.tasks), [self.scale.ft_len], n=self.scale.eval_n, seed=sv,
                                 difficulty=self.scale.difficulty, progress=self.progress)
         write_json(folder / "ablate.json", result)
         atomic_write_text(folder / "ablate.md", markdown_table(result))
@@ -251,12 +211,12 @@ class Stages:
                                      "exact_per_example": row[name]["exact_per_example"]}
                               for name in result["variants"]} for row in result["rows"]}
 
-    def _analyze(self, analysis: str, seed: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
+    def _analyze(self, analysis: str, sv: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
         sc = self.scale
         model, tok, _ = load_for_analysis(self.run_path(inputs["finetune-meta-rope"]), self._device())
 
         def examples(n: int, split: str = "test"):
-            return make_examples("list_recall", tok, length=sc.ft_len, difficulty=sc.difficulty, n=n, seed=seed,
+            return make_examples("list_recall", tok, length=sc.ft_len, difficulty=sc.difficulty, n=n, seed=sv,
                                  split=split)
 
         if analysis == "entropy":
@@ -270,9 +230,21 @@ class Stages:
             headline = {k: result[k] for k in ("layers", "distance_bins", "cosine_meta_binned", "cosine_control_binned")}
         else:
             result = an.rate_distortion_analysis(model, examples(sc.analysis_n, "train"), examples(sc.analysis_n),
-                                                 epochs=sc.rd_epochs, seed=seed, progress=self.progress)
+                                                 epochs=sc.rd_epochs, seed=sv, progress=self.progress)
             an.plot_rate_distortion(result, folder / "rate_distortion.png", title="VIB probe, Meta+RoPE, List Recall")
-            headline = {k: result.get(k) for k in ("curves", "no_information_train", "no_information_test",
-                                                    "n_train", "n_test", "n_classes")}
+            headline = {k: result.get(k) for k in ("no_information_train", "no_information_test", "n_train", "n_test",
+                                                    "n_classes", "learned")}
+            # the curves without their per-example lists (those stay in rate-distortion.json)
+            headline["curves"] = {name: [{k: v for k, v in point.items() if not k.endswith("per_example")}
+                                         for point in points] for name, points in result["curves"].items()}
         write_json(folder / f"{analysis}.json", result)
         return headline
+
+
+def _keep(out: dict[str, Any], result: dict[str, Any], task: str, variant: str, suffix: str = "") -> None:
+    """Store one evaluation's cells under out[task][variant][length + suffix] (None where skipped)."""
+    for r in result["models"][0]["results"]:
+        cell = out.setdefault(task, {}).setdefault(variant, {})
+        cell[f"{r['length']}{suffix}"] = None if r.get("skipped") else {
+            **{k: r.get(k) for k in EVAL_METRICS}, "n": r["n"], "exact_per_example": r["exact_per_example"],
+            "prompts": r["prompts_sha256"]}
