@@ -1,4 +1,5 @@
-"""Fine-tuning's learning-curve (held-out) prompts are test-split prompts that the evaluation never scores."""
+"""Fine-tuning's learning-curve (held-out) prompts are dev-split prompts: nothing during training looks at a
+test prompt, and none of them is a prompt the evaluation scores or the training stream draws."""
 
 import hashlib
 
@@ -26,9 +27,11 @@ def tok():
 
 def split_by_hand(prompt_text: str) -> str:
     """The task split rule written out (tasks/registry.py docstring): BLAKE2b-64 of the prompt text,
-    an odd first byte is "test", an even one "train"."""
-    first = hashlib.blake2b(prompt_text.encode("utf-8"), digest_size=8).digest()[0]
-    return "test" if first % 2 == 1 else "train"
+    an odd first byte is "test"; an even one is "dev" when the second byte is below 32, else "train"."""
+    digest = hashlib.blake2b(prompt_text.encode("utf-8"), digest_size=8).digest()
+    if digest[0] % 2 == 1:
+        return "test"
+    return "dev" if digest[1] < 32 else "train"
 
 
 def held_out(tok, task, L, seed, n):
@@ -37,13 +40,13 @@ def held_out(tok, task, L, seed, n):
 
 
 @pytest.mark.parametrize("task,L", CASES)
-def test_learning_curve_prompts_come_from_the_test_split(tok, task, L):
+def test_learning_curve_prompts_come_from_the_dev_split(tok, task, L):
     for seed in (0, 1):
         examples = held_out(tok, task, L, seed, n=12)
         assert len(examples) == 12
         splits = [split_by_hand(e.prompt_text) for e in examples]
-        assert splits == ["test"] * 12, f"held-out prompts by the hash rule: {splits}"
-        assert all(e.info["split"] == "test" for e in examples)
+        assert splits == ["dev"] * 12, f"held-out prompts by the hash rule: {splits}"
+        assert all(e.info["split"] == "dev" for e in examples)
         # ... so no prompt of the training stream (train split) can be among them
         batches = TaskBatches(task, tok, plan_phases(TaskSpec(task=task, max_len=L, seed=seed), tok, True),
                               batch_size=8, seed=seed, meta=True, total_batches=4)
@@ -56,7 +59,8 @@ def test_learning_curve_prompts_come_from_the_test_split(tok, task, L):
 def test_learning_curve_prompts_are_not_the_evaluation_test_prompts(tok, task, L, monkeypatch):
     """The study fine-tunes with --seed S (learning curves at L) and evaluates with --seed S at L and 2L
     (`metatokens evaluate`, `evaluate_task`); the prompts it watches while training must not be ones
-    it later reports accuracy on."""
+    it later reports accuracy on, on the test split nor on the dev split (`evaluate --split dev`, for
+    recipe choices: the curves' own seed offset keeps them apart)."""
     drawn = []
     real = evaluate_module.make_examples
 
@@ -69,11 +73,11 @@ def test_learning_curve_prompts_are_not_the_evaluation_test_prompts(tok, task, L
     torch.manual_seed(0)
     model = GPT(model_shape("toy", vocab_size=320, pos_encoding="rope", meta_token_id=tok.meta_token_id)).eval()
     loaded = LoadedModel("toy", "toy", model, tok, "metatokens")
-    for seed in (0, 1):
+    for seed, split in ((0, "test"), (1, "test"), (0, "dev"), (1, "dev")):
         drawn.clear()
-        evaluate_task([loaded], task, [L, 2 * L], n=16, seed=seed, progress=False)
+        evaluate_task([loaded], task, [L, 2 * L], n=16, seed=seed, split=split, progress=False)
         evaluation = {e.prompt_text for examples in drawn for e in examples}
         assert len(evaluation) == 32 and len(drawn) == 2  # both lengths were drawn and seen here
         curve = {e.prompt_text for e in held_out(tok, task, L, seed, n=16)}
         shared = curve & evaluation
-        assert not shared, f"seed {seed}: {len(shared)} of 16 learning-curve prompts are evaluation prompts"
+        assert not shared, f"seed {seed}: {len(shared)} of 16 learning-curve prompts are {split} evaluation prompts"

@@ -40,7 +40,7 @@ def add_command(sub) -> None:
     task.add_argument("--phases", type=int, default=5, help="number of curriculum phases (default 5)")
     task.add_argument("--meta", choices=("auto", "on", "off"), default="auto",
                       help="use the tasks' meta-token variant (auto: when the model was pre-trained with meta-tokens)")
-    task.add_argument("--eval-n", type=int, default=64, help="held-out examples scored at each evaluation (default 64)")
+    task.add_argument("--eval-n", type=int, default=64, help="held-out (dev split) examples scored at each evaluation (default 64)")
     opt = p.add_argument_group("optimisation (defaults: metatokens.training.finetune.FINETUNE_TRAIN)")
     opt.add_argument("--max-steps", "--steps", dest="steps", type=int, help="optimiser steps (default 500; the same "
                      "flag as pretrain's --max-steps, --steps also works)")

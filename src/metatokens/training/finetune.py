@@ -5,7 +5,8 @@ forcing: ``x = row[:-1]``, ``y = row[1:]`` with every target before the first an
 -100, and right-padded with EOS (padding targets -100). So the loss is the mean over answer
 tokens; a prompt's meta-tokens are read but never predicted.
 
-Examples come from `metatokens.tasks` (split "train"): an endless stream, deterministic in the
+Examples come from `metatokens.tasks` (split "train"; the learning curves score dev prompts, so no
+test prompt is looked at while training): an endless stream, deterministic in the
 seed, cut into micro-batches. Micro-batch ``b`` of process ``r`` holds examples
 ``(b * world + r) * B ... + B - 1`` of its phase, so its whole position is one integer (the
 micro-batch counter, saved in every checkpoint) and a resumed run sees exactly the batches it
@@ -121,8 +122,10 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
     return loaded, k, {"from_scratch": from_scratch, "tokenizer": str(tokenizer_path) if tokenizer_path else None}
 
 
-# Held-out examples of a fine-tuning run come from the test split under their own seed, so that the
-# evaluation prompts of `metatokens evaluate` (seed = the run's seed) are not the ones watched here.
+# Held-out examples of a fine-tuning run (its learning curves) come from the dev split, so that nothing
+# during training ever looks at a test prompt; and under their own seed, so that the dev prompts of
+# `metatokens evaluate --split dev` (seed = the run's seed), used to choose a recipe, are not the ones
+# watched here either.
 HELD_OUT_SEED_OFFSET = 7919
 
 
@@ -130,7 +133,7 @@ def _held_out(spec: TaskSpec, plan: list[Phase], tokenizer: MetaTokenizer, meta:
               task: str | None = None) -> list[Example]:
     length, difficulty = plan[-1]
     return make_examples(task or spec.task, tokenizer, length=length, difficulty=difficulty, n=spec.eval_n,
-                         seed=spec.seed + HELD_OUT_SEED_OFFSET, split="test", meta=meta)
+                         seed=spec.seed + HELD_OUT_SEED_OFFSET, split="dev", meta=meta)
 
 
 def make_evaluator(model, examples: list[Example] | dict[str, list[Example]], tokenizer: MetaTokenizer, device):

@@ -44,7 +44,7 @@ class TaskSpec:
     phases: int = 5  # curriculum phases (paper: 5)
     meta: str = "auto"  # auto (the model's pre-training decides), on, off: the tasks' meta-token variant
     seed: int = 0  # seeds the example stream and the held-out examples
-    eval_n: int = 64  # test-split examples scored at every evaluation
+    eval_n: int = 64  # dev-split examples scored at every evaluation (the learning curves)
     yarn_scale: float | None = None  # extend a RoPE model's window L -> s * L with YaRN before fine-tuning
 
 
