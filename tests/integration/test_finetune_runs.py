@@ -69,6 +69,32 @@ def test_finetune_from_scratch_lowers_the_answer_loss_and_resumes_exactly(task_t
         assert resumed["losses"][step] == pytest.approx(full["losses"][step], abs=1e-6), step
 
 
+def test_a_resumed_finetune_records_the_training_prompts_of_the_whole_run(task_tokenizer, tmp_path):
+    """run.json and the summary say, per task, how many prompts the run trained on, how many were distinct,
+    and how many hash into the test and dev splits (none); a run that ended at step 3 and was resumed to
+    step 6 from its checkpoint says what an uninterrupted 6-step run says."""
+    spec = TaskSpec(task="list_recall,copying", weights=[3, 1], max_len=96, seed=0, eval_n=2)
+
+    def run(out, steps, resume=False):
+        cfg = make_train_config(max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, eval_interval=0, log_interval=1,
+                                seed=0, ckpt_interval=3)
+        kwargs = {} if resume else {"from_scratch": "toy", "tokenizer_path": str(task_tokenizer.path),
+                                    "model_overrides": ["model.block_size=128", "model.n_layer=1"]}
+        return run_finetune(spec, cfg, out, resume=resume, resume_steps=steps if resume else None, progress=False, **kwargs)
+
+    full = run(tmp_path / "full", 6)
+    counts = {"list_recall": {"drawn": 18, "distinct": 18, "in_test": 0, "in_dev": 0},
+              "copying": {"drawn": 6, "distinct": 6, "in_test": 0, "in_dev": 0}}
+    assert full["training_prompts"] == counts
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["training_prompts"] == counts
+    part = run(tmp_path / "part", 3)
+    assert part["training_prompts"]["list_recall"]["drawn"] == 9
+    resumed = run(tmp_path / "part", 6, resume=True)
+    assert resumed["start_step"] == 3 and resumed["training_prompts"] == counts
+    info = json.loads((tmp_path / "part" / "run.json").read_text())
+    assert info["training_prompts"] == counts and info["train"]["max_steps"] == 6
+
+
 def test_finetune_and_evaluate_round_trip_through_the_cli(task_tokenizer, tmp_path, commands, capsys):
     run = tmp_path / "run"
     code = cli.main(["finetune", "--from-scratch", "toy", "--tokenizer", str(task_tokenizer.path),

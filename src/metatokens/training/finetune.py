@@ -25,7 +25,10 @@ extending its window from L to s * L, so that it can be fine-tuned at lengths up
 
 The run folder is laid out like a pre-training run (run.json, tokenizer.json, metrics.jsonl,
 checkpoints/step-N with LATEST), and `loop.train_loop` does the optimisation. The
-batches come from `task_batches.TaskBatches`.
+batches come from `task_batches.TaskBatches`. When the run ends, the summary and run.json get
+``training_prompts``: per task, ``{"drawn", "distinct", "in_test", "in_dev"}`` over the whole run
+(resumes included), the last two counted by hashing each prompt trained on into its split; both
+must be 0 (`TaskBatches.prompt_counts`).
 """
 
 from __future__ import annotations
@@ -283,4 +286,9 @@ def _finetune(folder: RunFolder, spec: TaskSpec, train_cfg: TrainConfig, d: Dist
                          d=d, progress=progress, run_info=info)
     summary["run_dir"] = str(run_dir)
     summary["plan"] = plan
+    summary["training_prompts"] = batches.prompt_counts()
+    if d.main:  # run.json as it is on disk (a resume may have moved max_steps), plus the record
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info["training_prompts"] = summary["training_prompts"]
+        atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
     return summary

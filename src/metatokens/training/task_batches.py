@@ -3,9 +3,20 @@
 `TaskSpec` holds what to fine-tune on (tasks, mixture weights, length, curriculum); `plan_phases`
 turns it into phases of length and difficulty; `TaskBatches` is the loop's batch source, whose
 whole position is one integer (see finetune.py's docstring for the layout and exact resume).
+
+The stream also keeps a record of the prompts it handed to training (`TaskBatches.prompt_counts`):
+per task, prompts drawn, distinct ones (by an 8-byte BLAKE2b digest of the prompt text), and how
+many of them hash into the test split and into the dev split by `tasks.split_of`, applied again to
+each drawn prompt's text (the generator's own label is not trusted); both must be 0. The record
+counts the whole stream, every process's micro-batches, so each process holds the same one and any
+checkpoint resumes it: it is saved with the position (`state_dict`, digests included: about 11
+bytes a distinct prompt), or, from a checkpoint saved before the record existed, rebuilt by
+drawing the stream again up to the position.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +34,7 @@ from ..tasks.registry import (
     get_task,
     iter_examples,
     make_examples,
+    split_of,
 )
 from ..tokenizer.meta import MetaTokenizer
 
@@ -46,6 +58,40 @@ class TaskSpec:
     seed: int = 0  # seeds the example stream and the held-out examples
     eval_n: int = 64  # dev-split examples scored at every evaluation (the learning curves)
     yarn_scale: float | None = None  # extend a RoPE model's window L -> s * L with YaRN before fine-tuning
+
+
+class _PromptRecord:
+    """One task's record of the prompts drawn for training: counts, split checks and distinct digests."""
+
+    def __init__(self, drawn: int = 0, in_test: int = 0, in_dev: int = 0, digests: set[int] | None = None):
+        self.drawn, self.in_test, self.in_dev = drawn, in_test, in_dev
+        self.digests = digests if digests is not None else set()
+
+    def add(self, prompt_text: str) -> None:
+        self.drawn += 1
+        split = split_of(prompt_text)
+        self.in_test += split == "test"
+        self.in_dev += split == "dev"
+        self.digests.add(int.from_bytes(hashlib.blake2b(prompt_text.encode("utf-8"), digest_size=8).digest(), "big"))
+
+    def counts(self) -> dict[str, int]:
+        return {"drawn": self.drawn, "distinct": len(self.digests), "in_test": self.in_test, "in_dev": self.in_dev}
+
+    def state(self) -> dict[str, Any]:
+        packed = b"".join(d.to_bytes(8, "big") for d in sorted(self.digests))
+        return {"drawn": self.drawn, "in_test": self.in_test, "in_dev": self.in_dev,
+                "digests": base64.b64encode(packed).decode("ascii")}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> _PromptRecord:
+        packed = base64.b64decode(state["digests"], validate=True)
+        if len(packed) % 8:
+            raise FinetuneError("the saved prompt digests are damaged (not whole 8-byte digests)")
+        digests = {int.from_bytes(packed[i:i + 8], "big") for i in range(0, len(packed), 8)}
+        drawn, in_test, in_dev = (int(state[k]) for k in ("drawn", "in_test", "in_dev"))
+        if not len(digests) <= drawn or not 0 <= in_test + in_dev <= drawn:
+            raise FinetuneError("the saved prompt record is damaged (its counts do not add up)")
+        return cls(drawn, in_test, in_dev, digests)
 
 
 def _chunk_seed(seed: int, phase: int, chunk: int) -> int:
@@ -85,7 +131,8 @@ class TaskBatches:
     ``slots[g % len(slots)]`` (see `mixture_slots`) and is that task's own example number ``q * c +
     (its earlier slots in the cycle)``, so each task has its own stream and a batch mixes tasks in
     the set shares. `next_batch()` returns ``(x, y)`` int64 tensors of shape (B, width), width =
-    the longest ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter.
+    the longest ``prompt + answer - 1`` in the batch. `state_dict()` holds the micro-batch counter
+    and the record of the prompts drawn (`prompt_counts`, module docstring).
     """
 
     def __init__(
@@ -122,6 +169,7 @@ class TaskBatches:
         self.max_positions, self.rank, self.world = max_positions, rank, world
         self.batch = 0
         self._chunks: dict[tuple[int, int, int], list[Example]] = {}
+        self._records = [_PromptRecord() for _ in self.tasks]
 
     @property
     def task(self) -> str:
@@ -164,8 +212,21 @@ class TaskBatches:
         if self.max_positions is not None and x.size(1) > self.max_positions:
             raise FinetuneError(f"a {self.task} row of {x.size(1)} tokens exceeds the model's {self.max_positions} learned "
                                 "positions; use a smaller --max-len")
+        self._record(self.batch)
         self.batch += 1
         return x, y
+
+    def _record(self, batch: int) -> None:
+        """Add micro-batch `batch` of every process (this one's and the others') to the record."""
+        phase = self.phase_of(batch)
+        first = (batch - phase * self.per_phase) * self.world * self.batch_size
+        for g in range(first, first + self.world * self.batch_size):
+            self._records[self.slots[g % len(self.slots)]].add(self._example(phase, g).prompt_text)
+
+    def prompt_counts(self) -> dict[str, dict[str, int]]:
+        """Per task, the prompts drawn so far by all processes: ``drawn``, ``distinct``, and ``in_test`` /
+        ``in_dev``, those whose text hashes into the test or dev split (`tasks.split_of`); both must be 0."""
+        return {task: record.counts() for task, record in zip(self.tasks, self._records)}
 
     def _identity(self) -> dict[str, Any]:
         # The phase split matters only with several phases; one phase may be run for longer.
@@ -177,7 +238,8 @@ class TaskBatches:
         return ident
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, "batch": self.batch, **self._identity()}
+        return {"version": _STATE_VERSION, "batch": self.batch, **self._identity(),
+                "prompts": [record.state() for record in self._records]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
@@ -186,7 +248,22 @@ class TaskBatches:
         changed = [k for k in mine if state.get(k) != mine[k]]
         if changed:
             raise FinetuneError(f"the saved example stream differs from this run's ({', '.join(changed)}); refusing to resume")
-        self.batch = int(state["batch"])
+        batch = int(state["batch"])
+        if "prompts" not in state:  # saved before the record existed: draw the stream again up to its position
+            self._records = [_PromptRecord() for _ in self.tasks]
+            for b in range(batch):
+                self._record(b)
+        else:
+            saved = state["prompts"]
+            if not isinstance(saved, list) or len(saved) != len(self.tasks):
+                raise FinetuneError(f"the saved prompt record does not hold one entry per task ({self.task})")
+            records = [_PromptRecord.from_state(r) for r in saved]
+            if sum(r.drawn for r in records) != batch * self.world * self.batch_size:
+                raise FinetuneError(f"the saved prompt record's prompts drawn ({sum(r.drawn for r in records)}) do not "
+                                    f"match the stream's position ({batch} micro-batches of {self.world} x "
+                                    f"{self.batch_size}); the checkpoint is damaged")
+            self._records = records
+        self.batch = batch
 
 
 def plan_phases(spec: TaskSpec, tokenizer: MetaTokenizer, meta: bool, task: str | None = None) -> list[Phase]:
