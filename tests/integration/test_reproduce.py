@@ -57,9 +57,10 @@ def row_of(text: str, first_cell: str) -> list[str]:
 
 def test_every_section_table_and_figure_is_present(study):
     out, text, pipe, _ = study
-    for heading in ("## Findings", "### Controls", "## 1. Pre-training", "## 2. Task accuracy", "## 3. Length generalisation",
+    for heading in ("## Findings", "### Primary claims (pre-registered", "### Exploratory rows", "### Controls",
+                    "## 1. Pre-training", "## 2. Task accuracy", "## 3. Length generalisation", "## 3b. YaRN as the paper",
                     "## 4. Ablations", "## 5. Attention sharpening", "## 6. Residual stream", "## 7. Rate-distortion",
-                    "## Stages, commands and wall time", "## Environment"):
+                    "## Training prompts and the test split", "## Stages, commands and wall time", "## Environment"):
         assert heading in text, heading
     assert "missing" not in text
     assert "Smoke test" in text and "carry no evidence" in text  # toy and demo say so
@@ -71,7 +72,8 @@ def test_every_section_table_and_figure_is_present(study):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, rel
     assert len(pipe.records) == len(pipe.plan(0)) and not any(rec.cached for rec in pipe.records)
     n_pre = sum(ms.pretrained for ms in MODELS.values())
-    assert len(pipe.plan(0)) == n_pre + 2 * len(MODELS) + 2 + 3  # pretrain, finetune + evaluate, 2 ablations, 3 analyses
+    # pretrain, finetune + evaluate, the YaRN protocol's models, 2 ablations, 3 analyses
+    assert len(pipe.plan(0)) == n_pre + 2 * len(MODELS) + len(SCALES["toy"].yarn.models) + 2 + 3
     for rec in pipe.records:
         assert rec.command.startswith("metatokens ") and f"| {rec.name} |" in text
 
@@ -85,7 +87,8 @@ def test_every_model_and_control_is_measured_on_the_same_prompts(study):
             variants = ["prompts", "no_meta"] if ms.meta else ["prompts"]
             assert sorted(ev[task]) == sorted(variants)
             for v in variants:
-                for key in (str(L), str(2 * L)):
+                assert set(ev[task][v]) >= {str(n) for n in SCALES["toy"].lengths()}
+                for key in (str(n) for n in SCALES["toy"].lengths()):
                     c = ev[task][v][key]
                     if c is None:  # an APE model past its window
                         continue
@@ -133,26 +136,34 @@ def test_tables_hold_the_measured_values(study):
                                                                                        "zero_meta_embed")]
     ent = stage(out, "analyze-entropy")
     assert f"{ent['entropy_difference']['mean']:.3f}" in section(text, "## 5.")
-    assert "held out" in section(text, "## 7.") and "label prior" in section(text, "## 7.")
+    assert "held out" in section(text, "## 7.") and "no-information line" in section(text, "## 7.")
 
 
 def test_findings_and_controls_rows_are_filled_from_the_stages(study):
     out, text, _, _ = study
     found = section(text, "## Findings")
-    # the first claim, computed here from the two evaluate stages' per-prompt results
-    a = np.array(stage(out, "evaluate-meta-ape")["list_recall"]["prompts"][str(L)]["exact_per_example"])
-    b = np.array(stage(out, "evaluate-gpt2")["list_recall"]["prompts"][str(L)]["exact_per_example"])
-    cells = row_of(found, "List Recall: Meta+APE beats GPT-2 (APE) at L (exact match, points)")
-    assert cells[2].startswith(f"{100 * (a - b).mean():+.1f} [")
-    assert cells[3].strip("*") in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
-    # every accuracy and ablation row, recomputed here from the stages' per-prompt results
-    for task in ("list_recall", "parity", "copying"):
-        for m in ("meta-ape", "meta-rope"):
-            x = np.array(stage(out, f"evaluate-{m}")[task]["prompts"][str(L)]["exact_per_example"])
-            y = np.array(stage(out, "evaluate-gpt2")[task]["prompts"][str(L)]["exact_per_example"])
-            row = row_of(found, f"{design.TASK_LABELS[task]}: {MODELS[m].label} beats GPT-2 (APE) at L (exact match, points)")
-            assert row[2].startswith(f"{100 * (x - y).mean():+.1f} [")
+
+    def diff(a: str, b: str, task: str, key: str) -> float:
+        x = np.array(stage(out, f"evaluate-{a}")[task]["prompts"][key]["exact_per_example"])
+        y = np.array(stage(out, f"evaluate-{b}")[task]["prompts"][key]["exact_per_example"])
+        return 100 * (x - y).mean()
+
+    # every primary claim on evaluate stages, recomputed here from their per-prompt results
+    for claim in design.PRIMARY_CLAIMS:
+        cells = row_of(found, claim.id)
+        assert cells[-2].strip("*") in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+        if "+yarn" in claim.a:
+            continue
+        key = str({"L": L, "2L": 2 * L}[claim.length])
+        assert cells[3].startswith(f"{diff(claim.a, claim.b, claim.task, key):+.1f} ["), claim.id
+        assert float(cells[5]) <= float(cells[6])  # Holm never lowers a p-value
+    ya, yb = (stage(out, f"yarn-{m}")["list_recall"]["prompts"][str(2 * SCALES["toy"].yarn.length)]["exact_per_example"]
+              for m in ("meta-rope", "gpt2-rope"))
+    assert row_of(found, "P7")[3].startswith(f"{100 * (np.array(ya) - np.array(yb)).mean():+.1f} [")
+    # the exploratory accuracy rows (Parity at L, and 2L for the tasks that are not primary there)
     for m in ("meta-ape", "meta-rope"):
+        row = row_of(found, f"Parity: {MODELS[m].label} beats GPT-2 (APE) at L (exact match, points)")
+        assert row[2].startswith(f"{diff(m, 'gpt2', 'parity', str(L)):+.1f} [")
         abl = stage(out, f"ablate-{m}")["list_recall"]
         full = np.array(abl["full"]["exact_per_example"])
         for variant, claim in (("zero_meta_pos", "meta positional encoding matches or beats the full model (points; "
@@ -160,21 +171,18 @@ def test_findings_and_controls_rows_are_filled_from_the_stages(study):
                                ("zero_meta_embed", "meta embedding lowers exact match (points)")):
             row = row_of(found, f"List Recall: zeroing {MODELS[m].label}'s {claim}")
             assert row[2].startswith(f"{100 * (np.array(abl[variant]['exact_per_example']) - full).mean():+.1f} [")
-    # the gain from L to 2L: (meta - gpt2 at 2L) - (meta - gpt2 at L), where both were measured
-    ev_m, ev_g = stage(out, "evaluate-meta-ape")["list_recall"]["prompts"], stage(out, "evaluate-gpt2")["list_recall"]["prompts"]
-    row = row_of(found, "List Recall: Meta+APE gains more than GPT-2 (APE) from L to 2L (points)")
-    if ev_m[str(2 * L)] is not None and ev_g[str(2 * L)] is not None:
-        gain = [np.mean(np.array(ev_m[k]["exact_per_example"]) - np.array(ev_g[k]["exact_per_example"]))
-                for k in (str(2 * L), str(L))]
-        assert row[2].startswith(f"{100 * (gain[0] - gain[1]):+.1f} [")
-    claims = [x for x in found.split("### Controls")[0].splitlines() if x.startswith("| ") and "---" not in x][1:]
-    assert len(claims) == 19  # 6 accuracy, 2 length, 2 YaRN, 4 ablation, 2 entropy, 1 residual, 2 rate-distortion
-    assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive)\*\*", c) for c in claims)
-    for line in claims:  # n/a only where APE cannot read 2L, or where two rate-distortion curves do not overlap
-        assert "n/a" not in line or "from L to 2L" in line or "rates do not overlap" in line, line
+    primary = [x for x in section(found, "### Primary").splitlines() if re.match(r"\| P\d \|", x)]
+    assert len(primary) == len(design.PRIMARY_CLAIMS)
+    rows = [x for x in section(found, "### Exploratory").split("### Controls")[0].splitlines()
+            if x.startswith("| ") and "---" not in x][1:]
+    # 4 parity, 2 copying at 2L, 2 test-time YaRN, 4 ablation, 2 entropy, 2 residual, 2 rate-distortion, 1 loss
+    assert len(rows) == 19, rows
+    assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive|—)\*\*", c) for c in rows + primary)
+    for line in rows:  # n/a only where two rate-distortion curves do not overlap
+        assert "n/a" not in line or "rates do not overlap" in line, line
     ctrl = section(text, "### Controls")
     for question in ("the meta-tokens alone", "not its extra parameters", "with vs without meta-tokens in the test",
-                     "the marker alone", "what pre-training adds"):
+                     "the marker alone", "what pre-training adds", "what pre-training with meta-tokens adds"):
         line = next(x for x in ctrl.splitlines() if question in x)
         assert line.count("[") == len(TASKS)  # an interval for every task
 
@@ -206,7 +214,7 @@ def test_a_seed_run_in_parallel_processes_is_merged_into_the_report(study):
     first_done = next(i for i, x in enumerate(lines) if ": done in " in x)
     assert sum(": running (" in x for x in lines[:first_done]) == 2  # two stage processes at once
     text = (out / "REPORT.md").read_text()
-    assert "2 seed(s): 0, 1" in text and "not finished yet" not in text
+    assert "2 seed(s): 0 (seed value 0), 1 (seed value 1)" in text and "not finished yet" not in text
     seed0, seed1 = stage(out, "pretrain-meta-rope", 0), stage(out, "pretrain-meta-rope", 1)
     assert seed0["val_loss"] != seed1["val_loss"]  # another seed, another run
     mean = (seed0["val_loss"] + seed1["val_loss"]) / 2
@@ -347,6 +355,22 @@ def test_a_claim_significant_alone_reads_inconclusive_after_holm(study):
     assert lo > 0, p1.ours  # significant alone
     assert p1.p < 0.025 < p1.p_holm
     assert p1.verdict == INCONCLUSIVE and "not after Holm" in p1.note
+
+
+def test_a_probe_above_the_no_information_line_learned_nothing_and_gives_no_verdict(study):
+    """The meta-token's probe at or above the line in a seed (learned: False): both comparisons that involve it
+    read "learned nothing", with no verdict, whatever the curves' gap; with every probe below the line the gap
+    is judged."""
+    res = _hand_made(study)
+    rd = res.seeds[0]["analyze-rate-distortion"].result
+    rd["learned"] = {name: {"learned": True} for name in rd["curves"]}
+    judged = [f for f in findings(res) if "held-out distortion" in f.claim]
+    assert len(judged) == 2 and all(f.verdict != "—" for f in judged)
+    rd["learned"]["last_meta"] = {"learned": False}
+    rows = [f for f in findings(res) if "held-out distortion" in f.claim]
+    assert [f.verdict for f in rows] == ["—", "—"]
+    assert all("learned nothing" in f.note and "last_meta" in f.note for f in rows)
+    assert "learned nothing" in section(render_report(res), "### Exploratory")
 
 
 def test_the_yarn_and_attribution_stages_run_end_to_end(study):
@@ -505,3 +529,32 @@ def test_a_ctrl_c_that_stops_a_stage_process_ends_reproduce_with_130_and_one_lin
     assert re.fullmatch(r"metatokens reproduce: interrupted: seed0/[a-z0-9-]+ was stopped by SIGINT; the stages that "
                         r"finished are kept, and the same command continues from there\n", err), err
     assert not [p for p in out.rglob(".lock") if (p.parent / "run.json").is_file() or p.parent.name == "run"]
+
+
+def test_the_tuning_run_chooses_each_models_rate_on_dev_prompts_only(tmp_path):
+    """`--tune` at toy size: every tuned model fine-tuned at every rate of the grid and scored on dev prompts
+    only; the report's choice per model is the rate with the highest mean dev exact match at L (ties to the
+    smaller), recomputed here from the stages."""
+    from metatokens.study.tuning import choose_rates
+
+    out = tmp_path / "tune"
+    pipe = Pipeline(out, "toy", progress=False, tune=True, log=lambda s: None)
+    text = pipe.run().read_text()
+    sc = SCALES["toy"]
+    assert "## The grid (dev exact match %, at L and 2L)" in text and "## The YaRN protocol, tried on dev" in text
+    for spec in pipe.plan(0):
+        settings = json.loads((out / "stages" / "seed0" / spec.name / "stage.json").read_text())["settings"]
+        assert settings.get("split", "dev") == "dev" and settings.get("curve_split", "dev") == "dev"
+        assert settings.get("seed", sc.tune_seed) == sc.tune_seed
+    res = StudyResults(out=out, scale_name="toy", scale=sc, seeds=pipe.complete_seeds(), requested_seeds=1)
+    chosen = choose_rates(res)
+    assert set(chosen) == set(design.TUNED_MODELS)
+    for m, info in chosen.items():
+        scores = {}
+        for lr in sc.lr_grid:
+            ev = stage(out, f"evaluate-{m}-lr{lr:g}")
+            scores[lr] = np.mean([ev[t]["prompts"][str(L)]["exact_match"] for t in sc.tasks])
+        best = max(scores.values())
+        assert info["chosen"] == min(lr for lr, v in scores.items() if v == best)
+        rows = [x for x in text.splitlines() if x.startswith(f"| {MODELS[m].label} | ")]
+        assert len(rows) == len(sc.lr_grid) and sum("**yes**" in x for x in rows) == 1

@@ -272,27 +272,7 @@ def render_report(res: StudyResults) -> str:
                 "minus far at the last layer, per example, bootstrapped over seeds then examples.", "",
                 _figure(res, "analyze-residual/residual.png", "Cosine similarity by distance and layer"), ""]
     if res.has("analyze-rate-distortion"):
-        rd = res.result(res.seed_list[0], "analyze-rate-distortion")
-        out += ["## 7. Rate-distortion of a VIB probe", "",
-                "Frozen model; a variational information bottleneck head on the hidden state of the last meta-token, of "
-                "the last token, and of the last meta-token with its positional encoding zeroed; beta swept from 0.01 to 1. "
-                "Fitted on training prompts, scored on held-out ones. Paper: at every rate the meta-token has lower "
-                "distortion than the last token, and zeroing its position lowers it further.", "",
-                _figure(res, "analyze-rate-distortion/rate_distortion.png", "Distortion vs rate, training and held-out"), ""]
-        curves = rd.get("curves", {})
-        if curves:
-            betas = [p["beta"] for p in next(iter(curves.values()))]
-            out += [f"Seed {res.seed_list[0]}: rate / distortion in nats per beta, on the training prompts and (after the "
-                    f"slash pair) on {rd.get('n_test')} held-out prompts. Rate 0 (the label prior): distortion "
-                    f"{rd.get('no_information_train', float('nan')):.2f} on the training prompts, "
-                    f"{(rd.get('no_information_test') or float('nan')):.2f} held out.", "",
-                    "| representation | " + " | ".join(f"beta {b:g}" for b in betas) + " |",
-                    "|---|" + "---|" * len(betas)]
-            for name, points in curves.items():
-                out.append(f"| {name} | " + " | ".join(
-                    f"{p['rate']:.2f} / {p['distortion']:.2f}; held out {p.get('test_rate', float('nan')):.2f} / "
-                    f"{p.get('test_distortion', float('nan')):.2f}" for p in points) + " |")
-            out.append("")
+        out += _rate_distortion_section(res)
     out += training_prompts_section(res)
     out += _stage_table(res)
     runs = [(s, inv) for s in res.seed_list for inv in seed_invocations(res, s)[:1] if inv.get("environment")]
@@ -338,3 +318,39 @@ def _stage_table(res: StudyResults) -> list[str]:
         for r in res.seeds[seed].values():
             lines.append(f"| {r.name} | {r.wall_s:.0f} | {'yes' if r.cached else 'no'} | `{r.command}` |")
     return lines
+
+
+def _rate_distortion_section(res: StudyResults) -> list[str]:
+    rds = {s: res.result(s, "analyze-rate-distortion") for s in res.seed_list}
+    first = rds[res.seed_list[0]]
+    out = ["## 7. Rate-distortion of a VIB probe", "",
+           "Frozen model; a variational information bottleneck head on the hidden state of the last meta-token, of the "
+           "last token, and of the last meta-token with its positional encoding zeroed; beta swept from 0.01 to 1. "
+           f"Fitted on {first.get('n_train')} training prompts, scored on {first.get('n_test')} held-out ones. The "
+           "meta-token comes before the question, so the decoder is told the question (which item is asked): both "
+           "probes could reach zero distortion. The *no-information line* is the held-out cross-entropy of the "
+           "answer given the question alone (fitted on the training prompts); a probe whose best held-out distortion "
+           "is not below it learned nothing from the state, and its comparison gives no verdict. Paper: at every "
+           "rate the meta-token has lower distortion than the last token, and zeroing its position lowers it "
+           "further.", "",
+           _figure(res, "analyze-rate-distortion/rate_distortion.png", "Distortion vs rate, training and held-out"), "",
+           "| seed | no-information line (held out, nats) | " + " | ".join(
+               f"{name}: best held-out distortion (learned?)" for name in first.get("curves", {})) + " |",
+           "|---|---|" + "---|" * len(first.get("curves", {}))]
+    for seed, rd in rds.items():
+        cells = []
+        for name, points in rd.get("curves", {}).items():
+            best = min((p.get("test_distortion", float("nan")) for p in points), default=float("nan"))
+            flag = ((rd.get("learned") or {}).get(name) or {}).get("learned")
+            cells.append(f"{best:.2f} ({'yes' if flag else 'no' if flag is not None else 'not checked'})")
+        line = rd.get("no_information_test")
+        out.append(f"| {seed} | {'n/a' if line is None else f'{line:.2f}'} | " + " | ".join(cells) + " |")
+    curves = first.get("curves", {})
+    if curves:
+        betas = [p["beta"] for p in next(iter(curves.values()))]
+        out += ["", f"Seed {res.seed_list[0]}: rate / distortion in nats per beta, held out.", "",
+                "| representation | " + " | ".join(f"beta {b:g}" for b in betas) + " |", "|---|" + "---|" * len(betas)]
+        for name, points in curves.items():
+            out.append(f"| {name} | " + " | ".join(f"{p.get('test_rate', float('nan')):.2f} / "
+                                                    f"{p.get('test_distortion', float('nan')):.2f}" for p in points) + " |")
+    return out + [""]
