@@ -4,6 +4,8 @@
     ablate           accuracy with the meta-token's position or embedding zeroed       (ablate.py)
     residual         cosine similarity against distance; logit lens at meta positions  (residual.py)
     rate-distortion  variational information bottleneck probe, beta sweep              (rate_distortion.py)
+                     its no-information line and learned-or-not verdicts               (no_information.py)
+                     its figure                                                        (rate_distortion_plot.py)
 
 Attention probabilities are recomputed from activations captured with forward hooks (trace.py,
 attention.py), so the model itself is used exactly as trained and never modified.
@@ -28,18 +30,23 @@ from .attention import (
 )
 from .common import bootstrap_ci, load_for_analysis, model_variant
 from .entropy import entropy_analysis, plot_entropy
+from .no_information import (
+    conditional_prior,
+    label_entropy,
+    learned_summary,
+    no_information_losses,
+)
 from .rate_distortion import (
     DEFAULT_BETAS,
     VIBProbe,
     evaluate_vib,
     hidden_features,
     kl_to_standard_normal,
-    label_entropy,
-    plot_rate_distortion,
     rate_distortion_analysis,
     sweep,
     train_vib,
 )
+from .rate_distortion_plot import plot_rate_distortion
 from .residual import (
     distance_bins,
     plot_residual,
@@ -60,16 +67,19 @@ __all__ = [
     "attention_entropy",
     "attention_output",
     "bootstrap_ci",
+    "conditional_prior",
     "distance_bins",
     "entropy_analysis",
     "evaluate_vib",
     "hidden_features",
     "kl_to_standard_normal",
     "label_entropy",
+    "learned_summary",
     "load_for_analysis",
     "markdown_table",
     "meta_attention",
     "model_variant",
+    "no_information_losses",
     "plot_ablation",
     "plot_entropy",
     "plot_rate_distortion",
