@@ -377,6 +377,7 @@ def test_cli_writes_json_and_png(monkeypatch, tmp_path, model_dir, capsys, name)
         assert (out / "ablate.md").read_text().count("\n| ") == 5  # header + 4 rows
     elif name == "residual":
         assert np.asarray(data["cosine_meta_binned"]).shape == (3, len(data["distance_bins"]))
+        assert np.asarray(data["near_far"]["meta"]).shape == (3, 3) and "centred cosine" in printed
         lens = data["logit_lens"]["examples"]
         assert lens and len(lens[0]["layers"]) == 3 and len(lens[0]["layers"][0]["top"]) == 3
     else:
@@ -495,7 +496,7 @@ def test_residual_heatmaps_share_a_colour_scale_that_holds_every_measured_cell(m
     residual.plot_residual(result, "unused.png")
     (fig,) = figures
     clims = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
-    for name in ("cosine similarity: meta-token queries", "cosine similarity: non-meta queries (control)"):
+    for name in ("centred cosine similarity: meta-token queries", "centred cosine similarity: non-meta queries (control)"):
         assert clims[name] == pytest.approx((-0.05, 0.6)), name
 
 

@@ -2,7 +2,7 @@
 
     entropy          attention entropy at meta vs non-meta queries; max-logit boost   (entropy.py)
     ablate           accuracy with the meta-token's position or embedding zeroed       (ablate.py)
-    residual         cosine similarity against distance; logit lens at meta positions  (residual.py)
+    residual         centred cosine similarity against distance; logit lens            (residual.py)
     rate-distortion  variational information bottleneck probe, beta sweep              (rate_distortion.py)
                      its no-information line and learned-or-not verdicts               (no_information.py)
                      its figure                                                        (rate_distortion_plot.py)
@@ -48,7 +48,9 @@ from .rate_distortion import (
 )
 from .rate_distortion_plot import plot_rate_distortion
 from .residual import (
+    cosine_statistics,
     distance_bins,
+    mean_states,
     plot_residual,
     residual_analysis,
     similarity_by_distance,
@@ -68,6 +70,7 @@ __all__ = [
     "attention_output",
     "bootstrap_ci",
     "conditional_prior",
+    "cosine_statistics",
     "distance_bins",
     "entropy_analysis",
     "evaluate_vib",
@@ -77,6 +80,7 @@ __all__ = [
     "learned_summary",
     "load_for_analysis",
     "markdown_table",
+    "mean_states",
     "meta_attention",
     "model_variant",
     "no_information_losses",

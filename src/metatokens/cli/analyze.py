@@ -248,10 +248,17 @@ def run_residual(args, out: Path) -> int:
     )
     result = {"settings": _settings(args, folder, model), **result}
     labels = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in result["distance_bins"]]
-    print("cosine similarity to earlier tokens at the last layer, by distance: " + " ".join(f"{b:>7}" for b in labels))
+    print("centred cosine similarity to earlier tokens at the last layer, by distance: "
+          + " ".join(f"{b:>7}" for b in labels))
     for key, name in (("meta", "meta-token queries"), ("control", "non-meta queries")):
         row = result[f"cosine_{key}_binned"][-1]
-        print(f"{name:>68}: " + " ".join("    nan" if v != v else f"{v:7.3f}" for v in row))
+        print(f"{name:>76}: " + " ".join("    nan" if v != v else f"{v:7.3f}" for v in row))
+    nf = result["near_far"]
+    print(f"near ({nf['near'][0]}-{nf['near'][1]}) minus far ({nf['far'][0]}+) centred cosine, mean over examples "
+          "by layer (95% CI):")
+    for key, name in (("meta", "meta-token queries"), ("control", "non-meta queries")):
+        cells = [f"{m:.3f} ({lo:.3f} to {hi:.3f})" for m, (lo, hi) in zip(nf[f"{key}_mean"], nf[f"{key}_ci95"])]
+        print(f"  {name} (n = {min(nf[f'{key}_n'])}): " + "; ".join(cells))
     probs = result["logit_lens"]["answer_first_token_prob"]["mean"]
     print("logit lens, answer's first token at the last meta-token, mean prob by layer: "
           + " ".join(f"{p:.3f}" for p in probs))
