@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from conftest import task_model
+from conftest import capture_figures, task_model
 
 from metatokens.analysis import (
     conditional_prior,
@@ -154,3 +154,26 @@ def test_the_result_carries_the_line_the_verdicts_and_per_example_values(task_to
         assert set(verdict) == {"best_beta", "best_distortion", "no_information", "margin_nats", "ci95",
                                 "ci_selection", "learned"}
         assert verdict["best_distortion"] == min(p["test_distortion"] for p in points)
+
+
+@pytest.mark.parametrize("questions", [[[1], [2]], [[]]])
+def test_the_figure_draws_the_line_it_was_given_and_says_which_probe_learned(monkeypatch, questions):
+    import metatokens.analysis.rate_distortion_plot as plot
+
+    figures = capture_figures(monkeypatch, plot)
+    points = [{"beta": b, "rate": r, "distortion": 2.0, "test_rate": r, "test_distortion": 3.0 + r / 10}
+              for b, r in ((0.1, 2.0), (1.0, 0.0))]
+    verdict = {"best_beta": 1.0, "best_distortion": 3.0, "no_information": 3.2, "margin_nats": 0.2,
+               "ci95": [0.1, 0.3], "ci_selection": {"level": 0.975, "interval": [0.05, 0.35]}, "learned": True}
+    result = {"n_train": 10, "n_test": 10, "questions": questions, "no_information_train": 2.5,
+              "no_information_test": 3.2, "curves": {"last_meta": points, "last_token": points},
+              "learned": {"last_meta": verdict, "last_token": {**verdict, "learned": False}}}
+    plot.plot_rate_distortion(result, "unused.png", title="t")
+    (fig,) = figures
+    train, held = ([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
+    line = "p(answer | question)" if questions != [[]] else "the label prior"
+    assert any(line in t and "3.20" in t for t in held) and any(line in t and "2.50" in t for t in train)
+    assert held[0].startswith("last meta-token: learned;") and "97.5% CI +0.05 to +0.35" in held[0]
+    assert held[1].startswith("last token: learned nothing;") and train[:2] == ["last meta-token", "last token"]
+    dotted = [ln for ln in fig.axes[1].get_lines() if ln.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_ydata()[0] == 3.2

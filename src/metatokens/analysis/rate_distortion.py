@@ -315,7 +315,7 @@ def rate_distortion_analysis(
         "no_information_test_per_example": no_info_test.tolist() if test_examples else None,
         "layer": "final (after ln_f)" if layer is None else layer,
         "probe": {"z_dim": z_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr, "samples": samples,
-                  "seed": seed, "decoder": "one linear head per question value" if question else "one linear head"},
+                  "seed": seed, "decoder": "softmax(E A_q z + b_q), a map A_q per question value" if Q > 1 else "softmax(E z + b)"},
         "betas": [float(b) for b in betas],
         "curves": curves,
         "learned": learned or None,

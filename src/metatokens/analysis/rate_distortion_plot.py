@@ -95,8 +95,9 @@ def plot_rate_distortion(result: dict[str, Any], path, title: str = "") -> None:
     if result.get("n_test"):
         splits.append(("test_", "held-out examples", "no_information_test"))
     fig, axes = plt.subplots(1, len(splits), figsize=(6.6 * len(splits), 6.2), squeeze=False)
-    # a result from before the decoder saw the question: its line is the label prior
-    conditional = "questions" in result
+    # No question values (--no-question, a task whose question adds nothing, or a result from before
+    # the decoder saw the question): the line is the label prior.
+    conditional = any(result.get("questions") or [[]])
     line = ("no information: p(answer | question), fitted on the training examples" if conditional
             else "no information: the label prior")
     marks = []
