@@ -364,7 +364,8 @@ def test_cli_writes_json_and_png(monkeypatch, tmp_path, model_dir, capsys, name)
     data = json.loads((out / f"{stem}.json").read_text())
     assert_png(out / f"{stem}.png")
     assert data["settings"]["checkpoint"] == str(model_dir)
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
     if name == "entropy":
         L, nh = 2, 2
         assert np.asarray(data["per_layer_head"]["entropy_difference"]).shape == (L, nh)
@@ -376,12 +377,16 @@ def test_cli_writes_json_and_png(monkeypatch, tmp_path, model_dir, capsys, name)
         assert (out / "ablate.md").read_text().count("\n| ") == 5  # header + 4 rows
     elif name == "residual":
         assert np.asarray(data["cosine_meta_binned"]).shape == (3, len(data["distance_bins"]))
+        assert np.asarray(data["near_far"]["meta"]).shape == (3, 3) and "centred cosine" in printed
         lens = data["logit_lens"]["examples"]
         assert lens and len(lens[0]["layers"]) == 3 and len(lens[0]["layers"][0]["top"]) == 3
     else:
         assert set(data["curves"]) == {"last_meta", "last_token", "last_meta_zero_pos"}
         assert [p["beta"] for p in data["curves"]["last_meta"]] == [0.01, 0.1, 1.0]
         assert all(p["rate"] >= 0 and p["test_distortion"] > 0 for c in data["curves"].values() for p in c)
+        assert set(data["learned"]) == set(data["curves"]) and data["settings"]["question"] is True
+        assert len(data["no_information_test_per_example"]) == 2
+        assert "no information (p(answer | question))" in printed
 
 
 @pytest.mark.parametrize(
@@ -491,12 +496,12 @@ def test_residual_heatmaps_share_a_colour_scale_that_holds_every_measured_cell(m
     residual.plot_residual(result, "unused.png")
     (fig,) = figures
     clims = {ax.get_title(): ax.images[0].get_clim() for ax in fig.axes if ax.images}
-    for name in ("cosine similarity: meta-token queries", "cosine similarity: non-meta queries (control)"):
+    for name in ("centred cosine similarity: meta-token queries", "centred cosine similarity: non-meta queries (control)"):
         assert clims[name] == pytest.approx((-0.05, 0.6)), name
 
 
 def test_rate_distortion_beta_labels_do_not_overlap(monkeypatch):
-    import metatokens.analysis.rate_distortion as rd
+    import metatokens.analysis.rate_distortion_plot as rd
 
     figures = capture_figures(monkeypatch, rd)
     betas = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]

@@ -2,8 +2,10 @@
 
     entropy          attention entropy at meta vs non-meta queries; max-logit boost   (entropy.py)
     ablate           accuracy with the meta-token's position or embedding zeroed       (ablate.py)
-    residual         cosine similarity against distance; logit lens at meta positions  (residual.py)
+    residual         centred cosine similarity against distance; logit lens            (residual.py)
     rate-distortion  variational information bottleneck probe, beta sweep              (rate_distortion.py)
+                     its no-information line and learned-or-not verdicts               (no_information.py)
+                     its figure                                                        (rate_distortion_plot.py)
 
 Attention probabilities are recomputed from activations captured with forward hooks (trace.py,
 attention.py), so the model itself is used exactly as trained and never modified.
@@ -28,20 +30,27 @@ from .attention import (
 )
 from .common import bootstrap_ci, load_for_analysis, model_variant
 from .entropy import entropy_analysis, plot_entropy
+from .no_information import (
+    conditional_prior,
+    label_entropy,
+    learned_summary,
+    no_information_losses,
+)
 from .rate_distortion import (
     DEFAULT_BETAS,
     VIBProbe,
     evaluate_vib,
     hidden_features,
     kl_to_standard_normal,
-    label_entropy,
-    plot_rate_distortion,
     rate_distortion_analysis,
     sweep,
     train_vib,
 )
+from .rate_distortion_plot import plot_rate_distortion
 from .residual import (
+    cosine_statistics,
     distance_bins,
+    mean_states,
     plot_residual,
     residual_analysis,
     similarity_by_distance,
@@ -60,16 +69,21 @@ __all__ = [
     "attention_entropy",
     "attention_output",
     "bootstrap_ci",
+    "conditional_prior",
+    "cosine_statistics",
     "distance_bins",
     "entropy_analysis",
     "evaluate_vib",
     "hidden_features",
     "kl_to_standard_normal",
     "label_entropy",
+    "learned_summary",
     "load_for_analysis",
     "markdown_table",
+    "mean_states",
     "meta_attention",
     "model_variant",
+    "no_information_losses",
     "plot_ablation",
     "plot_entropy",
     "plot_rate_distortion",

@@ -27,6 +27,7 @@ from .registry import (
     get_task,
     iter_examples,
     make_examples,
+    question_key,
     split_of,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "length_bins",
     "length_window",
     "make_examples",
+    "question_key",
     "split_of",
 ]

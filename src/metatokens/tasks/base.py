@@ -136,6 +136,10 @@ class Task(ABC):
     summary: ClassVar[str]
     unit_name: ClassVar[str]  # what `units` counts, for messages and docs
     LEVELS: ClassVar[Mapping[str, Any]]
+    # The `info` fields holding what the question asks beyond what the meta-token's place already
+    # fixes (List Recall: the item number; the list is the one the meta-token follows). A probe
+    # of a state read before the question is given them (analysis/rate_distortion.py).
+    question_fields: ClassVar[tuple[str, ...]] = ()
 
     def level(self, difficulty: str) -> Any:
         if difficulty not in self.LEVELS:

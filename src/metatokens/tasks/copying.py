@@ -66,6 +66,7 @@ class Copying(Task):
     summary = "prose with bracketed spans; copy the span wrapped by meta-tokens"
     unit_name = "sentences"
     LEVELS = LEVELS
+    question_fields = ()  # the meta-tokens wrap the queried bracket
 
     def render(self, rng: random.Random, level: Level, units: int) -> Draft:
         spans: list[str] = []

@@ -51,6 +51,7 @@ class ListRecall(Task):
     summary = "N named lists of k words; answer item j of the list that contains the queried word"
     unit_name = "lists"
     LEVELS = LEVELS
+    question_fields = ("position",)  # the queried list is the one the meta-token follows
 
     def render(self, rng: random.Random, level: Level, units: int) -> Draft:
         k = rng.randint(*level.items)

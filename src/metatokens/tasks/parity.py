@@ -40,6 +40,7 @@ class Parity(Task):
     summary = "a bit string; answer the XOR of the bits before the meta-token"
     unit_name = "bits"
     LEVELS = LEVELS
+    question_fields = ()  # "the first p bits": p is the meta-token's own place
 
     def render(self, rng: random.Random, level: Level, units: int) -> Draft:
         low, high = level.prefix

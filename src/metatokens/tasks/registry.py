@@ -46,6 +46,7 @@ __all__ = [
     "get_task",
     "iter_examples",
     "make_examples",
+    "question_key",
     "split_of",
 ]
 
@@ -68,6 +69,20 @@ def get_task(name: str) -> Task:
     if task is None:
         raise TaskError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
     return task
+
+
+def question_key(example: Example) -> tuple:
+    """What the example's question asks beyond the meta-token's place: its task's
+    ``question_fields`` read from ``example.info``, as a tuple (``(3,)``: List Recall's item 3;
+    ``()`` for Parity and Copying, whose meta-tokens already mark everything the question names)."""
+    task = example.info.get("task")
+    if task is None:
+        raise TaskError("the example's info names no task; make it with make_examples")
+    fields = get_task(task).question_fields
+    missing = [f for f in fields if f not in example.info]
+    if missing:
+        raise TaskError(f"the {task} example's info lacks {', '.join(missing)}")
+    return tuple(example.info[f] for f in fields)
 
 
 _DEV_BELOW = 32  # an even first byte and a second byte below this: dev (32/256 of the even half)

@@ -51,6 +51,7 @@ class SegmentCounting(Task):
     summary = "named lists; count a word's occurrences in the lists between two meta-tokens"
     unit_name = "lists"
     LEVELS = LEVELS
+    question_fields = ("word",)  # the meta-tokens wrap the segment; the counted word is new
 
     def render(self, rng: random.Random, level: Level, units: int) -> Draft:
         k = rng.randint(*level.items)
