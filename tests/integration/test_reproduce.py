@@ -178,8 +178,8 @@ def test_findings_and_controls_rows_are_filled_from_the_stages(study):
     # 4 parity, 2 copying at 2L, 2 test-time YaRN, 4 ablation, 2 entropy, 2 residual, 2 rate-distortion, 1 loss
     assert len(rows) == 19, rows
     assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive|—)\*\*", c) for c in rows + primary)
-    for line in rows:  # n/a only where two rate-distortion curves do not overlap
-        assert "n/a" not in line or "rates do not overlap" in line, line
+    for line in rows:  # n/a only where two rate-distortion curves do not overlap, or a probe learned nothing
+        assert "n/a" not in line or "rates do not overlap" in line or "learned nothing" in line, line
     ctrl = section(text, "### Controls")
     for question in ("the meta-tokens alone", "not its extra parameters", "with vs without meta-tokens in the test",
                      "the marker alone", "what pre-training adds", "what pre-training with meta-tokens adds"):
@@ -339,8 +339,8 @@ def test_a_claim_significant_alone_reads_inconclusive_after_holm(study):
     its own 95% interval lies above 0 (one-sided p about 0.01), but Holm across the primary claims (the others
     here far from significant) lifts its p past 0.025: inconclusive, and the note says why."""
     res = _hand_made(study)
-    meta = [1] * 20 + [0] * 8 + [1] * 30 + [0] * 42
-    base = [0] * 20 + [1] * 8 + [1] * 30 + [0] * 42
+    meta = [1] * 20 + [0] * 8 + [1] * 40 + [0] * 32  # 60%: above the floor (50%) by more than 5 points
+    base = [0] * 20 + [1] * 8 + [1] * 40 + [0] * 32
     _set(res, "meta-rope", "list_recall", str(L), meta)
     _set(res, "gpt2", "list_recall", str(L), base)
     for m in MODELS:  # every other primary claim: no difference at all
@@ -556,5 +556,5 @@ def test_the_tuning_run_chooses_each_models_rate_on_dev_prompts_only(tmp_path):
             scores[lr] = np.mean([ev[t]["prompts"][str(L)]["exact_match"] for t in sc.tasks])
         best = max(scores.values())
         assert info["chosen"] == min(lr for lr, v in scores.items() if v == best)
-        rows = [x for x in text.splitlines() if x.startswith(f"| {MODELS[m].label} | ")]
+        rows = [x for x in section(text, "## The grid").splitlines() if x.startswith(f"| {MODELS[m].label} | ")]
         assert len(rows) == len(sc.lr_grid) and sum("**yes**" in x for x in rows) == 1

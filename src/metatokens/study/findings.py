@@ -223,7 +223,7 @@ def _residual_rows(res: StudyResults) -> list[Finding]:
     per = [res.result(s, "analyze-residual").get("near_far") for s in res.seed_list]
     if any(p is None for p in per):
         return out
-    meta = [p["meta"][-1] for p in per]
+    meta = [[v for v in p["meta"][-1] if v is not None and math.isfinite(v)] for p in per]  # no far pair: None
     c = per_example_contrast(meta)
     v = _analysis_verdict(c, sesoi)
     near, far = per[0]["near"], per[0]["far"]
@@ -231,7 +231,8 @@ def _residual_rows(res: StudyResults) -> list[Finding]:
     out.append(Finding(f"Meta+RoPE: a meta-token's last-layer state is more similar to nearby than to far tokens "
                        f"(centred cosine, {what})", "high near, fading with distance", _ci(c, 1.0, 3), v,
                        _sesoi_note(c, sesoi), per_seed=None if c is None else c["per_seed"]))
-    diff = [[a - b for a, b in zip(p["meta"][-1], p["control"][-1]) if a is not None and b is not None] for p in per]
+    diff = [[a - b for a, b in zip(p["meta"][-1], p["control"][-1])
+             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)] for p in per]
     c = per_example_contrast(diff)
     out.append(Finding("Meta+RoPE: that decay is larger at meta-token queries than at text queries (meta minus text, "
                        "secondary)", "—", _ci(c, 1.0, 3), _analysis_verdict(c, sesoi), _sesoi_note(c, sesoi),

@@ -227,7 +227,8 @@ class Stages:
         elif analysis == "residual":
             result = an.residual_analysis(model, tok, examples(sc.analysis_n), progress=self.progress)
             an.plot_residual(result, folder / "residual.png", title="Meta+RoPE, List Recall")
-            headline = {k: result[k] for k in ("layers", "distance_bins", "cosine_meta_binned", "cosine_control_binned")}
+            headline = {k: result.get(k) for k in ("layers", "distance_bins", "cosine_meta_binned",
+                                                    "cosine_control_binned", "near_far")}
         else:
             result = an.rate_distortion_analysis(model, examples(sc.analysis_n, "train"), examples(sc.analysis_n),
                                                  epochs=sc.rd_epochs, seed=sv, progress=self.progress)
