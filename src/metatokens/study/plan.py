@@ -59,17 +59,18 @@ class Plan:
         return StageSpec(seed, f"pretrain-{m}", settings, [], command,
                          lambda f, r, inp, cfg=cfg: self._pretrain(cfg, f, r))
 
-    def _finetune_spec(self, seed: int, sv: int, m: str, lr: float, name: str, tokenizer_from: str) -> StageSpec:
+    def _finetune_spec(self, seed: int, sv: int, m: str, lr: float, name: str, tokenizer_from: str | None) -> StageSpec:
         sc, ms, L = self.scale, self.scale.models[m], self.scale.ft_len
         settings = {"tasks": list(sc.tasks), "weights": list(sc.ft_weights), "len": L, "steps": sc.ft_steps,
                     "batch": sc.ft_batch, "lr": lr, "min_lr_ratio": sc.ft_min_lr_ratio, "warmup": sc.ft_warmup,
                     "curve": [sc.ft_curve_points, sc.ft_curve_n], "seed": sv, "difficulty": sc.difficulty,
                     "meta": ms.meta, "curve_split": "dev"}
-        inputs = [f"pretrain-{m}"] if ms.pretrained else [f"pretrain-{tokenizer_from}"]
+        inputs = [f"pretrain-{m}"] if ms.pretrained else [f"pretrain-{tokenizer_from}"] if tokenizer_from else []
         if not ms.pretrained:
             settings["from_scratch"] = {"preset": ms.preset, "overrides": [*sc.pretrain_overrides, *ms.overrides]}
         source = (f"--init stages/seed{seed}/pretrain-{m}/run" if ms.pretrained else
-                  f"--from-scratch {ms.preset} --tokenizer stages/seed{seed}/pretrain-{tokenizer_from}/run/tokenizer.json"
+                  f"--from-scratch {ms.preset}"
+                  + (f" --tokenizer stages/seed{seed}/pretrain-{tokenizer_from}/run/tokenizer.json" if tokenizer_from else "")
                   + "".join(f" --set {o}" for o in [*sc.pretrain_overrides, *ms.overrides] if o.startswith("model.")))
         command = (f"metatokens finetune {source} --task {','.join(sc.tasks)} "
                    f"--task-weights {','.join(map(str, sc.ft_weights))} --max-len {L} --difficulty {sc.difficulty} "
@@ -115,7 +116,8 @@ class Plan:
         models, sv = sc.models, self.seed_value(seed)
         configs = self._model_configs(sv, models)
         specs = [self._pretrain_spec(seed, m, *configs[m]) for m in models if models[m].pretrained]
-        tokenizer_from = next(m for m, ms in models.items() if ms.pretrained and ms.meta)
+        # models not pre-trained take a pre-trained meta model's tokenizer; with none (the demo), their own
+        tokenizer_from = next((m for m, ms in models.items() if ms.pretrained and ms.meta), None)
         fine = [m for m in models if not models[m].pretrained] + [m for m in models if models[m].pretrained]
         for m in fine:
             specs.append(self._finetune_spec(seed, sv, m, sc.lr_for(m), f"finetune-{m}", tokenizer_from))
@@ -132,7 +134,7 @@ class Plan:
                            f"--task {','.join(sc.tasks)} --lengths {L} --n {sc.eval_n} --seed {sv}")
                 specs.append(StageSpec(seed, f"ablate-{m}", settings, [f"finetune-{m}"], command,
                                        lambda f, r, inp, m=m: self._ablate(m, sv, f, inp)))
-        for analysis in ("entropy", "residual", "rate-distortion"):
+        for analysis in ("entropy", "residual", "rate-distortion") if "meta-rope" in models else ():
             settings = {"analysis": analysis, "length": L, "n": sc.analysis_n, "seed": sv, "epochs": sc.rd_epochs,
                         "format": RESULT_FORMAT}
             command = (f"metatokens analyze {analysis} --checkpoint stages/seed{seed}/finetune-meta-rope/run "

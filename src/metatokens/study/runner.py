@@ -50,6 +50,7 @@ from ..errors import StudyError
 from ..fileio import atomic_write_text
 from .design import SCALES, Scale
 from .plan import Plan
+from .demo import render_demo
 from .report import render_report
 from .results import StudyResults, environment
 from .stages import StageRecord, Stages, StageSpec, _last_line
@@ -330,7 +331,8 @@ class Pipeline(Plan, Stages):
         results = StudyResults(out=self.out, scale_name=self.scale_name, scale=self.scale, seeds=seeds,
                                requested_seeds=self.seeds, seed_values={s: self.seed_value(s) for s in seeds})
         path = self.out / "REPORT.md"
-        atomic_write_text(path, render_tuning(results) if self.tune else render_report(results))
+        render = render_tuning if self.tune else render_demo if self.scale.demo else render_report
+        atomic_write_text(path, render(results))
         return path
 
 

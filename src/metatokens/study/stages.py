@@ -105,13 +105,13 @@ class Stages:
                                   ckpt_interval=max(1, sc.ft_steps // 4), seed=sv, device=self.device,
                                   log_interval=max(1, sc.ft_steps // 40))
         run = folder / "run"
-        (source,) = inputs.values()
+        source = next(iter(inputs.values()), None)  # the pre-training, or the one whose tokenizer it takes
         if ms.pretrained:
             kwargs: dict[str, Any] = {"init": None if resume else str(self.run_path(source))}
         else:
             model_overrides = [o for o in (*self.scale.pretrain_overrides, *ms.overrides) if o.startswith("model.")]
             kwargs = {"from_scratch": None if resume else ms.preset, "model_overrides": None if resume else model_overrides,
-                      "tokenizer_path": str(self.run_path(source) / "tokenizer.json")}
+                      "tokenizer_path": None if source is None else str(self.run_path(source) / "tokenizer.json")}
         summary = run_finetune(spec, train, run, resume=resume, progress=self.progress, **kwargs)
         return self._finetune_record(run, summary, sc.tasks)
 
