@@ -48,9 +48,9 @@ import torch
 
 from ..errors import StudyError
 from ..fileio import atomic_write_text
+from .demo import render_demo
 from .design import SCALES, Scale
 from .plan import Plan
-from .demo import render_demo
 from .report import render_report
 from .results import StudyResults, environment
 from .stages import StageRecord, Stages, StageSpec, _last_line
