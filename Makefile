@@ -16,7 +16,7 @@ $(BIN)/metatokens: pyproject.toml
 
 venv: $(BIN)/metatokens
 
-# The main job: the whole study at demo scale on the built-in corpus (no downloads) -> report/REPORT.md.
+# The main job: the meta-token effect in minutes, two models from scratch on the built-in corpus (no downloads) -> report/REPORT.md.
 demo: venv
 	$(BIN)/metatokens reproduce --scale demo --out report
 

@@ -558,3 +558,20 @@ def test_the_tuning_run_chooses_each_models_rate_on_dev_prompts_only(tmp_path):
         assert info["chosen"] == min(lr for lr, v in scores.items() if v == best)
         rows = [x for x in section(text, "## The grid").splitlines() if x.startswith(f"| {MODELS[m].label} | ")]
         assert len(rows) == len(sc.lr_grid) and sum("**yes**" in x for x in rows) == 1
+
+
+def test_the_demo_reports_the_markers_effect_with_its_interval(tmp_path, monkeypatch):
+    """The demo at a few steps: both copies train from scratch (each its own tokenizer, the same one), are
+    scored on the same test prompts, and the report leads with their paired difference, every seed's values
+    and what the demo does not measure."""
+    demo = dataclasses.replace(SCALES["demo"], ft_steps=3, eval_n=4, ft_curve_points=1, ft_curve_n=2, ft_warmup=1)
+    monkeypatch.setitem(SCALES, "demo", demo)
+    out = tmp_path / "demo"
+    text = Pipeline(out, "demo", seeds=1, progress=False, log=lambda s: None).run().read_text()
+    assert text.startswith("# metatokens demo")
+    a = np.array(stage(out, "evaluate-scratch-meta")["copying"]["prompts"]["96"]["exact_per_example"])
+    b = np.array(stage(out, "evaluate-scratch-plain")["copying"]["prompts"]["96"]["exact_per_example"])
+    assert f"difference {100 * (a - b).mean():+.1f} [" in text
+    assert "## What this does not measure" in text and "metatokens reproduce --scale tiny --seeds 5" in text
+    assert re.search(r"!\[[^\]]*\]\(figures/learning-curves\.png\)", text)
+    assert not (out / "stages" / "seed0" / "pretrain-meta-rope").exists()  # nothing is pre-trained
