@@ -154,10 +154,9 @@ class WindowLayout:
     def attend(self, q, k, v, cache: LayerCache | None, dropout_p: float, scale: float) -> torch.Tensor:
         """q (B, heads, T, hs), k and v (B, kv_heads, T, hs) of the new tokens -> (B, heads, T, hs)."""
         groups = q.size(1) // k.size(1)
-        if self.dense_mask is not None:
-            k, v = _repeat_heads(k, groups, 1), _repeat_heads(v, groups, 1)
+        if self.dense_mask is not None:  # the reference: SDPA's own grouped-query attention, not _repeat_heads
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense_mask[:, None], dropout_p=dropout_p,
-                                                  scale=scale)
+                                                  scale=scale, enable_gqa=groups > 1)
         if cache is not None and cache.win_k is not None:
             k, v = torch.cat((cache.win_k, k), 2), torch.cat((cache.win_v, v), 2)
         meta_k, meta_v = self._meta_keys(k, v, cache)
