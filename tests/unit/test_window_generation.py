@@ -182,5 +182,5 @@ def test_an_export_carries_the_window(tmp_path):
     prompt = idx[:, :12]
     ours = generate(model, prompt, 10, temperature=0, vocab_limit=tok.vocab_size)
     assert hf.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True).tolist() == ours.tolist()
-    beams = dict(max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2)
+    beams = {"max_new_tokens": 6, "do_sample": False, "num_beams": 3, "num_return_sequences": 2}
     assert hf.generate(prompt, use_cache=True, **beams).tolist() == hf.generate(prompt, use_cache=False, **beams).tolist()
