@@ -45,9 +45,9 @@ def test_set_attn_window_evaluates_the_windowed_model_and_says_so(task_tokenizer
     ("model.attn_window=0", "positive integer"),
     ("model.attn_window=wide", "must be an integer"),
 ])
-def test_other_settings_are_refused_in_one_line_before_any_model_loads(task_tokenizer, tmp_path, capsys, item, needle):
-    save_pretrained(tmp_path / "m", task_model(task_tokenizer), task_tokenizer)
-    code = cli.main([*ARGS, "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--set", item])
+def test_other_settings_are_refused_in_one_line_before_any_model_loads(tmp_path, capsys, item, needle):
+    """The checkpoint does not exist: a refusal that named it would have come after a load was tried."""
+    code = cli.main([*ARGS, "--checkpoint", str(tmp_path / "absent"), "--out", str(tmp_path / "e"), "--set", item])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert "attn_window" in err
