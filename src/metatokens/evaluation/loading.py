@@ -114,8 +114,8 @@ def _model_name(path: Path, model_dir: Path) -> str:
     return path.resolve().name
 
 
-# Model settings a trained model may be evaluated with (`--set model.KEY=VALUE`): each changes how it
-# attends, never the shape of a weight. attn_window: how much of what it answers comes through meta-tokens.
+# Model settings a trained model may be evaluated or fine-tuned with (`--set model.KEY=VALUE`): each changes
+# how it attends, never the shape of a weight. attn_window: how much of what it answers comes through meta-tokens.
 INFERENCE_SETTINGS = ("attn_window",)
 
 
@@ -127,10 +127,10 @@ def inference_settings(items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or section != "model" or not dot:
-            raise EvaluationError(f"--set {item!r}: evaluate takes model.KEY=VALUE for {allowed}")
+            raise EvaluationError(f"--set {item!r}: a trained model takes model.KEY=VALUE for {allowed}")
         if name not in INFERENCE_SETTINGS:
-            raise EvaluationError(f"--set model.{name} cannot change at evaluation (the weights were trained with it); "
-                                  f"evaluate takes {allowed}")
+            raise EvaluationError(f"--set model.{name} cannot change on a trained model (its weights were trained with "
+                                  f"it); a trained model takes {allowed}")
         settings[name] = parse_value(text)
     _with_settings(ModelConfig(), settings)  # a bad value is refused before any model loads
     return settings

@@ -1,7 +1,7 @@
-"""The inference-time switch: `metatokens evaluate --set model.attn_window=W` evaluates a model trained with
-full attention as if its self-attention saw only the last W positions and the meta-tokens. The window
+"""The switch on a trained model: `metatokens evaluate --set model.attn_window=W` evaluates a model trained
+with full attention as if its self-attention saw only the last W positions and the meta-tokens. The window
 must really be on (the scores are those of a model built with it), be recorded in the report, and every
-other setting be refused in one line before any model loads.
+other setting be refused in one line before any model loads. `finetune --init` takes the same switch.
 """
 
 import json
@@ -16,6 +16,7 @@ from metatokens.evaluation.loading import (
     LoadedModel,
     apply_settings,
     inference_settings,
+    load_model,
 )
 from metatokens.evaluation.tasks import evaluate_task
 from metatokens.runs.model_folder import save_pretrained
@@ -39,7 +40,7 @@ def test_set_attn_window_evaluates_the_windowed_model_and_says_so(task_tokenizer
 
 
 @pytest.mark.parametrize("item,needle", [
-    ("model.n_layer=3", "cannot change at evaluation"),
+    ("model.n_layer=3", "cannot change on a trained model"),
     ("train.lr=0.1", "model.KEY=VALUE"),
     ("attn_window=8", "model.KEY=VALUE"),
     ("model.attn_window=0", "positive integer"),
@@ -61,3 +62,17 @@ def test_null_switches_a_trained_window_off_and_hugging_face_models_are_refused(
     hf = LoadedModel("gpt2", "gpt2", torch.nn.Linear(2, 2), task_tokenizer, "hf")
     with pytest.raises(EvaluationError, match="Hugging Face model"):
         apply_settings(hf, {"attn_window": 8})
+
+
+def test_finetune_init_takes_the_window_and_nothing_else_of_the_model(task_tokenizer, tmp_path, capsys):
+    save_pretrained(tmp_path / "m", task_model(task_tokenizer), task_tokenizer)
+    args = ["finetune", "--init", str(tmp_path / "m"), "--max-len", "64", "--steps", "2", "--batch-size", "2",
+            "--eval-n", "2", "--no-progress"]
+    assert cli.main([*args, "--set", "model.attn_window=8", "--out", str(tmp_path / "ft")]) == 0
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["model"]["attn_window"] == 8
+    assert load_model(tmp_path / "ft").model.config.attn_window == 8  # the checkpoint carries it
+    capsys.readouterr()
+    assert cli.main([*args, "--set", "model.n_layer=3", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot change on a trained model" in err and not (tmp_path / "bad").exists()
