@@ -107,11 +107,13 @@ def test_cache_memory_stops_growing_once_the_window_is_full_and_only_meta_tokens
 
 @pytest.mark.parametrize("pos_encoding", ["ape", "rope", "none"])
 @pytest.mark.parametrize("prompt", [1, W - 1, W, 2 * W + 3])
+@pytest.mark.parametrize("window", [1, W])
 @torch.no_grad()
-def test_generate_with_eviction_equals_the_windowed_full_forward(pos_encoding, prompt):
+def test_generate_with_eviction_equals_the_windowed_full_forward(pos_encoding, prompt, window):
     """Greedy decoding through the bounded cache; at every step its logits against the dense windowed
-    forward over the whole sequence so far. Rows differ in meta-tokens; row 0 is fed one every 4 steps."""
-    model, dense = windowed(pos_encoding)
+    forward over the whole sequence so far. Rows differ in meta-tokens; row 0 is fed one every 4 steps.
+    W = 1 keeps no window at all: only the meta-tokens."""
+    model, dense = windowed(pos_encoding, window)
     seq = prompt_batch(prompt, seed=prompt)
     cache = KVCache.empty(model.config.n_layer)
     pending = seq
@@ -123,7 +125,7 @@ def test_generate_with_eviction_equals_the_windowed_full_forward(pos_encoding, p
         if step % 4 == 3:
             pending[0] = META
         seq = torch.cat((seq, pending), 1)
-    assert cache.window.held_positions(cache.length) == expected_positions(seq[:, :-1], W)
+    assert cache.window.held_positions(cache.length) == expected_positions(seq[:, :-1], window)
 
 
 @pytest.mark.parametrize("policy", ["none", "every:3"])
