@@ -62,7 +62,7 @@ class WindowLayout:
     prefix: int  # P, cached window positions before them (0 without a cache)
     chunk: int  # C, queries per chunk
     dense_mask: torch.Tensor | None  # (B, T, T): the reference path
-    causal: bool  # every key is inside every query's window and no meta key is gathered
+    causal: bool  # every key is inside every query's window and no meta-token was stored before: plain causal
     mask: torch.Tensor | None  # (B * chunks, 1, C, C + W - 1 + S) for the blocked path
     leave_batch: torch.Tensor  # (N,) row of each meta-token leaving the window in this step
     leave_index: torch.Tensor  # (N,) its index among this step's keys (the cached window, then the new tokens)
@@ -100,7 +100,10 @@ class WindowLayout:
         stored_before = 0 if state is None else state.stored
         # keys at index < Tk - (W - 1) are outside the window of every later query; meta ones are kept
         leaving = seq_meta[:, : max(0, Tk - window + 1)]
-        found = leaving.flatten().nonzero().squeeze(1)  # host sync: how many meta-tokens leave
+        if leaving.size(1):  # host sync: how many of the keys leaving the window are meta-tokens
+            found = leaving.flatten().nonzero().squeeze(1)
+        else:  # none leaves yet (a short prompt, the first W - 1 decoding steps): no sync
+            found = torch.zeros(0, dtype=torch.long, device=device)
         leave_batch = leave_index = leave_slot = found[:0]
         after, stored = before, stored_before
         if found.numel():
