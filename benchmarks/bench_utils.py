@@ -8,6 +8,7 @@ users hits both sides alike, and each ratio is the median of per-repeat ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -163,3 +164,66 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     line = lambda r: "| " + " | ".join(str(c).rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+# ----------------------------------------------------------------------------- memory of one step
+# Two measures (CPU has no torch.cuda.max_memory_allocated):
+#  * saved: bytes of the tensors autograd keeps for backward (saved_tensors_hooks, each storage counted
+#    once). Exact and deterministic: the activation memory a training step holds.
+#  * peak: rise of the process's peak resident memory during one call: the peak (VmHWM in
+#    /proc/self/status) is reset to the current RSS first (`echo 5 > /proc/self/clear_refs`, Linux
+#    >= 4.0). Run each case in a fresh subprocess (`child_json`) so that memory the allocator kept from
+#    an earlier case cannot hide a rise. On CUDA both are torch.cuda.max_memory_allocated deltas.
+
+
+def saved_bytes(run) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values())
+
+
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith(field + ":")).split()[1])
+
+
+def step_memory(run: Callable[[], object], args, device: torch.device) -> dict[str, int]:
+    """{"saved": bytes, "peak": bytes} of one call of `run` (after one untimed warm-up call)."""
+    if device.type == "cuda":
+        with autocast(args, device):
+            run()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with autocast(args, device):
+            run()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        return {"saved": peak, "peak": peak}
+    with autocast(args, device):  # warm-up: library workspaces and gradient buffers are not the step's
+        run()
+    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak to the current resident size
+        fh.write("5")
+    before = status_kib("VmRSS")
+    with autocast(args, device):
+        run()
+    peak = (status_kib("VmHWM") - before) * 1024
+    with autocast(args, device):
+        saved = saved_bytes(run)
+    return {"saved": saved, "peak": peak}
+
+
+def child_json(cmd: list[str]) -> dict:
+    """The last JSON line a child process printed; NaN memory when it failed (said on stdout)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        print(f"# child failed: {' '.join(cmd[1:])}: {out.stderr.strip().splitlines()[-1:]}")
+        return {"saved": float("nan"), "peak": float("nan")}
+    return json.loads(lines[-1])

@@ -25,12 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 
 import torch
-
-from bench_utils import add_common_args, autocast, build, compare, median, median_ratio, print_machine, setup, sync, table
+from bench_utils import (
+    add_common_args,
+    autocast,
+    build,
+    child_json,
+    compare,
+    median,
+    median_ratio,
+    print_machine,
+    setup,
+    step_memory,
+    table,
+)
 
 from metatokens.model.gpt import PosInfo
 
@@ -59,50 +69,11 @@ def make_case(shape: str, impl: str, T: int, k: float, whole: bool, device):
     return run, model
 
 
-def saved_bytes(run) -> int:
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(storages.values())
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(next(line for line in fh if line.startswith(field + ":")).split()[1])
-
-
 def measure_memory(args) -> None:
     """Child process: print {"saved": bytes, "peak": bytes} for one case as JSON."""
     device = setup(args)
     run, _ = make_case(args.shape, args.impl, args.length, args.k, args.whole_model, device)
-    if device.type == "cuda":
-        with autocast(args, device):
-            run()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        with autocast(args, device):
-            run()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        print(json.dumps({"saved": peak, "peak": peak}))
-        return
-    with autocast(args, device):  # warm-up: library workspaces and gradient buffers are not the step's
-        run()
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak to the current resident size
-        fh.write("5")
-    before = status_kib("VmRSS")
-    with autocast(args, device):
-        run()
-    peak = (status_kib("VmHWM") - before) * 1024
-    with autocast(args, device):
-        saved = saved_bytes(run)
-    print(json.dumps({"saved": saved, "peak": peak}))
+    print(json.dumps(step_memory(run, args, device)))
 
 
 def memory_in_child(args, impl: str, T: int) -> dict:
@@ -110,11 +81,7 @@ def memory_in_child(args, impl: str, T: int) -> dict:
            "--k", str(args.k), "--device", args.device, "--dtype", args.dtype, "--threads", str(torch.get_num_threads())]
     if args.whole_model:
         cmd.append("--whole-model")
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines:
-        return {"saved": float("nan"), "peak": float("nan")}
-    return json.loads(lines[-1])
+    return child_json(cmd)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import torch
 
 from conftest import META, mixed_batch, toy_model
 from metatokens.generation.decode import generate_ids
+from metatokens.model.cache import KVCache
 from metatokens.model.config import model_shape
 from metatokens.model.gpt import GPT
 
@@ -61,6 +62,39 @@ def test_cached_generation_equals_recomputation_on_the_gpu(policy):
     cached = generate_ids(model, prompt, 24, policy=policy, temperature=0, use_cache=True)
     recomputed = generate_ids(model, prompt, 24, policy=policy, temperature=0, use_cache=False)
     assert torch.equal(cached, recomputed)
+
+
+def test_windowed_attention_blocked_equals_dense_in_bf16_and_cached_decoding_equals_it_in_fp32():
+    """attn_window on the GPU: the blocked path (SDPA over chunks, with a mask) against the dense mask of the
+    definition under a bf16 autocast, within bf16 precision; then cached greedy decoding through the bounded
+    cache against the dense windowed forward in fp32 (1e-4: GPU kernels sum in other orders)."""
+    torch.manual_seed(0)
+    cfg = model_shape("small", meta_token_id=META, vocab_size=512, pos_encoding="rope", block_size=512, attn_window=32)
+    blocked = GPT(cfg).cuda().train()
+    dense = copy.deepcopy(blocked)
+    dense.window_impl = "dense"
+    idx = torch.randint(8, 512, (3, 512), device="cuda")
+    idx[torch.rand(idx.shape, device="cuda") < 0.1] = META
+    idx[0, 300:] = torch.randint(8, 512, (212,), device="cuda")  # a row whose last meta-token is far behind
+    targets = torch.roll(idx, -1, 1)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_b, loss_b = blocked(idx, targets)
+        out_d, loss_d = dense(idx, targets)
+    assert (out_b.float() - out_d.float()).abs().max() <= 2e-2 * out_d.float().abs().max()
+    loss_b.backward()
+    loss_d.backward()
+    for (name, a), b in zip(blocked.named_parameters(), dense.parameters()):
+        assert (a.grad.float() - b.grad.float()).abs().max() <= 5e-2 * b.grad.float().abs().max() + 1e-6, name
+    blocked.eval(), dense.eval()
+    seq = idx[:, :100]
+    cache = KVCache.empty(cfg.n_layer)
+    pending = seq
+    with torch.no_grad():
+        for _ in range(40):
+            logits = blocked(pending, cache=cache)[0][:, -1]
+            assert (logits - dense(seq)[0][:, -1]).abs().max() <= 1e-4
+            pending = logits.argmax(-1, keepdim=True)
+            seq = torch.cat((seq, pending), 1)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ DEFERRED = ("transformers", "huggingface_hub", "datasets", "pyarrow", "wandb", "
             "matplotlib", "metatokens.model.hf_model")
 # Shipped inside exported folders as the model code (transformers copies a file's `from .x import`
 # neighbours): they may import only each other, torch and transformers.
-SHIPPED = {"model/config.py", "model/positions.py", "model/cache.py", "model/gpt.py", "model/family.py",
+SHIPPED = {"model/config.py", "model/positions.py", "model/cache.py", "model/window.py", "model/gpt.py", "model/family.py",
            "model/hf_model.py"}
 MAX_LINES = 400
 

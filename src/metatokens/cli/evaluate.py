@@ -6,7 +6,7 @@ import argparse
 
 from ..devices import resolve_device
 from ..errors import EvaluationError
-from ..evaluation.loading import load_model, unique_names
+from ..evaluation.loading import inference_settings, load_model, unique_names
 from ..evaluation.perplexity import evaluate_perplexity
 from ..evaluation.report import perplexity_markdown, task_markdown, write_report
 from ..evaluation.tasks import EVAL_SPLITS, evaluate_task
@@ -61,6 +61,10 @@ def add_command(sub) -> None:
                    "pre-training window); other models as they are")
     p.add_argument("--batch-size", type=int, default=16, help="examples or rows per forward pass, at least 1 (default 16)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
+                   help="evaluate metatokens models with an inference-time setting changed (repeatable): "
+                   "model.attn_window=W lets self-attention see only the last W positions and the meta-tokens, "
+                   "null switches a trained window off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     t = p.add_argument_group("task accuracy")
     t.add_argument("--lengths", default="64,128,256", help="prompt-length bins, comma-separated (default 64,128,256)")
@@ -96,9 +100,10 @@ def run(args) -> int:
     if names is not None and len(names) != len(args.checkpoint):
         raise ValueError(f"--names has {len(names)} names for {len(args.checkpoint)} checkpoints")
     lengths = _lengths(args.lengths) if args.task else None  # bad input fails before the (slow) model loads
+    settings = inference_settings(args.overrides)
     if args.task and args.split not in EVAL_SPLITS:
         raise ValueError(f"--split with --task takes test or dev, got {args.split!r}")
-    models = [load_model(path, args.device, names[i] if names else None) for i, path in enumerate(args.checkpoint)]
+    models = [load_model(path, args.device, names[i] if names else None, settings) for i, path in enumerate(args.checkpoint)]
     unique_names(models)
     progress = not args.no_progress
     if args.task:

@@ -7,6 +7,10 @@ meta-token, the run's run.json). Our own exports are read with our classes and s
 SHA-256 checked against the export's marker; no Python file of a folder is ever run. Hugging Face
 models go through `metatokens.hf.baseline.HFCausalLM`, which gives them our model interface.
 
+`inference_settings` reads `metatokens evaluate --set model.KEY=VALUE`: the model settings that change
+how a trained model attends and not the shapes of its weights (`attn_window`), which `load_model`
+then applies.
+
 `uses_meta` and `pretrain_rate` decide from a model's run.json whether it reads the tasks' meta-token
 prompts and at which rate its pre-training injected meta-tokens.
 """
@@ -29,7 +33,13 @@ from ..errors import CheckpointError, EvaluationError
 from ..fileio import read_json_object
 from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
 from ..hf.hub import EXPORT_MARKER
-from ..model.config import ConfigError, FamilyConfig, ModelConfig
+from ..model.config import (
+    ConfigError,
+    FamilyConfig,
+    ModelConfig,
+    coerce_fields,
+    parse_value,
+)
 from ..model.family import build_model
 from ..model.gpt import GPT
 from ..runs.checkpoints import resolve_model_dir
@@ -79,7 +89,8 @@ class LoadedModel:
             cfg = self.model.config
             info.update(block_size=cfg.block_size, meta_attention=cfg.meta_attention,
                         yarn=None if cfg.yarn is None else {"factor": cfg.yarn.factor,
-                                                            "original_max_position_embeddings": cfg.yarn.original_max_position_embeddings})
+                                                            "original_max_position_embeddings": cfg.yarn.original_max_position_embeddings},
+                        attn_window=cfg.attn_window)
         info["max_positions"] = self.max_positions
         return info
 
@@ -103,8 +114,48 @@ def _model_name(path: Path, model_dir: Path) -> str:
     return path.resolve().name
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> LoadedModel:
-    """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one)."""
+# Model settings a trained model may be evaluated or fine-tuned with (`--set model.KEY=VALUE`): each changes
+# how it attends, never the shape of a weight. attn_window: how much of what it answers comes through meta-tokens.
+INFERENCE_SETTINGS = ("attn_window",)
+
+
+def inference_settings(items: Sequence[str]) -> dict[str, Any]:
+    """`model.KEY=VALUE` items -> {KEY: value}; any other item is refused in one line."""
+    settings: dict[str, Any] = {}
+    allowed = ", ".join(f"model.{k}" for k in INFERENCE_SETTINGS)
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or section != "model" or not dot:
+            raise EvaluationError(f"--set {item!r}: a trained model takes model.KEY=VALUE for {allowed}")
+        if name not in INFERENCE_SETTINGS:
+            raise EvaluationError(f"--set model.{name} cannot change on a trained model (its weights were trained with "
+                                  f"it); a trained model takes {allowed}")
+        settings[name] = parse_value(text)
+    _with_settings(ModelConfig(), settings)  # a bad value is refused before any model loads
+    return settings
+
+
+def _with_settings(cfg: ModelConfig, settings: dict[str, Any]) -> ModelConfig:
+    try:
+        return coerce_fields(dataclasses.replace(cfg, **settings), "model").validate()
+    except ConfigError as err:
+        raise EvaluationError(f"--set: {err}") from None
+
+
+def apply_settings(loaded: LoadedModel, settings: dict[str, Any]) -> None:
+    """Change a loaded metatokens model's inference settings (`inference_settings`) in place."""
+    if not settings:
+        return
+    if not isinstance(loaded.model, GPT):
+        raise EvaluationError(f"{loaded.name} is a Hugging Face model; --set model.* applies to metatokens models only")
+    loaded.model.config = _with_settings(loaded.model.config, settings)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", name: str | None = None,
+               settings: dict[str, Any] | None = None) -> LoadedModel:
+    """A metatokens model folder or run folder, or a Hugging Face model folder (or run of one);
+    `settings` (from `inference_settings`) change how a metatokens model attends."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model or run folder")
@@ -124,7 +175,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", name: str |
         tokenizer = load_hf_tokenizer(model_dir)
         kind = "hf"
     model.eval()
-    return LoadedModel(name or _model_name(path, model_dir), str(path), model, tokenizer, kind, _run_info(model_dir))
+    loaded = LoadedModel(name or _model_name(path, model_dir), str(path), model, tokenizer, kind, _run_info(model_dir))
+    apply_settings(loaded, settings or {})
+    return loaded
 
 
 def load_export(folder: Path, config: dict[str, Any], device: str | torch.device = "cpu") -> tuple[GPT, MetaTokenizer]:

@@ -17,6 +17,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def _positions(m: dict[str, Any]) -> str:
+    """A model's positions column: its encoding, with YaRN and an attention window when on."""
+    pos = m["pos_encoding"]
+    if m.get("yarn"):
+        pos += f" + YaRN x{m['yarn']['factor']:g}"
+    if m.get("attn_window"):
+        pos += f", window {m['attn_window']}"
+    return pos
+
+
 def task_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['task']} ({result['difficulty']}), {result['n_per_length']} {result.get('split', 'test')} examples per length, seed {result['seed']}",
@@ -28,9 +38,7 @@ def task_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in result["models"]:
-        pos = m["pos_encoding"]
-        if m.get("yarn"):
-            pos += f" + YaRN x{m['yarn']['factor']:g}"
+        pos = _positions(m)
         for r in m["results"]:
             if r.get("skipped"):
                 lines.append(f"| {m['name']} | {pos} | {'yes' if m['meta'] else 'no'} | {r['length']} | 0 | beyond window | beyond window | |")
@@ -136,7 +144,7 @@ def perplexity_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in result["models"]:
-        pos = m["pos_encoding"] + (f" + YaRN x{m['yarn']['factor']:g}" if m.get("yarn") else "")
+        pos = _positions(m)
         lines.append(f"| {m['name']} | {pos} | {m['context']} | {m['meta_per_row']} (k={m['meta_rate']:g}) | {m['tokens']} | "
                      f"{m['loss']:.4f} | {m['perplexity']:.2f} |")
     lines += ["", "Perplexity by position within the context:", ""]

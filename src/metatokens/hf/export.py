@@ -124,7 +124,9 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
         "(Shah et al., \"Language Modeling with Learned Meta-Tokens\", arXiv 2509.16278), exported by `metatokens export`.",
         "",
         f"{cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd}, positions: {cfg.pos_encoding}, "
-        f"meta-attention: {'yes' if cfg.meta_attention else 'no'}, {meta}.",
+        f"meta-attention: {'yes' if cfg.meta_attention else 'no'}, {meta}"
+        + (f"; self-attention sees the last {cfg.attn_window} positions and every earlier meta-token (attn_window)."
+           if cfg.attn_window else "."),
         "",
         "```python",
         "from transformers import AutoModelForCausalLM" + (", PreTrainedTokenizerFast" if has_tokenizer else ""),

@@ -111,7 +111,15 @@ class YarnConfig:
 
 @dataclass
 class ModelConfig:
-    """GPT-2 style decoder with optional meta-attention (arXiv 2509.16278, section 3)."""
+    """GPT-2 style decoder with optional meta-attention (arXiv 2509.16278, section 3).
+
+    `attn_window` (W, default None: full causal attention) makes meta-tokens the only long-range
+    memory of self-attention: the query at position i sees the key at position j iff
+    j <= i and (i - j < W or position j holds a meta-token). So each token sees its last W
+    positions (itself included; meta or text alike) and every meta-token before them, however far
+    back. Meta-attention is unchanged. Generation then keeps a bounded KV cache: the last W - 1
+    positions (the next token makes W) and every meta-token before them (docs/memory.md).
+    """
 
     vocab_size: int = 50304  # embedding rows; >= tokenizer size (GPT-2's 50257 + meta, padded to 64)
     block_size: int = 1024  # training window L; the APE table has this many rows
@@ -131,6 +139,7 @@ class ModelConfig:
     yarn: YarnConfig | None = None  # YaRN scaling of RoPE; None = plain RoPE
     meta_pos: Literal["keep", "zero"] = "keep"  # zero: no position (APE vector / rotation) at meta positions
     meta_embed: Literal["keep", "zero"] = "keep"  # zero: no token embedding at meta positions (ablation)
+    attn_window: int | None = None  # W: self-attention sees the last W positions and every earlier meta-token
 
     @property
     def head_dim(self) -> int:
@@ -166,6 +175,9 @@ class ModelConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.attn_window is not None and (isinstance(self.attn_window, bool) or not isinstance(self.attn_window, int)
+                                             or self.attn_window <= 0):
+            raise ConfigError(f"attn_window must be a positive integer or null (full attention), got {self.attn_window!r}")
         if self.meta_token_id is not None and not 0 <= self.meta_token_id < self.vocab_size:
             raise ConfigError(f"meta_token_id {self.meta_token_id} is outside the vocabulary (size {self.vocab_size})")
         if self.yarn is not None:

@@ -121,6 +121,9 @@ class Attention(Projections):
         q, k, v = (t.transpose(1, 2) for t in self.qkv(x))  # (B, heads, T, hs)
         if pos.cos is not None:
             q, k = rotate(q, pos.cos, pos.sin), rotate(k, pos.cos, pos.sin)
+        if pos.window is not None:  # attn_window: the last W positions and every earlier meta-token
+            y = pos.window.attend(q, k, v, cache, self.dropout if self.training else 0.0, pos.logit_scale)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         k, v, mask, causal = extend_cache(cache, k, v)
         y = self.sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=pos.logit_scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))

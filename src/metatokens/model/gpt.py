@@ -22,6 +22,7 @@ from torch import nn
 from .cache import KVCache, LayerCache, extend_cache
 from .config import IGNORE_INDEX, ModelConfig
 from .positions import Rotary, apply_rotary
+from .window import WindowLayout
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PosInfo:
     cos: torch.Tensor | None = field(default=None)  # self-attention tables, (B|1, 1, T, hs/2)
     sin: torch.Tensor | None = field(default=None)
     meta: MetaIndex | None = field(default=None)  # set by GPT.hidden_states; a sublayer called alone finds it
+    window: WindowLayout | None = field(default=None)  # attn_window: the windowed self-attention's layout
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,6 +85,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
         if pos.cos is not None:  # (B, nh, T, hs)
             q, k = apply_rotary(q, pos.cos, pos.sin), apply_rotary(k, pos.cos, pos.sin)
+        if pos.window is not None:  # attn_window: the last W positions and every earlier meta-token
+            y = pos.window.attend(q, k, v, cache, self.dropout if self.training else 0.0, pos.logit_scale)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
         k, v, mask, causal = extend_cache(cache, k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
@@ -243,6 +248,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # With attn_window: "blocked" (O(T (W + m)), window.py) or "dense", the (B, T, T) mask of the
+    # definition; the reference that tests and benchmarks set on an instance. A KV cache is always blocked.
+    window_impl = "blocked"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg.validate()
@@ -309,6 +318,8 @@ class GPT(nn.Module):
         # needs no index, so without a cache it runs without a host sync (one compiled graph)
         if cfg.meta_attention and (cfg.meta_impl != "dense" or cache is not None):
             pos.meta = MetaIndex.of(is_meta, positions, None if cache is None else cache.meta_count)
+        if cfg.attn_window is not None:  # where the window and the kept meta keys are, once for all blocks
+            pos.window = WindowLayout.of(is_meta, cfg.attn_window, cache, dense=self.window_impl == "dense")
         if self.rotary is not None:
             pos.logit_scale *= self.rotary.logit_scale
             cos, sin = self.rotary(positions, is_meta if zero_meta_pos else None)
@@ -317,6 +328,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.h):
             x = block(x, is_meta, pos, cache.layers[i] if cache is not None else None)
         if cache is not None:
+            if pos.window is not None:
+                pos.window.commit(cache)
             cache.length += T
         return self.ln_f(x)
 

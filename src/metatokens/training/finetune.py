@@ -44,7 +44,13 @@ import torch
 
 from ..data.packing import tokenizer_hash
 from ..errors import FinetuneError
-from ..evaluation.loading import LoadedModel, load_model, pretrain_rate, uses_meta
+from ..evaluation.loading import (
+    LoadedModel,
+    inference_settings,
+    load_model,
+    pretrain_rate,
+    uses_meta,
+)
 from ..evaluation.scoring import needed_positions, score_examples
 from ..fileio import atomic_write_text
 from ..hf.baseline import HFCausalLM, load_hf_model, load_hf_tokenizer
@@ -105,10 +111,10 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
     if len(chosen) != 1:
         raise FinetuneError("give exactly one of --init RUN, --from-scratch PRESET or --hf-model NAME_OR_PATH"
                             + (f" (got {', '.join(chosen)})" if chosen else ""))
-    if model_overrides and not from_scratch:
-        raise FinetuneError("model.* overrides only apply with --from-scratch (a loaded model keeps its shape)")
-    if init:
-        loaded = load_model(init)
+    if model_overrides and hf_model:
+        raise FinetuneError("model.* overrides apply with --from-scratch or --init, not to a Hugging Face model")
+    if init:  # a trained model keeps its shape: only the settings of how it attends (attn_window) may change
+        loaded = load_model(init, settings=inference_settings(model_overrides))
         return loaded, pretrain_rate(loaded.run_info), {"init": str(init)}
     if hf_model:
         model = HFCausalLM(load_hf_model(hf_model))
