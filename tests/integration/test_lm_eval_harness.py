@@ -2,11 +2,12 @@
 on CPU, and its exact match is `metatokens evaluate`'s, prompt by prompt: for an exported meta-token
 model (through its remote code) and for a plain GPT-2 Hugging Face model (no meta-tokens).
 
-The two models are rigged so that their answers are right on some prompts and wrong on others: every
-sublayer's output is zero, so the model is a bigram table, and its untied head sends the last prompt
-token (":" of "Answer:") to a Parity answer and that answer to EOS. Exact match is then that answer's
-share of the prompts, and a pack that drops the EOS stop, spells an answer otherwise or cuts the
-answer short shows up as a prompt on which the two counts differ."""
+Both models are rigged: every sublayer's output is zero, so the model is a bigram table, and its
+untied head sends the last prompt token (":" of "Answer:") to a Parity answer. The exported model
+then writes EOS, so it is right on the prompts with that answer and wrong on the others; the GPT-2
+model goes on writing, so it is right on none: a pack that gave credit for an answer not followed by
+EOS (too few new tokens, another stop string) or spelled an answer otherwise would disagree with
+evaluate on some prompt."""
 
 import itertools
 import json
@@ -36,12 +37,14 @@ def task_texts() -> list[str]:
     return [e.prompt_text + e.answer_text for task in TASKS for e in make_examples(task, tok, length=400, n=40, seed=0)]
 
 
-def answer_chain(tokenizer) -> list[int]:
-    """The last prompt token, then a Parity answer's ids (EOS last): what the rigged model writes."""
+def answer_chain(tokenizer, *, stops: bool) -> list[int]:
+    """The last prompt token, then a Parity answer's ids: what the rigged model writes. With stops, EOS
+    ends it; without, the answer leads back to the last prompt token, and the model never stops."""
     examples = make_examples("parity", tokenizer, length=64, n=N, seed=0, split="test", meta=False)
     assert len({e.prompt_ids[-1] for e in examples}) == 1
-    chain = [examples[0].prompt_ids[-1], *examples[0].answer_ids]
-    assert len(set(chain)) == len(chain)
+    last, answer = examples[0].prompt_ids[-1], examples[0].answer_ids
+    chain = [last, *answer] if stops else [last, *answer[:-1], last]
+    assert len(set(chain[:-1])) == len(chain) - 1
     return chain
 
 
@@ -64,13 +67,14 @@ def rigged_export(tmp_path_factory) -> Path:
             if "c_proj" in name:  # attention, meta-attention and MLP outputs
                 p.zero_()
         hidden = F.layer_norm(model.wte.weight, (cfg.n_embd,), model.ln_f.weight, model.ln_f.bias)
-        rig_bigram(model.lm_head.weight, hidden, answer_chain(tok))
+        rig_bigram(model.lm_head.weight, hidden, answer_chain(tok, stops=True))
     return export_model(model, tok, tmp_path_factory.mktemp("rigged"), "hf")
 
 
 @pytest.fixture(scope="module")
 def rigged_gpt2(tmp_path_factory) -> Path:
-    """A GPT-2 Hugging Face folder (GPT2LMHeadModel, untied head) with a GPT-2-style BPE of task text."""
+    """A GPT-2 Hugging Face folder (GPT2LMHeadModel, untied head) with a GPT-2-style BPE of task text, that
+    writes a Parity answer and never stops."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("gpt2")
@@ -88,7 +92,7 @@ def rigged_gpt2(tmp_path_factory) -> Path:
             if "c_proj" in name or "wpe" in name:
                 p.zero_()
         hidden = model.transformer.ln_f(model.transformer.wte.weight)
-        rig_bigram(model.lm_head.weight, hidden, answer_chain(MetaTokenizer.from_gpt2(folder)))
+        rig_bigram(model.lm_head.weight, hidden, answer_chain(MetaTokenizer.from_gpt2(folder), stops=False))
     model.save_pretrained(folder)
     return folder
 
@@ -105,9 +109,9 @@ def run_lm_eval(model_args: str, pack: Path, out: Path, tmp_path: Path) -> subpr
     return proc
 
 
-def compare(checkpoint: Path, model_args: str, tmp_path: Path, suffix: str = "") -> list[int]:
+def compare(checkpoint: Path, model_args: str, tmp_path: Path, suffix: str = "") -> list[tuple[int, str, str]]:
     """Write the pack, run the harness and metatokens evaluate; assert agreement prompt by prompt and
-    return every prompt's exact match."""
+    return every prompt's (exact match, harness response, answer)."""
     pack = tmp_path / "pack"
     quiet_main(["tasks", "lm-eval", "--checkpoint", str(checkpoint), "--out", str(pack), "--task", ",".join(TASKS),
                 "--lengths", LENGTHS, "--n", str(N)])
@@ -126,15 +130,18 @@ def compare(checkpoint: Path, model_args: str, tmp_path: Path, suffix: str = "")
             assert [s["arguments"]["gen_args_0"]["arg_0"] for s in samples] == [d["prompt"] for d in docs]
             assert [s["target"] for s in samples] == [d["answer"] for d in docs]
             assert [int(s["exact_match"]) for s in samples] == row["exact_per_example"], name
-            everything += row["exact_per_example"]
+            everything += [(int(s["exact_match"]), s["resps"][0][0], s["target"]) for s in samples]
     return everything
 
 
 def test_lm_eval_exact_match_equals_evaluates_prompt_by_prompt_for_an_export(rigged_export, tmp_path):
-    scores = compare(rigged_export, f"pretrained={rigged_export},trust_remote_code=True", tmp_path)
+    scores = [exact for exact, _, _ in compare(rigged_export, f"pretrained={rigged_export},trust_remote_code=True",
+                                               tmp_path)]
     assert 0 < sum(scores) < len(scores)  # right on some prompts, wrong on others
 
 
-def test_a_plain_gpt2_model_scores_the_pack_without_meta_tokens(rigged_gpt2, tmp_path):
-    scores = compare(rigged_gpt2, f"pretrained={rigged_gpt2}", tmp_path, suffix="_nometa")
-    assert 0 < sum(scores) < len(scores)
+def test_a_plain_gpt2_model_scores_the_pack_and_an_answer_it_does_not_end_counts_in_neither(rigged_gpt2, tmp_path):
+    found = compare(rigged_gpt2, f"pretrained={rigged_gpt2}", tmp_path, suffix="_nometa")
+    assert all(exact == 0 for exact, _, _ in found)
+    unended = [(said, answer) for _, said, answer in found if said.startswith(answer)]
+    assert unended and all(len(said) > len(answer) for said, answer in unended)  # the answer, and more
