@@ -117,3 +117,15 @@ def test_bad_input_is_one_line(toy_export, tmp_path, flags, message):
     code, err = run_cli("tasks", "lm-eval", "--checkpoint", str(toy_export), "--out", str(tmp_path / "p"), *flags)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()
+
+
+def test_a_prompt_the_tokenizer_does_not_read_back_is_refused_and_nothing_is_written(toy_export, tmp_path, monkeypatch):
+    """The writer's own check: a marker written with a space before it would change the prompt's ids."""
+    from metatokens.evaluation import harness
+
+    real = harness.marked_prompt
+    monkeypatch.setattr(harness, "marked_prompt", lambda e, tok: real(e, tok).replace(META_TOKEN, " " + META_TOKEN))
+    code, err = run_cli("tasks", "lm-eval", "--checkpoint", str(toy_export), "--out", str(tmp_path / "p"),
+                        "--task", "parity", "--lengths", "64", "--n", "2")
+    assert code == 2 and "does not tokenize back to its ids" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()
