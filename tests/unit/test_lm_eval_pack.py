@@ -83,7 +83,7 @@ def test_all_tasks_leave_out_a_length_a_task_cannot_fit_and_a_named_task_is_refu
     assert {"metatokens_list_recall_64", "metatokens_parity_64"} <= {e["name"] for e in marker["tasks"]}
     assert "Left out: copying at 64" in (tmp_path / "all" / "README.md").read_text()
     code, err = run_cli("tasks", "lm-eval", "--checkpoint", str(toy_export), "--out", str(tmp_path / "one"),
-                        "--task", "copying", "--lengths", "64")
+                        "--task", "parity,copying", "--lengths", "64")
     assert code == 2 and "too short for copying" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "one").exists()
 
@@ -103,6 +103,10 @@ def test_the_folder_is_replaced_only_when_it_is_an_earlier_pack(toy_export, tmp_
     assert code == 2 and "pass --overwrite" in err
     assert run_cli(*args, "--out", str(pack), "--overwrite", "--seed", "1")[0] == 0
     assert yaml.safe_load((pack / "metatokens_parity_64.yaml").read_text())["metadata"]["seed"] == 1
+    (pack / "data" / "mine.jsonl").write_text("{}\n")  # a file the pack did not write: never replaced
+    before = snapshot(pack)
+    code, err = run_cli(*args, "--out", str(pack), "--overwrite")
+    assert code == 2 and "is not the output of an earlier" in err and snapshot(pack) == before
     code, err = run_cli(*args, "--out", str(toy_export), "--overwrite")
     assert code == 2 and "is or holds the source" in err
 
