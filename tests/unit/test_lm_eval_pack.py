@@ -133,3 +133,20 @@ def test_a_prompt_the_tokenizer_does_not_read_back_is_refused_and_nothing_is_wri
                         "--task", "parity", "--lengths", "64", "--n", "2")
     assert code == 2 and "does not tokenize back to its ids" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()
+
+
+def test_beyond_the_models_window_the_command_says_max_length_and_a_learned_position_table_is_refused(
+        task_tokenizer, tmp_path):
+    """The harness cuts a prompt longer than config's window from the left: a RoPE model (window 64)
+    read at 96 gets max_length in its lm_eval line; an APE model with 64 positions is refused, as by evaluate."""
+    rope = export_model(task_model(task_tokenizer), task_tokenizer, tmp_path, "rope")
+    args = ["tasks", "lm-eval", "--task", "parity", "--lengths", "64,96", "--n", "4"]
+    quiet_main([*args, "--checkpoint", str(rope), "--out", str(tmp_path / "pack")])
+    marker = json.loads((tmp_path / "pack" / "metatokens_lm_eval.json").read_text())
+    need = max(e["positions"] for e in marker["tasks"])
+    assert marker["model_window"] == 64 < need == marker["max_length"]
+    assert f"trust_remote_code=True,max_length={need} " in (tmp_path / "pack" / "README.md").read_text()
+    ape = export_model(task_model(task_tokenizer, pos_encoding="ape"), task_tokenizer, tmp_path, "ape")
+    code, err = run_cli(*args, "--checkpoint", str(ape), "--out", str(tmp_path / "ape-pack"))
+    assert code == 2 and "64 learned positions) cannot read length 96" in err
+    assert not (tmp_path / "ape-pack").exists()
