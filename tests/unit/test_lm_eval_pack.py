@@ -116,6 +116,7 @@ def test_the_folder_is_replaced_only_when_it_is_an_earlier_pack(toy_export, tmp_
     (["--lengths", "4"], "lengths must be integers >= 8"),
     (["--lengths", "64,x"], "--lengths must be comma-separated integers"),
     (["--n", "0"], "n must be a positive integer"),
+    (["--difficulty", "easy"], "unknown difficulty 'easy'"),
 ])
 def test_bad_input_is_one_line(toy_export, tmp_path, flags, message):
     code, err = run_cli("tasks", "lm-eval", "--checkpoint", str(toy_export), "--out", str(tmp_path / "p"), *flags)

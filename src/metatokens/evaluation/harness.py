@@ -160,6 +160,8 @@ def write_lm_eval_pack(
     ``out`` must be empty, or an earlier pack, replaced only with overwrite=True.
     """
     names, every = _task_names(task)
+    for name in names:
+        get_task(name).level(difficulty)  # an unknown difficulty is bad input, not a length a task cannot fit
     lengths = sorted({int(length) for length in lengths})
     if not lengths or lengths[0] < 8:
         raise EvaluationError(f"lengths must be integers >= 8, got {lengths}")
