@@ -121,6 +121,7 @@ def test_the_folder_is_replaced_only_when_it_is_an_earlier_pack(toy_export, tmp_
 def test_bad_input_is_one_line(toy_export, tmp_path, flags, message):
     code, err = run_cli("tasks", "lm-eval", "--checkpoint", str(toy_export), "--out", str(tmp_path / "p"), *flags)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert "no task fits" not in err  # bad input is said as such, not as lengths the tasks cannot fit
     assert not (tmp_path / "p").exists()
 
 
