@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of PyTorch; a plain `torch` may pull a multi-GB CUDA build.
+# The CPU build of PyTorch; a plain `torch` may pull a multi-GB CUDA build. The venv gets the test extra and eval
+# (lm-evaluation-harness, pinned in pyproject.toml), which tests/integration/test_lm_eval_harness.py runs.
 TORCH ?= torch==2.13.0
 
 .PHONY: venv demo pretrain-tiny test test-fast test-all clean
@@ -11,7 +12,7 @@ $(BIN)/metatokens: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,eval]"
 	touch $@
 
 venv: $(BIN)/metatokens

@@ -349,12 +349,12 @@ def hf_checkpoint(family: str, vocab: int):
     return GPT2LMHeadModel(cfg), EOS_TOKEN
 
 
-def hf_bpe(eos: str):
-    """A 300-id GPT-2-style BPE of HF_TEXTS made with the tokenizers library alone, `eos` its special token."""
+def hf_bpe(eos: str, texts=HF_TEXTS, vocab_size: int = 300):
+    """A GPT-2-style BPE (300 ids of HF_TEXTS by default) made with the tokenizers library alone, `eos` its special token."""
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer(add_prefix_space=False)
-    tok.train_from_iterator(HF_TEXTS, vocab_size=300, min_frequency=2, special_tokens=[eos], show_progress=False)
+    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[eos], show_progress=False)
     return tok
 
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "metatokens.cli.import_hf",
     "metatokens.cli.finetune",
     "metatokens.cli.evaluate",
+    "metatokens.cli.tasks",
     "metatokens.cli.generate",
     "metatokens.cli.analyze",
     "metatokens.cli.reproduce",

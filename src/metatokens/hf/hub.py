@@ -35,14 +35,21 @@ EXPORT_FORMAT = "metatokens-export"
 IMPORT_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json"})
 
 
-def _is_export(folder: Path) -> bool:
-    """An earlier `metatokens export` output: its marker lists every file in the folder."""
+def is_marked_output(folder: Path, marker: str, kind: str) -> bool:
+    """An earlier output of a command that writes a `marker` file of format `kind` listing everything it
+    wrote: every file and folder in `folder` (at any depth, as a relative path) is on that list."""
     try:
-        marker = json.loads((folder / EXPORT_MARKER).read_text(encoding="utf-8"))
+        data = json.loads((folder / marker).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    files = marker.get("files") if isinstance(marker, dict) and marker.get("format") == EXPORT_FORMAT else None
-    return isinstance(files, list) and {p.name for p in folder.iterdir()} <= {*map(str, files), EXPORT_MARKER}
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == kind else None
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+    return isinstance(files, list) and found <= {*map(str, files), marker}
+
+
+def _is_export(folder: Path) -> bool:
+    """An earlier `metatokens export` output: its marker lists every file in the folder."""
+    return is_marked_output(folder, EXPORT_MARKER, EXPORT_FORMAT)
 
 
 def _is_import(folder: Path, key: str = "imported_from_gpt2") -> bool:
