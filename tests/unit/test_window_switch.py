@@ -76,3 +76,16 @@ def test_finetune_init_takes_the_window_and_nothing_else_of_the_model(task_token
     assert cli.main([*args, "--set", "model.n_layer=3", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot change on a trained model" in err and not (tmp_path / "bad").exists()
+
+
+def test_the_api_fine_tunes_from_a_trained_model_without_any_setting(task_tokenizer, tmp_path):
+    """run_finetune(init=...) with no model_overrides at all (the study calls it so): no setting is applied
+    and the model keeps its full attention (the overrides were once read as a list when they were None)."""
+    from metatokens.training.finetune import make_train_config, run_finetune
+    from metatokens.training.task_batches import TaskSpec
+
+    save_pretrained(tmp_path / "m", task_model(task_tokenizer), task_tokenizer)
+    train = make_train_config(max_steps=1, batch_size=2, lr=1e-3, min_lr=1e-4, warmup_steps=1, eval_interval=0,
+                              ckpt_interval=1, seed=0, device="cpu", log_interval=1)
+    run_finetune(TaskSpec(max_len=64, eval_n=2), train, tmp_path / "ft", init=str(tmp_path / "m"), progress=False)
+    assert load_model(tmp_path / "ft").model.config.attn_window is None

@@ -114,7 +114,7 @@ def _source_model(*, init, from_scratch, hf_model, tokenizer_path, model_overrid
     if model_overrides and hf_model:
         raise FinetuneError("model.* overrides apply with --from-scratch or --init, not to a Hugging Face model")
     if init:  # a trained model keeps its shape: only the settings of how it attends (attn_window) may change
-        loaded = load_model(init, settings=inference_settings(model_overrides))
+        loaded = load_model(init, settings=inference_settings(model_overrides or []))
         return loaded, pretrain_rate(loaded.run_info), {"init": str(init)}
     if hf_model:
         model = HFCausalLM(load_hf_model(hf_model))
