@@ -162,6 +162,7 @@ def test_the_tiny_plan_uses_each_models_frozen_rate_and_fresh_seed_values(tmp_pa
     assert plan["finetune-meta-rope-k0"].settings["lr"] == 3e-3  # Meta+RoPE's
     assert plan["pretrain-meta-rope-k0"].settings["data"]["k"] == 0
     assert plan["pretrain-meta-rope"].settings["train"]["seed"] == 1337 + 100
+    assert "attn_window" not in plan["pretrain-meta-rope"].settings["model"]  # a neutral later option: out of the key
     assert plan["evaluate-gpt2"].settings["lengths"] == [96, 144, 192, 240]
     assert plan["evaluate-gpt2"].settings["split"] == "test" and plan["evaluate-gpt2"].settings["seed"] == 100
     assert plan["yarn-meta-rope"].inputs == ["finetune-meta-rope"]

@@ -256,6 +256,8 @@ SCALES: dict[str, Scale] = {
                   tasks_note="its medium prompts need about 107 tokens with this tokenizer, more than L = 96 holds, "
                              "and the paper gives no number for it, so no claim is lost.",
                   eval_factors=(1.0, 1.5, 2.0, 2.5), lr_grid=(1e-3, 3e-3), seed_base=100,
+                  # chosen on dev prompts, 2026-12-07 (docs/results/tune_tiny/REPORT.md): frozen before any seed ran
+                  ft_lrs={"gpt2": 3e-3, "meta-ape": 1e-3, "meta-rope": 3e-3, "gpt2-rope": 3e-3},
                   yarn=YarnProtocol(scale=4, length=384, steps=300, lr=1e-3, batch=16,
                                     tasks=("list_recall", "copying"), weights=(3, 1))),
     "small": Scale(tiny_models(TINY_PRESETS, wide=432),

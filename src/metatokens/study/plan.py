@@ -22,6 +22,9 @@ from .design import PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
 from .stages import StageSpec
 
 
+NEUTRAL_MODEL_DEFAULTS = {"attn_window": None}
+
+
 class Plan:
     """Builds StageSpecs; the bodies are `Stages` methods (`self._pretrain`, ...)."""
 
@@ -56,6 +59,11 @@ class Plan:
                    + " ".join(f"--set {o}" for o in overrides))
         settings = cfg.to_dict()
         settings["train"]["device"] = "auto"  # where a stage runs does not change what it measures
+        # A model option added later whose default changes nothing stays out of the key while it is at that
+        # default, so that stages run before it existed stay valid (attn_window: None is full attention).
+        for key, default in NEUTRAL_MODEL_DEFAULTS.items():
+            if settings["model"].get(key, default) == default:
+                settings["model"].pop(key, None)
         return StageSpec(seed, f"pretrain-{m}", settings, [], command,
                          lambda f, r, inp, cfg=cfg: self._pretrain(cfg, f, r))
 
