@@ -131,10 +131,12 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
     lengths = res.scale.lengths()
     keys = [str(n) for n in lengths] + [f"{4 * L}+yarn"]
     xpos = {**{str(n): n / L for n in lengths}, f"{4 * L}+yarn": 4}
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 6.4))
     lines = [(m, "prompts") for m in res.scale.models] + [(m, "no_meta") for m in res.scale.models
                                                           if res.scale.models[m].meta]
     colors = dict(zip(res.scale.models, _colors(len(res.scale.models))))
+    spacing = min((b - a for a, b in zip(sorted(xpos.values()), sorted(xpos.values())[1:])), default=1.0)
+    jitter = 0.5 * spacing / max(1, len(lines))  # the lines at one length stay within half the gap to the next
     for j, (m, variant) in enumerate(lines):
         xs, ys, lo, hi = [], [], [], []
         for key in keys:
@@ -147,7 +149,7 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
                 a, b = wilson_interval(sum(vals[0]["exact_per_example"]), vals[0]["n"])
             else:
                 a, b = max(0.0, mean - std), min(1.0, mean + std)
-            xs.append(xpos[key] + 0.05 * (j - len(lines) / 2))
+            xs.append(xpos[key] + jitter * (j - len(lines) / 2))
             ys.append(100 * mean)
             lo.append(100 * (mean - a))
             hi.append(100 * (b - mean))
@@ -156,15 +158,16 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o" if variant == "prompts" else "x", capsize=3,
                         ls="-" if variant == "prompts" else ":", color=colors[m], label=label)
     _baseline_lines(ax, res, task, xpos)
-    ax.set_xticks([n / L for n in lengths] + [4], [f"{n / L:g}L = {n}" if n != L else f"L = {n}" for n in lengths]
-                  + [f"4L = {4 * L}\n(RoPE, YaRN at\ntest time only)"])
+    ax.set_xticks([n / L for n in lengths] + [4], [f"{n / L:g}L\n{n}" if n != L else f"L\n{n}" for n in lengths]
+                  + [f"4L\n{4 * L}\n(RoPE, YaRN at\ntest time only)"])
     ax.set_ylabel("exact match % (test prompts)")
     ax.set_ylim(-3, 103)
     bars = "95% Wilson intervals" if len(res.seeds) == 1 else f"± 1 sd over {len(res.seeds)} seeds"
-    ax.set_title(f"{TASK_LABELS[task]}: exact match of every model by prompt length\n(error bars: {bars}; gray: "
+    ax.set_title(f"{TASK_LABELS[task]}: exact match of every model by prompt length\n(error bars: {bars};\ngray: "
                  "majority answer and chance at each length)", fontsize=10)
+    ax.set_xlabel("test prompt length (tokens)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.33), ncol=2)
     fig.tight_layout()
     path = save_figure(fig, res.out / "figures" / f"accuracy-{task}.png")
     return f"![{TASK_LABELS[task]}: exact match by length for every model, {bars}]({path.relative_to(res.out)})"

@@ -121,8 +121,10 @@ class Stages:
         split: none may)."""
         info = json.loads((run / "run.json").read_text())
         rows = read_metrics(run, missing_ok=True)
-        curves = {task: [[r["step"], r[f"val_exact_match/{task}"], r[f"val_token_accuracy/{task}"], r[f"val_loss/{task}"]]
-                         for r in rows if f"val_exact_match/{task}" in r] for task in tasks}
+        # a mixture logs each task's curve under "<metric>/<task>"; a run of one task logs it plain
+        suffix = {task: f"/{task}" if len(tasks) > 1 else "" for task in tasks}
+        curves = {task: [[r["step"], r[f"val_exact_match{x}"], r[f"val_token_accuracy{x}"], r[f"val_loss{x}"]]
+                         for r in rows if f"val_exact_match{x}" in r] for task, x in suffix.items()}
         return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
                 "step": summary.get("step"), "curves": curves,
                 "training_prompts": summary.get("training_prompts", info.get("training_prompts")),
