@@ -35,7 +35,7 @@ pretrain-tiny: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-# The unit layer alone: no training step, no subprocess, no study (under a minute on 2 cores).
+# The unit layer alone: no training step, no subprocess, no study (about 70 s on 2 idle cores).
 test-fast: venv
 	$(BIN)/python -m pytest -q tests/unit
 

@@ -297,6 +297,7 @@ def test_hand_made_stage_results_give_the_expected_verdicts(study):
     assert lr.per_seed == pytest.approx([100.0])
     par = by_claim["Parity: Meta+APE beats GPT-2 (APE) at L (exact match, points)"]  # exploratory
     assert par.verdict == NOT_REPRODUCED and par.ours.startswith("+0.0 [") and not par.note
+    assert par.per_seed == pytest.approx([0.0])  # every exploratory row carries each seed's own value
     cp = by_id["P2"]  # Copying: everyone at 0, the floor is 50%
     assert cp.verdict == INCONCLUSIVE and cp.ours.startswith("+0.0 [") and "not learned" in cp.note
     # the controls read the same cells: the marker removed at test time costs List Recall its 100 points

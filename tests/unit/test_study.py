@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 
 from metatokens import cli
+from metatokens.errors import StudyError
+from metatokens.stats import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    contrast,
+    paired,
+    single,
+    verdict,
+)
 from metatokens.study import runner
 from metatokens.study.design import SCALES
 from metatokens.study.runner import Pipeline
-from metatokens.errors import StudyError
-from metatokens.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, paired, single, verdict
 
 MODELS = SCALES["toy"].models
 
@@ -82,17 +90,6 @@ def test_parallel_stages_take_one_unpretrained_fine_tune_before_the_pretrainings
     assert sorted(order) == sorted(f"seed{s.seed}/{s.name}" for _, s in todo)
 
 
-def test_residual_contrast_skips_a_distance_bin_a_seed_did_not_measure():
-    """Seed 1 of the tiny study had no meta-token pair 65+ positions apart (NaN in that bin): the near-minus-far
-    contrast uses the farthest bin both measured instead of dropping the seed (hand computation)."""
-    from metatokens.study.results import near_minus_far
-
-    meta, ctrl = [0.1, 0.0, -0.2, float("nan")], [0.4, 0.3, 0.2, 0.1]
-    assert near_minus_far(meta, ctrl) == pytest.approx((0.1 - -0.2) - (0.4 - 0.2))
-    assert near_minus_far([0.5, 0.1], [0.2, 0.2]) == pytest.approx(0.4)
-    assert near_minus_far([0.5, float("nan")], [0.2, 0.2]) is None
-
-
 # ----------------------------------------------------------------------------- stage processes stopped by a signal
 
 
@@ -148,14 +145,14 @@ def test_a_stage_that_failed_otherwise_is_still_a_failure(tmp_path, monkeypatch,
 # ----------------------------------------------------------------------------- the plan: recipe, seeds, tuning
 
 
-def test_the_tiny_plan_uses_each_models_frozen_rate_and_fresh_seed_values(tmp_path):
+def test_the_tiny_plan_uses_each_models_frozen_rate_and_fresh_seed_values(tmp_path, monkeypatch):
     """Seed index 0 of the confirmatory tiny study trains and draws its test prompts with seed value 100 (the
     exploratory study used 0-2); each model fine-tunes at its own rate (the controls at their twin's); the YaRN
     protocol and the attribution control are planned; the evaluations read every length of the scale."""
     sc = dataclasses.replace(SCALES["tiny"], ft_lrs={"gpt2": 1e-3, "meta-ape": 3e-3, "meta-rope": 3e-3,
                                                      "gpt2-rope": 1e-3})
+    monkeypatch.setitem(SCALES, "tiny", sc)
     pipe = Pipeline(tmp_path, "tiny", progress=False)
-    pipe.__class__ = type("Frozen", (Pipeline,), {"scale": property(lambda self: sc)})
     plan = {s.name: s for s in pipe.plan(0)}
     assert plan["finetune-gpt2"].settings["lr"] == 1e-3 and "--lr 0.001 --seed 100 " in plan["finetune-gpt2"].command
     assert plan["finetune-gpt2-rope-wide"].settings["lr"] == 1e-3  # GPT-2 (RoPE)'s
@@ -170,7 +167,7 @@ def test_the_tiny_plan_uses_each_models_frozen_rate_and_fresh_seed_values(tmp_pa
     assert set(plan) >= {"yarn-gpt2-rope", "finetune-meta-rope-k0", "evaluate-meta-rope-k0"}
     # a changed rate re-keys that model's fine-tune and everything downstream of it, nothing else
     sc2 = dataclasses.replace(sc, ft_lrs={**sc.ft_lrs, "gpt2": 3e-3})
-    pipe.__class__ = type("Frozen2", (Pipeline,), {"scale": property(lambda self: sc2)})
+    monkeypatch.setitem(SCALES, "tiny", sc2)
     plan2 = {s.name: s for s in pipe.plan(0)}
     changed = {n for n in plan if plan[n].key != plan2[n].key}
     assert changed == {"finetune-gpt2", "evaluate-gpt2"}

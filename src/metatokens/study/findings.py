@@ -67,13 +67,23 @@ def _acc_verdict(c: dict[str, Any] | None, direction: int = 1, floor: str = "") 
     return verdict(c["ci95"], direction=direction, rule_out=RULE_OUT_POINTS / 100)
 
 
-def _size_note(c: dict[str, Any] | None, v: str, paper_points: float) -> str:
-    """Where the direction is reproduced but the effect is clearly smaller than the paper's."""
-    if v == REPRODUCED and c is not None and 100 * c["ci95"][1] < paper_points:
-        return f"direction reproduced; the effect is smaller than the paper's {paper_points:+.1f}"
+def _trivial_note(c: dict[str, Any] | None, v: str) -> str:
+    """Where an accuracy effect is shown on the paper's side but lies wholly below the smallest effect of interest."""
     if v == NOT_REPRODUCED and c is not None and c["ci95"][0] > 0:
         return f"an effect on the paper's side, but smaller than the smallest of interest ({RULE_OUT_POINTS:g} points)"
     return ""
+
+
+def _size_note(c: dict[str, Any] | None, v: str, paper_points: float) -> str:
+    """Where the direction is reproduced but the effect is clearly smaller than the paper's (or too small to count)."""
+    if v == REPRODUCED and c is not None and 100 * c["ci95"][1] < paper_points:
+        return f"direction reproduced; the effect is smaller than the paper's {paper_points:+.1f}"
+    return _trivial_note(c, v)
+
+
+def _points(c: dict[str, Any] | None) -> list[float] | None:
+    """Each seed's own value of an accuracy contrast, in points."""
+    return None if c is None else [100 * x for x in c["per_seed"]]
 
 
 def length_key(res: StudyResults, length: str) -> str:
@@ -111,11 +121,11 @@ def primary_findings(res: StudyResults) -> list[Finding]:
             v = INCONCLUSIVE
         else:
             v = INCONCLUSIVE if floor else corrected_verdict(effect[claim.id], rule_out[claim.id])
-        note = floor or (_size_note(c, v, 0.0) if v == NOT_REPRODUCED else "")
+        note = floor or _trivial_note(c, v)
         if c is not None and not floor and v == INCONCLUSIVE and c["ci95"][0] > 0:
             note = "the interval alone excludes 0, but not after Holm's correction across the primary claims"
         out.append(Finding(f"{claim.text} (exact match at {key}, points)", claim.paper, _ci(c), v, note, id=claim.id,
-                           per_seed=None if c is None else [100 * x for x in c["per_seed"]],
+                           per_seed=_points(c),
                            p=None if c is None else tests[claim.id][0],
                            p_holm=None if c is None else effect[claim.id]))
     return out
@@ -144,7 +154,8 @@ def exploratory_findings(res: StudyResults) -> list[Finding]:
                 where = "L" if key == str(L) else "2L"
                 out.append(Finding(f"{TASK_LABELS[task]}: {models[m].label} beats GPT-2 (APE) at {where} (exact match, "
                                    "points)", f"{paper:+.1f} (at 512)" if paper is not None else "—", _ci(c), v,
-                                   floor or (_size_note(c, v, paper) if paper is not None else "")))
+                                   floor or (_size_note(c, v, paper) if paper is not None else _trivial_note(c, v)),
+                                   per_seed=_points(c)))
     if "meta-rope" in models:
         for task in ("list_recall", "copying"):
             xs_long = per_seed_examples(res, "meta-rope", task, f"{4 * L}+yarn")
@@ -155,7 +166,7 @@ def exploratory_findings(res: StudyResults) -> list[Finding]:
             out.append(Finding(f"{TASK_LABELS[task]}: Meta+RoPE with YaRN switched on at test time only, 4L minus L "
                                "(points)", "not claimed", _ci(c), NOT_A_VERDICT,
                                "a labelled extra, not the paper's protocol (which fine-tunes inside the YaRN window: "
-                               "the primary YaRN claim)"))
+                               "the primary YaRN claim)", per_seed=_points(c)))
     out += _ablation_rows(res) + _analysis_rows(res) + _perplexity_rows(res)
     return out
 
@@ -171,10 +182,11 @@ def _ablation_rows(res: StudyResults) -> list[Finding]:
         v = INCONCLUSIVE if c is None or floor else verdict([x + RULE_OUT_POINTS / 100 for x in c["ci95"]])
         out.append(Finding(f"List Recall: zeroing {models[m].label}'s meta positional encoding matches or beats the "
                            f"full model (points; matches = no more than {RULE_OUT_POINTS:g} worse)",
-                           "+11 to +39", _ci(c), v, floor))
+                           "+11 to +39", _ci(c), v, floor, per_seed=_points(c)))
         c = ablation_contrast(res, m, "list_recall", "zero_meta_embed")
         out.append(Finding(f"List Recall: zeroing {models[m].label}'s meta embedding lowers exact match (points)",
-                           "large drop", _ci(c), _acc_verdict(c, direction=-1, floor=floor), floor))
+                           "large drop", _ci(c), _acc_verdict(c, direction=-1, floor=floor), floor,
+                           per_seed=_points(c)))
     return out
 
 

@@ -21,7 +21,6 @@ from ..training.config import load_run_config
 from .design import PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
 from .stages import StageSpec
 
-
 NEUTRAL_MODEL_DEFAULTS = {"attn_window": None}
 
 

@@ -103,17 +103,9 @@ def compare(res: StudyResults, a: tuple, b: tuple) -> dict[str, Any] | None:
     return contrast([paired(xa[0], xb[0])])
 
 
-def gain_contrast(res: StudyResults, a: str, b: str, task: str, short: str, long: str) -> dict[str, Any] | None:
-    """(a - b at `long`) - (a - b at `short`): how much more model a gains from the longer prompts."""
-    terms = []
-    for key, weight in ((long, 1.0), (short, -1.0)):
-        xa, xb = per_seed_examples(res, a, task, key), per_seed_examples(res, b, task, key)
-        if xa is None or xb is None:
-            return None
-        if xa[1] != xb[1]:
-            raise ValueError(f"{a} and {b} were scored on different {task} prompts at {key}; they cannot be paired")
-        terms.append(paired(xa[0], xb[0], weight))
-    return contrast(terms)
+def training_record(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The training-prompt record of a fine-tuning stage, or of a YaRN stage's fine-tune; None where none was kept."""
+    return result.get("training_prompts") or (result.get("finetune") or {}).get("training_prompts")
 
 
 def ablation_contrast(res: StudyResults, model: str, task: str, variant: str) -> dict[str, Any] | None:
@@ -155,18 +147,6 @@ def per_example_contrast(per_seed: list[list[float] | None]) -> dict[str, Any] |
     if not per_seed or any(not v for v in per_seed):
         return None
     return contrast([values(per_seed)])
-
-
-def near_minus_far(meta: list[float], ctrl: list[float]) -> float | None:
-    """(near minus far cosine) of meta-token queries minus that of text queries, near and far being the
-    nearest and farthest distance bins measured for both (a seed whose meta-tokens never sit 65+
-    positions apart has no value in that bin: it is skipped, not allowed to void the seed)."""
-    both = [i for i, (a, b) in enumerate(zip(meta, ctrl)) if a is not None and b is not None
-            and math.isfinite(a) and math.isfinite(b)]
-    if len(both) < 2:
-        return None
-    near, far = both[0], both[-1]
-    return (meta[near] - meta[far]) - (ctrl[near] - ctrl[far])
 
 
 def min_gap_at_equal_rate(a: list[dict[str, Any]], b: list[dict[str, Any]], points: int = 25) -> float | None:

@@ -4,7 +4,16 @@ the record of the prompts every fine-tune trained on.
 from __future__ import annotations
 
 from .design import PAPER_LENGTH_GAIN, PAPER_MODELS, TASK_LABELS
-from .results import StudyResults, _ci, _pct, baseline, cell, compare, mean_std
+from .results import (
+    StudyResults,
+    _ci,
+    _pct,
+    baseline,
+    cell,
+    compare,
+    mean_std,
+    training_record,
+)
 
 
 def _kept(res: StudyResults, m: str, task: str, short: str, long: str) -> str:
@@ -118,7 +127,7 @@ def training_prompts_section(res: StudyResults) -> list[str]:
             if not name.startswith(("finetune-", "yarn-")):
                 continue
             runs += 1
-            record = rec.result.get("training_prompts") or (rec.result.get("finetune") or {}).get("training_prompts")
+            record = training_record(rec.result)
             if not record:
                 missing = True
                 continue

@@ -127,7 +127,7 @@ class Stages:
                          for r in rows if f"val_exact_match{x}" in r] for task, x in suffix.items()}
         return {"run": self._rel(run), "params": info["params"], "train_loss": summary.get("train_loss"),
                 "step": summary.get("step"), "curves": curves,
-                "training_prompts": summary.get("training_prompts", info.get("training_prompts")),
+                "training_prompts": info.get("training_prompts"),  # run_finetune writes it into run.json
                 "train_curve": [[r["step"], r["train_loss"]] for r in rows if "train_loss" in r]}
 
     def _rel(self, path: Path) -> str:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .design import LR_FROM, TASK_LABELS, TUNED_MODELS
-from .results import StudyResults, baseline, environment
+from .results import StudyResults, baseline, environment, training_record
 
 
 def dev_accuracy(res: StudyResults, m: str, lr: float, task: str, length: int) -> float | None:
@@ -119,7 +119,7 @@ def render_tuning(res: StudyResults) -> str:
             "or test split (both must be 0).", "", "| stage | task | drawn | distinct | in dev | in test |",
             "|---|---|---|---|---|---|"]
     for name, rec in res.seeds[seed].items():
-        record = rec.result.get("training_prompts") or (rec.result.get("finetune") or {}).get("training_prompts")
+        record = training_record(rec.result)
         for task, c in (record or {}).items():
             out.append(f"| {name} | {TASK_LABELS.get(task, task)} | {c.get('drawn')} | {c.get('distinct')} | "
                        f"{c.get('in_dev')} | {c.get('in_test')} |")
