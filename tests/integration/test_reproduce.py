@@ -580,5 +580,6 @@ def test_the_demo_reports_the_markers_effect_with_its_interval(tmp_path, monkeyp
     assert "## What this does not measure" in text and "metatokens reproduce --scale tiny --seeds 5" in text
     assert re.search(r"!\[[^\]]*\]\(figures/learning-curves\.png\)", text)
     assert not (out / "stages" / "seed0" / "pretrain-meta-rope").exists()  # nothing is pre-trained
+    assert "yarn_scale" not in stage(out, "evaluate-scratch-meta")  # the demo reads L alone: no YaRN row to pay for
     curve = stage(out, "finetune-scratch-meta")["curves"]["copying"]  # one task: its curve is logged unsuffixed
     assert curve and curve[-1][0] == demo.ft_steps

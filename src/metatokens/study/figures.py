@@ -75,7 +75,8 @@ def learning_curves_figure(res: StudyResults) -> str:
     rows = math.ceil(len(tasks) / cols)
     legend_in, title_in = 0.6, 0.5  # inches kept below the panels for the legend, above them for the title
     height = 3.5 * rows + legend_in + title_in  # the title's room is made by tight_layout, which lays out suptitle
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, height), sharex=True, squeeze=False)
+    # one panel still gets the width its title and legend need
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.5 * cols, 9.0), height), sharex=True, squeeze=False)
     L = str(res.scale.ft_len)
     for ax, task in zip(axes.ravel(), tasks):
         for color, m in zip(_colors(len(models)), models):
@@ -94,10 +95,12 @@ def learning_curves_figure(res: StudyResults) -> str:
     for ax in axes[-1]:
         ax.set_xlabel("fine-tuning step")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(2, len(labels) // 2)), fontsize=8)
     seeds = f"mean over {len(res.seeds)} seeds" if len(res.seeds) > 1 else f"seed {res.seed_list[0]}"
-    fig.suptitle(f"Learning curves of every model, one fine-tune each on the mixture of the {_count(tasks)} tasks at "
-                 f"L = {L} ({seeds})\ndev prompts of the run, never test prompts; dashed: controls", fontsize=10)
+    on = (f"on the mixture of the {_count(tasks)} tasks" if len(tasks) > 1 else f"on {TASK_LABELS[tasks[0]]}")
+    dashed = "; dashed: controls" if any(res.scale.models[m].role != "control" for m in models) else ""
+    fig.suptitle(f"Learning curves of every model, one fine-tune each {on} at L = {L} ({seeds})\n"
+                 f"dev prompts of the run, never test prompts{dashed}", fontsize=10)
     fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     path = save_figure(fig, res.out / "figures" / "learning-curves.png")
     return f"![Held-out exact match during fine-tuning, every model and task]({path.relative_to(res.out)})"

@@ -132,8 +132,9 @@ class Plan:
             specs += [self._yarn_spec(seed, sv, m, f"finetune-{m}", "test") for m in sc.yarn.models if m in models]
         for m in models:
             window, rope = configs[m][0].model.block_size, configs[m][0].model.pos_encoding == "rope"
+            # YaRN at test time, beyond the window: an exploratory row of the study; the demo reads L alone
             specs.append(self._evaluate_spec(seed, sv, m, f"finetune-{m}", f"evaluate-{m}", "test", sc.lengths(),
-                                             4 * L / window if rope else None))
+                                             4 * L / window if rope and not sc.demo else None))
         for m in PAPER_MODELS:
             if m in models and models[m].meta:
                 settings = {"length": L, "n": sc.eval_n, "seed": sv, "difficulty": sc.difficulty, "format": RESULT_FORMAT}
