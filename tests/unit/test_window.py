@@ -47,6 +47,31 @@ def test_window_mask_matches_a_hand_made_case():
     assert torch.equal(window_mask(is_meta, 7), torch.ones(7, 7, dtype=torch.bool).tril().expand(2, 7, 7))
 
 
+# attn_sinks = 2 on the same rows: the first two positions stay in every window, as meta-tokens do.
+HAND_SINK_META_ROW = ["1000000", "1100000", "1110000", "1111000", "1101100", "1100110", "1100111"]
+HAND_SINK_TEXT_ROW = ["1000000", "1100000", "1110000", "1111000", "1101100", "1100110", "1100011"]
+
+
+def test_sinks_keep_the_first_positions_in_every_window_as_a_hand_made_case(monkeypatch):
+    """The mask the model itself builds with attn_window = 2 and attn_sinks = 2 (the dense path's), read off
+    its layout: the hand-made rows above."""
+    layouts = []
+    build = window_module.WindowLayout.of.__func__
+
+    def record(cls, *args, **kwargs):
+        layouts.append(build(cls, *args, **kwargs))
+        return layouts[-1]
+
+    monkeypatch.setattr(window_module.WindowLayout, "of", classmethod(record))
+    model = toy_model(pos_encoding="rope", attn_window=2, attn_sinks=2)
+    model.window_impl = "dense"
+    idx = torch.randint(8, 97, (2, 7), generator=torch.Generator().manual_seed(0))
+    idx[0, [1, 4]] = META
+    model(idx)
+    assert as_rows(layouts[-1].dense_mask[0]) == HAND_SINK_META_ROW
+    assert as_rows(layouts[-1].dense_mask[1]) == HAND_SINK_TEXT_ROW
+
+
 def meta_rich_batch(T: int, seed: int = 0) -> torch.Tensor:
     """mixed_batch's rows (no meta-token, one, many, only meta, the first only) plus one with a meta-token
     every 10 positions: rows with different meta counts, some far behind every window."""
@@ -97,6 +122,34 @@ def test_blocked_path_equals_the_dense_reference_with_the_real_chunk_size(window
     """Chunks of max(W, 64): a last chunk that is partly padding (150, 200) and one chunk exactly (64)."""
     blocked, dense = blocked_and_dense(pos_encoding="rope", attn_window=window, block_size=T)
     assert_same_logits_and_gradients(blocked, dense, meta_rich_batch(T))
+
+
+@pytest.mark.parametrize("window,sinks", [(1, 1), (3, 4), (8, 4), (5, 30)])
+def test_blocked_path_with_sinks_equals_the_dense_reference(window, sinks):
+    """Sinks go through the blocked path's gathered keys like meta-tokens: several chunks (MIN_CHUNK 16), sinks
+    fewer than, as many as, and more than the window."""
+    blocked, dense = blocked_and_dense(pos_encoding="rope", attn_window=window, attn_sinks=sinks)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(window_module, "MIN_CHUNK", 16)
+        assert_same_logits_and_gradients(blocked, dense, meta_rich_batch(50))
+
+
+def test_sinks_carry_the_first_tokens_and_never_enter_meta_attention():
+    """Causal reach with W = 4 and 2 sinks: a token at position 1 still reaches position 15, one at position 2
+    does not. And a window wider than the sequence with sinks is full attention: the sink flags change the
+    self-attention's mask alone, never which positions meta-attention reads."""
+    model = randomize(toy_model(pos_encoding="rope", attn_window=4, attn_sinks=2, meta_attention=False, n_layer=1))
+    idx = torch.randint(10, 97, (1, 20), generator=torch.Generator().manual_seed(3))
+    base = model(idx)[0][0, 15]
+    for where, reaches in ((1, True), (2, False)):
+        changed = idx.clone()
+        changed[0, where] = 8
+        assert torch.allclose(model(changed)[0][0, 15], base) is not reaches, where
+    wide = randomize(toy_model(pos_encoding="rope", attn_window=30, attn_sinks=3))
+    full = copy.deepcopy(wide)
+    full.config = full.config.replace(attn_window=None, attn_sinks=0)
+    batch = meta_rich_batch(30)
+    assert torch.equal(wide(batch)[0], full(batch)[0])
 
 
 def test_blocked_path_without_any_meta_token_is_a_sliding_window():
@@ -157,10 +210,23 @@ def test_the_option_off_never_enters_the_window_code(monkeypatch):
     generate(model, meta_rich_batch(8), 4, temperature=0)
     saved = model.config.to_dict()
     saved.pop("attn_window")  # a config.json written before the option existed
-    assert ModelConfig.from_dict(saved).attn_window is None
+    saved.pop("attn_sinks")
+    loaded = ModelConfig.from_dict(saved)
+    assert loaded.attn_window is None and loaded.attn_sinks == 0
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "wide"])
 def test_bad_windows_are_refused(bad):
     with pytest.raises(ConfigError, match="attn_window"):
         model_shape("toy", attn_window=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "four"])
+def test_bad_sinks_are_refused(bad):
+    with pytest.raises(ConfigError, match="attn_sinks must be"):
+        model_shape("toy", attn_window=8, attn_sinks=bad)
+
+
+def test_sinks_without_a_window_are_refused():
+    with pytest.raises(ConfigError, match="attn_sinks keeps the first positions inside a window: set attn_window"):
+        model_shape("toy", attn_sinks=4)

@@ -40,10 +40,11 @@ def prompt_batch(T: int, seed: int = 0) -> torch.Tensor:
     return idx
 
 
-def expected_positions(seq: torch.Tensor, window: int) -> list[list[int]]:
-    """What a later query can still see: the last window - 1 positions and every meta-token before them."""
+def expected_positions(seq: torch.Tensor, window: int, sinks: int = 0) -> list[list[int]]:
+    """What a later query can still see: the last window - 1 positions, every meta-token before them and the
+    first `sinks` positions."""
     L = seq.size(1)
-    return [[j for j in range(L) if j >= L - (window - 1) or row[j] == META] for row in seq.tolist()]
+    return [[j for j in range(L) if j >= L - (window - 1) or row[j] == META or j < sinks] for row in seq.tolist()]
 
 
 def layer_keys(model: GPT, seq: torch.Tensor) -> torch.Tensor:
@@ -128,6 +129,26 @@ def test_generate_with_eviction_equals_the_windowed_full_forward(pos_encoding, p
     assert cache.window.held_positions(cache.length) == expected_positions(seq[:, :-1], window)
 
 
+@pytest.mark.parametrize("prompt,sinks", [(1, 3), (2, 1), (9, 3)])
+@torch.no_grad()
+def test_generation_keeps_the_sinks_beside_the_window_and_the_meta_tokens(prompt, sinks):
+    """attn_sinks: the first positions are kept like meta-tokens (some arrive while decoding when the prompt is
+    shorter than the sinks); at every step the logits equal the dense windowed forward and the cache holds
+    exactly the window, the meta-tokens and the sinks."""
+    model, dense = windowed("rope", attn_sinks=sinks)
+    seq = prompt_batch(prompt, seed=prompt)
+    cache = KVCache.empty(model.config.n_layer)
+    pending = seq
+    for step in range(16):
+        logits = model(pending, cache=cache)[0][:, -1]
+        assert (logits - dense(seq)[0][:, -1]).abs().max() <= 1e-5, step
+        assert cache.window.held_positions(cache.length) == expected_positions(seq, W, sinks), step
+        pending = logits.argmax(-1, keepdim=True)
+        if step % 5 == 4:
+            pending[1] = META
+        seq = torch.cat((seq, pending), 1)
+
+
 @pytest.mark.parametrize("policy", ["none", "every:3"])
 def test_cached_generation_equals_recomputation_under_the_meta_policies(policy):
     """stream_tokens with and without the cache (every:3 feeds two tokens in one step)."""
@@ -165,18 +186,20 @@ def test_a_cache_filled_with_full_attention_is_refused_by_a_windowed_model():
 
 
 def test_an_export_carries_the_window(tmp_path):
-    """config.json holds attn_window and the folder carries window.py; the loaded model's logits, cached
-    greedy generation and beam search equal ours."""
+    """config.json holds attn_window and attn_sinks and the folder carries window.py; the loaded model's
+    logits, cached greedy generation and beam search equal ours."""
     tok = MetaTokenizer.train(HF_TEXTS, 300)
     torch.manual_seed(0)
-    model = GPT(model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id, pos_encoding="rope", attn_window=4))
+    model = GPT(model_shape("toy", vocab_size=320, meta_token_id=tok.meta_token_id, pos_encoding="rope", attn_window=4,
+                          attn_sinks=2))
     randomize(model.eval())
     save_pretrained(tmp_path / "run", model, tok)
     folder = export_hf(tmp_path / "run", tmp_path / "hf")
-    assert json.loads((folder / "config.json").read_text())["attn_window"] == 4
-    assert (folder / "window.py").is_file() and "attn_window" in (folder / "README.md").read_text()
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["attn_window"] == 4 and saved["attn_sinks"] == 2
+    assert (folder / "window.py").is_file() and "first 2 positions (attn_sinks)" in (folder / "README.md").read_text()
     hf = load_hf(folder)
-    assert hf.model.config.attn_window == 4
+    assert hf.model.config.attn_window == 4 and hf.model.config.attn_sinks == 2
     idx = torch.randint(2, 300, (2, 30), generator=torch.Generator().manual_seed(1))
     idx[0, [2, 9, 17]] = tok.meta_token_id
     with torch.no_grad():

@@ -39,6 +39,27 @@ def test_set_attn_window_evaluates_the_windowed_model_and_says_so(task_tokenizer
     assert window["results"][0]["answer_loss"] != pytest.approx(full["results"][0]["answer_loss"], abs=1e-4)
 
 
+def test_set_attn_sinks_evaluates_with_sinks_and_refuses_them_without_a_window(task_tokenizer, tmp_path, capsys):
+    """model.attn_sinks beside model.attn_window (or on a model trained with a window): the scores of the same
+    weights built with both; on a model with full attention, sinks alone are refused in one line."""
+    save_pretrained(tmp_path / "m", task_model(task_tokenizer), task_tokenizer)
+    extra = ["--set", "model.attn_window=8", "--set", "model.attn_sinks=4"]
+    assert cli.main([*ARGS, "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "s"), *extra]) == 0
+    assert "rope, window 8 + 4 sinks" in capsys.readouterr().out
+    sinks = json.loads((tmp_path / "s" / "list_recall.json").read_text())["models"][0]
+    assert sinks["attn_window"] == 8 and sinks["attn_sinks"] == 4
+    built = LoadedModel("m", "m", task_model(task_tokenizer, attn_window=8, attn_sinks=4), task_tokenizer, "metatokens")
+    direct = evaluate_task([built], "list_recall", [64], n=6, seed=1, progress=False)["models"][0]["results"][0]
+    assert sinks["results"][0]["answer_loss"] == pytest.approx(direct["answer_loss"], abs=1e-6)
+    code = cli.main([*ARGS, "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "x"), "--set",
+                     "model.attn_sinks=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "set attn_window too" in err and not (tmp_path / "x").exists()
+    windowed = LoadedModel("w", "w", task_model(task_tokenizer, attn_window=8), task_tokenizer, "metatokens")
+    apply_settings(windowed, inference_settings(["model.attn_sinks=2"]))  # the model's own window takes them
+    assert windowed.model.config.attn_sinks == 2
+
+
 @pytest.mark.parametrize("item,needle", [
     ("model.n_layer=3", "cannot change on a trained model"),
     ("train.lr=0.1", "model.KEY=VALUE"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import META, mixed_batch, toy_model
+from conftest import mixed_batch, toy_model
 from metatokens.model import GPT
 from metatokens.model.yarn import apply_yarn
 

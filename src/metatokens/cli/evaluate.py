@@ -64,7 +64,7 @@ def add_command(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
                    help="evaluate metatokens models with an inference-time setting changed (repeatable): "
                    "model.attn_window=W lets self-attention see only the last W positions and the meta-tokens, "
-                   "null switches a trained window off")
+                   "null switches a trained window off; model.attn_sinks=N keeps the first N positions in the window too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     t = p.add_argument_group("task accuracy")
     t.add_argument("--lengths", default="64,128,256", help="prompt-length bins, comma-separated (default 64,128,256)")

@@ -52,7 +52,7 @@ def add_command(sub) -> None:
     opt.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     opt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="any train.* setting (e.g. train.warmup_steps=20), model.* with --from-scratch, or model.attn_window=W "
-                     "with --init (repeatable)")
+                     "and model.attn_sinks=N with --init (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -90,7 +90,7 @@ class LoadedModel:
             info.update(block_size=cfg.block_size, meta_attention=cfg.meta_attention,
                         yarn=None if cfg.yarn is None else {"factor": cfg.yarn.factor,
                                                             "original_max_position_embeddings": cfg.yarn.original_max_position_embeddings},
-                        attn_window=cfg.attn_window)
+                        attn_window=cfg.attn_window, attn_sinks=cfg.attn_sinks)
         info["max_positions"] = self.max_positions
         return info
 
@@ -115,8 +115,9 @@ def _model_name(path: Path, model_dir: Path) -> str:
 
 
 # Model settings a trained model may be evaluated or fine-tuned with (`--set model.KEY=VALUE`): each changes
-# how it attends, never the shape of a weight. attn_window: how much of what it answers comes through meta-tokens.
-INFERENCE_SETTINGS = ("attn_window",)
+# how it attends, never the shape of a weight. attn_window: how much of what it answers comes through meta-tokens;
+# attn_sinks: the first positions kept in the window too (StreamingLLM's sinks, the control for meta-tokens as memory).
+INFERENCE_SETTINGS = ("attn_window", "attn_sinks")
 
 
 def inference_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -132,7 +133,8 @@ def inference_settings(items: Sequence[str]) -> dict[str, Any]:
             raise EvaluationError(f"--set model.{name} cannot change on a trained model (its weights were trained with "
                                   f"it); a trained model takes {allowed}")
         settings[name] = parse_value(text)
-    _with_settings(ModelConfig(), settings)  # a bad value is refused before any model loads
+    # a bad value is refused before any model loads; sinks alone meet the loaded model's own window later
+    _with_settings(ModelConfig() if "attn_window" in settings else ModelConfig(attn_window=1), settings)
     return settings
 
 

@@ -23,7 +23,7 @@ def _positions(m: dict[str, Any]) -> str:
     if m.get("yarn"):
         pos += f" + YaRN x{m['yarn']['factor']:g}"
     if m.get("attn_window"):
-        pos += f", window {m['attn_window']}"
+        pos += f", window {m['attn_window']}" + (f" + {m['attn_sinks']} sinks" if m.get("attn_sinks") else "")
     return pos
 
 

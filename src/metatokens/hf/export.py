@@ -125,7 +125,8 @@ def _write_model_card(folder: Path, cfg: ModelConfig, *, has_tokenizer: bool) ->
         "",
         f"{cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd}, positions: {cfg.pos_encoding}, "
         f"meta-attention: {'yes' if cfg.meta_attention else 'no'}, {meta}"
-        + (f"; self-attention sees the last {cfg.attn_window} positions and every earlier meta-token (attn_window)."
+        + (f"; self-attention sees the last {cfg.attn_window} positions and every earlier meta-token (attn_window)"
+           + (f" and the first {cfg.attn_sinks} positions (attn_sinks)" if cfg.attn_sinks else "") + "."
            if cfg.attn_window else "."),
         "",
         "```python",

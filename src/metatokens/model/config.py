@@ -119,6 +119,9 @@ class ModelConfig:
     positions (itself included; meta or text alike) and every meta-token before them, however far
     back. Meta-attention is unchanged. Generation then keeps a bounded KV cache: the last W - 1
     positions (the next token makes W) and every meta-token before them (docs/memory.md).
+    `attn_sinks` (n, default 0; only with a window) also keeps the first n positions of the sequence
+    in every window, StreamingLLM's attention sinks: the control for meta-tokens as memory, long-range
+    keys that sit where the stream starts instead of where the content is.
     """
 
     vocab_size: int = 50304  # embedding rows; >= tokenizer size (GPT-2's 50257 + meta, padded to 64)
@@ -140,6 +143,7 @@ class ModelConfig:
     meta_pos: Literal["keep", "zero"] = "keep"  # zero: no position (APE vector / rotation) at meta positions
     meta_embed: Literal["keep", "zero"] = "keep"  # zero: no token embedding at meta positions (ablation)
     attn_window: int | None = None  # W: self-attention sees the last W positions and every earlier meta-token
+    attn_sinks: int = 0  # with attn_window: the first n positions stay visible too (StreamingLLM's sinks)
 
     @property
     def head_dim(self) -> int:
@@ -178,6 +182,11 @@ class ModelConfig:
         if self.attn_window is not None and (isinstance(self.attn_window, bool) or not isinstance(self.attn_window, int)
                                              or self.attn_window <= 0):
             raise ConfigError(f"attn_window must be a positive integer or null (full attention), got {self.attn_window!r}")
+        if isinstance(self.attn_sinks, bool) or not isinstance(self.attn_sinks, int) or self.attn_sinks < 0:
+            raise ConfigError(f"attn_sinks must be a non-negative integer, got {self.attn_sinks!r}")
+        if self.attn_sinks and self.attn_window is None:
+            raise ConfigError("attn_sinks keeps the first positions inside a window: set attn_window too "
+                              "(with full attention every position is visible already)")
         if self.meta_token_id is not None and not 0 <= self.meta_token_id < self.vocab_size:
             raise ConfigError(f"meta_token_id {self.meta_token_id} is outside the vocabulary (size {self.vocab_size})")
         if self.yarn is not None:

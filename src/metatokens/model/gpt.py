@@ -319,7 +319,9 @@ class GPT(nn.Module):
         if cfg.meta_attention and (cfg.meta_impl != "dense" or cache is not None):
             pos.meta = MetaIndex.of(is_meta, positions, None if cache is None else cache.meta_count)
         if cfg.attn_window is not None:  # where the window and the kept meta keys are, once for all blocks
-            pos.window = WindowLayout.of(is_meta, cfg.attn_window, cache, dense=self.window_impl == "dense")
+            # the keys kept past the window: the meta-tokens, and with attn_sinks the first positions
+            kept = is_meta | (positions < cfg.attn_sinks)[None] if cfg.attn_sinks else is_meta
+            pos.window = WindowLayout.of(kept, cfg.attn_window, cache, dense=self.window_impl == "dense")
         if self.rotary is not None:
             pos.logit_scale *= self.rotary.logit_scale
             cos, sin = self.rotary(positions, is_meta if zero_meta_pos else None)

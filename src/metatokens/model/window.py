@@ -19,6 +19,10 @@ The blocked path (`WindowLayout.attend`) costs O(T (C + W + S)) instead of O(T^2
 With m meta-tokens in a row S <= m, so the cost is O(T (W + m)). When every key is inside every
 window (T <= W and nothing gathered) it is plain causal attention.
 
+With `attn_sinks` = n the first n positions of the sequence are kept like meta-tokens (StreamingLLM's
+attention sinks): the model passes `is_meta | position < n` as the flags below, so the mask, the blocked
+path and the cache treat a sink exactly as a meta-token, and meta-attention never sees it.
+
 Generation keeps a bounded cache (`cache.WindowState`): after each step, each row's last
 min(length, W - 1) positions (the next token makes W) and every meta-token before them, which is
 exactly what any later query can still see: memory O(W + m) per layer. A step is the same blocked

@@ -21,7 +21,7 @@ from ..training.config import load_run_config
 from .design import PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
 from .stages import StageSpec
 
-NEUTRAL_MODEL_DEFAULTS = {"attn_window": None}
+NEUTRAL_MODEL_DEFAULTS = {"attn_window": None, "attn_sinks": 0}
 
 
 class Plan:
@@ -59,7 +59,7 @@ class Plan:
         settings = cfg.to_dict()
         settings["train"]["device"] = "auto"  # where a stage runs does not change what it measures
         # A model option added later whose default changes nothing stays out of the key while it is at that
-        # default, so that stages run before it existed stay valid (attn_window: None is full attention).
+        # default, so that stages run before it existed stay valid (attn_window: None is full attention; attn_sinks: 0).
         for key, default in NEUTRAL_MODEL_DEFAULTS.items():
             if settings["model"].get(key, default) == default:
                 settings["model"].pop(key, None)
