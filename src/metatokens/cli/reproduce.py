@@ -36,6 +36,8 @@ def add_command(sub) -> None:
     p.add_argument("--tune", action="store_true", help="instead of the study: the learning-rate grid of the scale on dev "
                    "prompts, one seed; its report gives the rate chosen for each model (frozen by hand in "
                    "metatokens/study/design.py)")
+    p.add_argument("--memory", action="store_true", help="instead of the study: the measurement of what a meta-token "
+                   "caches (windowed attention; tiny: 3 seeds of under an hour each; docs/memory.md), in its own --out")
     p.add_argument("--stage", help="run this one stage (seed0/finetune-meta-rope, ...) and stop; its input stages "
                    "must have finished (used by --jobs)")
     p.set_defaults(func=run)
@@ -55,16 +57,23 @@ def run(args) -> int:
             raise StudyError(f"--jobs must be auto or a positive integer, got {args.jobs!r}")
     if args.tune and (args.seeds != 1 or args.only_seeds):
         raise StudyError("--tune runs one seed of its own; leave out --seeds and --seed")
+    if args.memory and args.tune:
+        raise StudyError("--memory and --tune are two different runs; give one of them")
+    if args.memory and SCALES[args.scale].memory is None:
+        with_memory = ", ".join(k for k, v in SCALES.items() if v.memory is not None)
+        raise StudyError(f"--scale {args.scale} has no memory measurement; --memory runs at {with_memory}")
     resolve_device(args.device)  # a device this machine lacks is refused before anything is written
     progress = not args.no_progress and sys.stderr.isatty()
     out = Path(args.out)
-    pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs, tune=args.tune)
+    pipe = Pipeline(out, args.scale, seeds=args.seeds, device=args.device, progress=progress, jobs=jobs, tune=args.tune,
+                    memory=args.memory)
     if args.stage:  # a stage process of a study that holds the folder (--jobs): no lock of its own
         rec = pipe.run_stage(args.stage)
         print(f"{rec.name}: done in {rec.wall_s:.0f} s")
         return 0
     with output_lock(out, StudyError):  # one study writes a folder at a time; a file as --out is refused
-        claim_study_folder(out, f"{args.scale}-tune" if args.tune else args.scale, report_only=args.report_only)
+        kind = f"{args.scale}-tune" if args.tune else f"{args.scale}-memory" if args.memory else args.scale
+        claim_study_folder(out, kind, report_only=args.report_only)
         report = pipe.write_report() if args.report_only else pipe.run(args.only_seeds)
     print(f"wrote {report}")
     return 0

@@ -127,6 +127,59 @@ class YarnProtocol:
 
 
 @dataclass(frozen=True)
+class MemoryProtocol:
+    """The measurement of what a meta-token caches (`metatokens reproduce --memory`, docs/memory.md): windowed
+    self-attention (`model.attn_window`), so that past the window the only way back is through the meta-tokens.
+
+    Each seed pre-trains and fine-tunes Meta+RoPE and GPT-2 (RoPE) exactly as the study does (the same stages,
+    the same keys), then continues each fine-tune for `steps` on List Recall and Copying at L, in four arms:
+    Meta+RoPE with full attention (a, `full`); Meta+RoPE with the window W (`meta`); GPT-2 (RoPE) with the
+    window and no meta-tokens (b, `plain`); Meta+RoPE with the window, no meta-tokens in its prompts and the
+    first `sinks` positions kept as StreamingLLM's sinks (c, `sinks`). The full-attention arm is also tested
+    with the window switched on at test time only (d). Every arm gets the same steps, rate and examples; the
+    rate is the YaRN protocol's continuation rate, fixed before any result (no arm is tuned). The test prompts
+    are read where the queried list or span ends more than W tokens before the answer."""
+
+    windows: tuple[int, ...] = (16, 32, 64)
+    sinks: int = 4  # StreamingLLM keeps 4 (Xiao et al., arXiv 2309.17453)
+    steps: int = 1500
+    lr: float = 1e-3
+    batch: int = 16
+    tasks: tuple[str, ...] = ("list_recall", "copying")
+    weights: tuple[int, ...] = (3, 1)
+    warmup: int = 20
+    eval_n: int = 1000  # test prompts per task (the far subsets are parts of them)
+
+
+# The arms of the memory measurement: (label, the study model it continues, meta-tokens in its prompts,
+# windowed, sinks kept). "full" is also read with the window switched on at test time only.
+MEMORY_ARMS = {
+    "full": ("Meta+RoPE, full attention (a)", "meta-rope", True, False, False),
+    "meta": ("Meta+RoPE, window W", "meta-rope", True, True, False),
+    "plain": ("GPT-2 (RoPE, no meta), window W (b)", "gpt2-rope", False, True, False),
+    "sinks": ("Meta+RoPE, window W, 4 sinks instead of meta-tokens (c)", "meta-rope", False, True, True),
+}
+
+
+def memory_claims(protocol: MemoryProtocol) -> list[tuple[str, str, str, int]]:
+    """The memory measurement's primary claims, fixed before its seeds run: (id, task, rival arm, W). At every
+    window and on both tasks, on the prompts whose queried list or span ends more than W tokens before the
+    answer, the windowed meta model beats the windowed model without meta-tokens (b) and the one with sinks
+    (c); Holm across all of them, the same smallest effect of interest as the study's accuracy claims."""
+    return [(f"M{i + 1}", task, rival, w) for i, (task, w, rival) in enumerate(
+        (t, w, r) for t in protocol.tasks for w in protocol.windows for r in ("plain", "sinks"))]
+
+
+def memory_preregistration(scale: Scale) -> dict:
+    """What the memory measurement fixes before its seeds run; its digest is printed in its report."""
+    p = scale.memory
+    return {"claims": memory_claims(p), "protocol": dataclasses.asdict(p), "arms": MEMORY_ARMS,
+            "sesoi_points": SESOI["accuracy_points"], "correction": CORRECTION, "far": "gap > W",
+            "base": {"ft_len": scale.ft_len, "ft_steps": scale.ft_steps, "seed_base": scale.seed_base,
+                     "ft_lr": {m: scale.lr_for(m) for m in ("meta-rope", "gpt2-rope")}}}
+
+
+@dataclass(frozen=True)
 class Claim:
     """One pre-registered primary claim: model A beats model B on a task at a length, both read on the same
     test prompts (paired), judged at the smallest effect of interest after Holm's correction."""
@@ -203,6 +256,7 @@ class Scale:
     tune_seed: int = 1000  # the seed value of `--tune` (its dev prompts; never a study seed)
     yarn: YarnProtocol | None = None
     demo: bool = False  # the first-run demo: its own short report (study.demo), not the study's
+    memory: MemoryProtocol | None = None  # `--memory`: the windowed-attention measurement on this scale
 
     def lr_for(self, model: str) -> float:
         """The fine-tuning learning rate of a model: its own frozen choice, else its twin's, else ft_lr."""
@@ -222,6 +276,11 @@ class Scale:
             raise ValueError("eval_factors must hold 1 and 2 (L and 2L are where the claims are read)")
         if self.yarn is not None and any(t not in self.tasks for t in self.yarn.tasks):
             raise ValueError("the YaRN protocol's tasks must be tasks of the scale")
+        if self.memory is not None and (any(t not in self.tasks for t in self.memory.tasks)
+                                        or not all(0 < w < self.ft_len for w in self.memory.windows)
+                                        or not {"meta-rope", "gpt2-rope"} <= set(self.models)):
+            raise ValueError("the memory protocol needs its tasks among the scale's, windows shorter than L, and the "
+                             "meta-rope and gpt2-rope models")
 
 
 TINY_PRESETS = {"gpt2": "tiny-baseline", "meta-ape": "tiny-ape", "meta-rope": "tiny"}
@@ -236,7 +295,8 @@ SCALES: dict[str, Scale] = {
                  ft_len=120, ft_steps=4, ft_batch=4, ft_lr=1e-3, eval_n=4, analysis_n=4, rd_epochs=1, ft_warmup=1,
                  ft_curve_points=2, ft_curve_n=2, budget="under a minute", smoke_test=True,
                  eval_factors=(1.0, 1.5, 2.0), lr_grid=(1e-3, 2e-3), ft_lrs={"meta-rope": 2e-3},
-                 yarn=YarnProtocol(scale=4, length=300, steps=2, lr=1e-3, batch=2, warmup=1)),
+                 yarn=YarnProtocol(scale=4, length=300, steps=2, lr=1e-3, batch=2, warmup=1),
+                 memory=MemoryProtocol(windows=(16, 48), steps=2, batch=2, warmup=1, eval_n=12)),
     # The first-run demo (`make demo`, docs/study.md "The demo"): Meta+RoPE from scratch, with and without
     # meta-tokens in its prompts, on Copying at L = 96: the marker's effect, in minutes, with its interval.
     "demo": Scale({m: TINY_MODELS[m] for m in ("scratch-meta", "scratch-plain")}, (),
@@ -259,7 +319,8 @@ SCALES: dict[str, Scale] = {
                   # chosen on dev prompts, 2026-12-07 (docs/results/tune_tiny/REPORT.md): frozen before any seed ran
                   ft_lrs={"gpt2": 3e-3, "meta-ape": 1e-3, "meta-rope": 3e-3, "gpt2-rope": 3e-3},
                   yarn=YarnProtocol(scale=4, length=384, steps=300, lr=1e-3, batch=16,
-                                    tasks=("list_recall", "copying"), weights=(3, 1))),
+                                    tasks=("list_recall", "copying"), weights=(3, 1)),
+                  memory=MemoryProtocol()),
     "small": Scale(tiny_models(TINY_PRESETS, wide=432),
                    ("model.base=small", "data.vocab_size=8192", "train.max_steps=5000", "train.batch_size=32",
                     "train.eval_interval=500", "train.ckpt_interval=1000"),

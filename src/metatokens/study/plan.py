@@ -8,6 +8,10 @@ length of `Scale.lengths` (and, for RoPE models, at 4L with YaRN switched on at 
 exploratory row); for the YaRN protocol's models a fine-tune inside the YaRN window at L_y and an
 evaluation at L_y and 2 L_y; ablations of the meta models; the three analyses of Meta+RoPE.
 
+The memory measurement (`plan_memory`, `metatokens reproduce --memory`): Meta+RoPE and GPT-2 (RoPE)
+pre-trained and fine-tuned exactly as in the study (the same stages, the same keys), then each arm of
+`design.MEMORY_ARMS` continued from them at every window and tested on the same test prompts.
+
 The tuning run (`plan_tuning`, `metatokens reproduce --tune`): the tuned models pre-trained once,
 fine-tuned at every rate of `Scale.lr_grid`, evaluated on *dev* prompts only; and the YaRN protocol
 tried once on dev prompts. Its seed value is `Scale.tune_seed`, never one of the study's.
@@ -18,7 +22,7 @@ from typing import Any
 
 from ..fileio import json_sha256
 from ..training.config import load_run_config
-from .design import PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
+from .design import MEMORY_ARMS, PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
 from .stages import StageSpec
 
 NEUTRAL_MODEL_DEFAULTS = {"attn_window": None, "attn_sinks": 0}
@@ -28,13 +32,15 @@ class Plan:
     """Builds StageSpecs; the bodies are `Stages` methods (`self._pretrain`, ...)."""
 
     tune: bool = False
+    memory: bool = False
 
     def seed_value(self, seed: int) -> int:
         """The seed value that seed index `seed` trains and draws prompts with."""
         return self.scale.tune_seed if self.tune else self.scale.seed_base + seed
 
     def plan(self, seed: int) -> list[StageSpec]:
-        specs = self.plan_tuning(seed) if self.tune else self.plan_seed(seed)
+        specs = (self.plan_tuning(seed) if self.tune else self.plan_memory(seed) if self.memory
+                 else self.plan_seed(seed))
         keys: dict[str, str] = {}
         for spec in specs:
             spec.key = json_sha256({"settings": spec.settings, "inputs": [keys[i] for i in spec.inputs]})[:16]
@@ -168,4 +174,37 @@ class Plan:
         if sc.yarn is not None and sc.lr_grid:
             lr = max(sc.lr_grid)  # the protocol is checked once, from the fine-tune at the grid's largest rate
             specs += [self._yarn_spec(seed, sv, m, f"finetune-{m}-lr{lr:g}", "dev") for m in sc.yarn.models if m in tuned]
+        return specs
+
+    def plan_memory(self, seed: int) -> list[StageSpec]:
+        """The memory measurement of one seed: the study's own pre-training and fine-tuning of Meta+RoPE and
+        GPT-2 (RoPE), then one `window-<arm>[-w<W>]` stage per arm and window (continue, then test)."""
+        sc, mp, L = self.scale, self.scale.memory, self.scale.ft_len
+        sv = self.seed_value(seed)
+        base = ("meta-rope", "gpt2-rope")
+        configs = self._model_configs(sv, base)
+        specs = [self._pretrain_spec(seed, m, *configs[m]) for m in base]
+        specs += [self._finetune_spec(seed, sv, m, sc.lr_for(m), f"finetune-{m}", None) for m in base]
+        for arm, (_, model, meta, windowed, sinks) in MEMORY_ARMS.items():
+            for w in mp.windows if windowed else [None]:
+                name = f"window-{arm}" + (f"-w{w}" if w else "")
+                overrides = ([f"model.attn_window={w}"] if w else []) + ([f"model.attn_sinks={mp.sinks}"] if sinks else [])
+                settings = {"protocol": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(mp).items()
+                                         if k not in ("windows", "sinks", "eval_n")},
+                            "arm": arm, "window": w, "sinks": mp.sinks if sinks else 0, "meta": meta, "len": L,
+                            "seed": sv, "difficulty": sc.difficulty, "n": mp.eval_n,
+                            "curve": [sc.ft_curve_points, sc.ft_curve_n], "format": RESULT_FORMAT,
+                            "test_time_windows": list(mp.windows) if arm == "full" else []}
+                command = (f"metatokens finetune --init stages/seed{seed}/finetune-{model}/run "
+                           f"--task {','.join(mp.tasks)} --task-weights {','.join(map(str, mp.weights))} --max-len {L} "
+                           f"--difficulty {sc.difficulty} --meta {'on' if meta else 'off'} --steps {mp.steps} "
+                           f"--batch-size {mp.batch} --lr {mp.lr:g} --seed {sv}"
+                           + "".join(f" --set {o}" for o in overrides) + f" --out stages/seed{seed}/{name}/run; then "
+                           f"metatokens evaluate --checkpoint stages/seed{seed}/{name}/run --task T --lengths {L} "
+                           f"--n {mp.eval_n} --seed {sv} --split test, for each task T"
+                           + (f"; and --set model.attn_window=W for W in {', '.join(map(str, mp.windows))}"
+                              if arm == "full" else ""))
+                specs.append(StageSpec(seed, name, settings, [f"finetune-{model}"], command,
+                                       lambda f, r, inp, arm=arm, w=w, model=model:
+                                       self._window(arm, w, sv, f, r, inp[f"finetune-{model}"])))
         return specs

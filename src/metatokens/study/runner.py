@@ -49,6 +49,7 @@ import torch
 from ..errors import StudyError
 from ..fileio import atomic_write_text
 from .demo import render_demo
+from .memory import render_memory
 from .design import SCALES, Scale
 from .plan import Plan
 from .report import render_report
@@ -107,6 +108,7 @@ class Pipeline(Plan, Stages):
     log: Callable[[str], None] = print
     records: list[StageRecord] = field(default_factory=list)
     tune: bool = False  # the learning-rate grid on dev prompts (plan.plan_tuning) instead of the study
+    memory: bool = False  # the windowed-attention memory measurement (plan.plan_memory) instead of the study
 
     @property
     def scale(self) -> Scale:
@@ -232,7 +234,8 @@ class Pipeline(Plan, Stages):
                             log_file = open(log_path, "w")
                             cmd = [sys.executable, "-m", "metatokens", "reproduce", "--scale", self.scale_name,
                                    "--out", str(self.out), "--seeds", str(self.seeds), "--device", self.device,
-                                   "--no-progress", "--stage", spec.full_name] + (["--tune"] if self.tune else [])
+                                   "--no-progress", "--stage", spec.full_name] + (["--tune"] if self.tune else []) + (
+                                       ["--memory"] if self.memory else [])
                             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                                     stdin=subprocess.DEVNULL)
                             running[spec.full_name] = (proc, i, spec, time.perf_counter(), log_file)
@@ -331,7 +334,8 @@ class Pipeline(Plan, Stages):
         results = StudyResults(out=self.out, scale_name=self.scale_name, scale=self.scale, seeds=seeds,
                                requested_seeds=self.seeds, seed_values={s: self.seed_value(s) for s in seeds})
         path = self.out / "REPORT.md"
-        render = render_tuning if self.tune else render_demo if self.scale.demo else render_report
+        render = (render_tuning if self.tune else render_memory if self.memory else render_demo if self.scale.demo
+                  else render_report)
         atomic_write_text(path, render(results))
         return path
 

@@ -19,7 +19,7 @@ import yaml
 from .. import analysis as an
 from ..analysis.ablate import ablation_study, markdown_table, plot_ablation
 from ..analysis.common import load_for_analysis, write_json
-from ..evaluation.loading import load_model
+from ..evaluation.loading import apply_settings, load_model
 from ..evaluation.report import write_report
 from ..evaluation.scoring import answer_baselines
 from ..evaluation.tasks import evaluate_task
@@ -30,7 +30,7 @@ from ..tasks.registry import make_examples
 from ..training.finetune import make_train_config, run_finetune
 from ..training.pretrain import run_pretrain
 from ..training.task_batches import TaskSpec
-from .design import EVAL_METRICS
+from .design import EVAL_METRICS, MEMORY_ARMS
 
 
 @dataclass
@@ -202,6 +202,55 @@ class Stages:
         out["baselines"] = self._baselines(loaded.tokenizer, y.tasks, lengths, sv, split)
         return out
 
+    def _window(self, arm: str, window: int | None, sv: int, folder: Path, resume: bool,
+                source: StageRecord) -> dict[str, Any]:
+        """One arm of the memory measurement (design.MEMORY_ARMS): continue a fine-tuned model with its arm's
+        window, sinks and prompts, then score it on the test prompts of each task at L (the full-attention arm
+        also with each window switched on at test time). Kept per prompt beside the scores: how far before the
+        answer the queried list or span ends (`gap`, tokens of the prompt without meta-tokens), and how many
+        K/V entries per layer a bounded cache holds when the answer starts (`kv`)."""
+        sc, mp, L = self.scale, self.scale.memory, self.scale.ft_len
+        meta, sinks = MEMORY_ARMS[arm][2], mp.sinks if MEMORY_ARMS[arm][4] else 0
+        spec = TaskSpec(task=",".join(mp.tasks), weights=list(mp.weights), max_len=L, difficulty=sc.difficulty,
+                        seed=sv, eval_n=sc.ft_curve_n, meta="on" if meta else "off")
+        train = make_train_config(max_steps=mp.steps, batch_size=mp.batch, lr=mp.lr, min_lr=mp.lr * sc.ft_min_lr_ratio,
+                                  warmup_steps=min(mp.warmup, mp.steps),
+                                  eval_interval=max(1, mp.steps // sc.ft_curve_points),
+                                  ckpt_interval=max(1, mp.steps // 4), seed=sv, device=self.device,
+                                  log_interval=max(1, mp.steps // 40))
+        overrides = ([f"model.attn_window={window}"] if window else []) + ([f"model.attn_sinks={sinks}"] if sinks else [])
+        run = folder / "run"
+        summary = run_finetune(spec, train, run, resume=resume, progress=self.progress,
+                               init=None if resume else str(self.run_path(source)),
+                               model_overrides=None if resume else overrides)
+        loaded = load_model(run, self._device())
+        cfg = loaded.model.config
+        if (cfg.attn_window, cfg.attn_sinks) != (window, sinks):  # what was trained is what is tested
+            raise RuntimeError(f"{run}: trained with window {cfg.attn_window} and {cfg.attn_sinks} sinks, "
+                               f"expected {window} and {sinks}")
+        out: dict[str, Any] = {"finetune": self._finetune_record(run, summary, mp.tasks), "arm": arm,
+                               "window": window, "sinks": sinks, "meta": meta, "gap": {}, "kv": {}}
+        tested = [None] + (list(mp.windows) if arm == "full" else [])
+        for task in mp.tasks:
+            with_meta = make_examples(task, loaded.tokenizer, length=L, difficulty=sc.difficulty, n=mp.eval_n,
+                                      seed=sv, split="test", meta=True)
+            scored = with_meta if meta else make_examples(task, loaded.tokenizer, length=L, difficulty=sc.difficulty,
+                                                          n=mp.eval_n, seed=sv, split="test", meta=False)
+            out["gap"][task] = [answer_gap(e) for e in with_meta]
+            for w in tested:  # None: as trained; W: the full-attention arm with the window at test time (d)
+                if w is not None:
+                    apply_settings(loaded, {"attn_window": w})
+                result = evaluate_task([loaded], task, [L], n=mp.eval_n, seed=sv, difficulty=sc.difficulty,
+                                       meta="on" if meta else "off", split="test", device=self._device(),
+                                       progress=self.progress)
+                _keep(out, result, task, "prompts" if w is None else f"test-time-w{w}")
+                out.setdefault("baselines", {})[task] = result["models"][0]["results"][0]["baselines"]
+                held = window if w is None else w
+                out["kv"].setdefault(task, {})["prompts" if w is None else f"test-time-w{w}"] = [
+                    kv_entries(e, held, sinks) for e in scored]
+            apply_settings(loaded, {"attn_window": window})
+        return out
+
     def _ablate(self, m: str, sv: int, folder: Path, inputs: dict[str, StageRecord]) -> dict[str, Any]:
         model, tok, _ = load_for_analysis(self.run_path(inputs[f"finetune-{m}"]), self._device())
         result = ablation_study(model, tok, list(self.scale.tasks), [self.scale.ft_len], n=self.scale.eval_n, seed=sv,
@@ -251,3 +300,24 @@ def _keep(out: dict[str, Any], result: dict[str, Any], task: str, variant: str, 
         cell[f"{r['length']}{suffix}"] = None if r.get("skipped") else {
             **{k: r.get(k) for k in EVAL_METRICS}, "n": r["n"], "exact_per_example": r["exact_per_example"],
             "prompts": r["prompts_sha256"]}
+
+
+def answer_gap(example) -> int:
+    """How far before the answer the queried list or span ends, in tokens of the prompt without meta-tokens:
+    the prompt's length minus the index of the span's last token (the one before the last meta-token). The
+    query that predicts the answer's first token sees that token through a window of W iff gap <= W."""
+    last = max(example.meta_positions)
+    text_before = len(example.prompt_ids) - len(example.meta_positions)  # the prompt without meta-tokens
+    return text_before - (last - 1 - (len(example.meta_positions) - 1))
+
+
+def kv_entries(example, window: int | None, sinks: int = 0) -> int:
+    """K/V entries per layer that a cache holds once the prompt is read: every position with full attention;
+    with a window, the last W - 1 positions and, before them, every meta-token and the first `sinks` positions
+    (model.window's bounded cache)."""
+    n = len(example.prompt_ids)
+    if window is None:
+        return n
+    recent = min(n, window - 1)
+    meta = set(example.meta_positions)
+    return recent + sum(1 for j in range(n - recent) if j in meta or j < sinks)
