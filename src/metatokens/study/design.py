@@ -277,10 +277,8 @@ class Scale:
         if self.yarn is not None and any(t not in self.tasks for t in self.yarn.tasks):
             raise ValueError("the YaRN protocol's tasks must be tasks of the scale")
         if self.memory is not None and (any(t not in self.tasks for t in self.memory.tasks)
-                                        or not all(0 < w < self.ft_len for w in self.memory.windows)
-                                        or not {"meta-rope", "gpt2-rope"} <= set(self.models)):
-            raise ValueError("the memory protocol needs its tasks among the scale's, windows shorter than L, and the "
-                             "meta-rope and gpt2-rope models")
+                                        or not all(0 < w < self.ft_len for w in self.memory.windows)):
+            raise ValueError("the memory protocol needs its tasks among the scale's and windows shorter than L")
 
 
 TINY_PRESETS = {"gpt2": "tiny-baseline", "meta-ape": "tiny-ape", "meta-rope": "tiny"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import StudyError
 from ..fileio import json_sha256
 from ..training.config import load_run_config
 from .design import MEMORY_ARMS, PAPER_MODELS, RESULT_FORMAT, TUNED_MODELS
@@ -182,6 +183,9 @@ class Plan:
         sc, mp, L = self.scale, self.scale.memory, self.scale.ft_len
         sv = self.seed_value(seed)
         base = ("meta-rope", "gpt2-rope")
+        if mp is None or any(m not in sc.models for m in base):
+            raise StudyError("the memory measurement needs a scale with a memory protocol and the meta-rope and "
+                             "gpt2-rope models")
         configs = self._model_configs(sv, base)
         specs = [self._pretrain_spec(seed, m, *configs[m]) for m in base]
         specs += [self._finetune_spec(seed, sv, m, sc.lr_for(m), f"finetune-{m}", None) for m in base]
