@@ -1,11 +1,13 @@
 """Windowed self-attention (`model.attn_window = W`) against full causal attention (issue #29).
 
-Four measurements, each full vs windowed on the same weights and inputs, interleaved, median:
+Four measurements (and 1b), each full vs windowed on the same weights and inputs, interleaved, median:
 1. the self-attention sublayer alone (`CausalSelfAttention`, dims of --attn-shape), forward +
    backward, at --length with meta-tokens at random positions at each rate of --rates (default one
    per 128 tokens and k = 0.1). Columns: full causal SDPA, the blocked windowed path, and the dense
    (B, T, T) mask of the definition (the naive way to get the same numbers); the windowed layout
    (where the window and the meta keys are) is built inside the timed call, as a forward does once;
+1b. the attention operation alone (q, k, v given, no projections; the sublayer's projections cost the
+   same either way and cap its ratio), full causal SDPA against the windowed layout and attention;
 2. --scaling: the same sublayer over --lengths, the rows of the figure (--plot PATH draws it);
 3. the whole model (--model-shape, RoPE, meta-attention), one training step's forward + backward:
    time, autograd's saved bytes and the peak resident memory of one step (each case in a fresh
@@ -73,6 +75,35 @@ def sublayer_case(shape: str, T: int, W: int, rate: float, impl: str, device):
             pos.window = WindowLayout.of(is_meta, W, dense=impl == "dense")
         attn(x, pos).square().sum().backward()
     return run
+
+
+def core_case(shape: str, T: int, W: int, rate: float, impl: str, device):
+    """The attention operation alone, forward + backward: q, k, v given (no projections, which the sublayer
+    spends the same time on either way). Full: causal SDPA; blocked: the windowed layout and its attention."""
+    cfg = model_shape(shape)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, cfg.n_head, T, cfg.head_dim, generator=g).to(device).requires_grad_() for _ in range(3))
+    is_meta = meta_positions(1, T, rate).to(device)
+    scale = 1 / math.sqrt(cfg.head_dim)
+
+    def run():
+        if impl == "full":
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        else:
+            y = WindowLayout.of(is_meta, W).attend(q, k, v, None, 0.0, scale)
+        y.square().sum().backward()
+    return run
+
+
+def core_rows(args, device, T: int, rates) -> list[list]:
+    rows = []
+    for rate in rates:
+        t = time_cases(lambda impl, rate=rate: core_case(args.attn_shape, T, args.window, rate, impl, device),
+                       ("full", "blocked"), args, device, args.repeats)
+        rows.append([T, args.window, round(rate * T), f"{median(t['full']) * 1e3:.1f}",
+                     f"{median(t['blocked']) * 1e3:.1f}", f"**{median_ratio(t['full'], t['blocked']):.1f}x**"])
+        print(f"# attention alone T={T} rate={rate:g} done", flush=True)
+    return rows
 
 
 def model_case(shape: str, T: int, W: int, rate: float, impl: str, device):
@@ -254,6 +285,9 @@ def main() -> None:
         header = ["T", "W", "m", "full ms", "windowed ms", "dense mask ms", "full / windowed"]
         print(f"# 1. self-attention sublayer ({args.attn_shape} dims), forward + backward, batch 1")
         show("sublayer", sublayer_rows(args, device, args.length, rates), header)
+        print(f"\n# 1b. the attention operation alone (q, k, v given; no projections), forward + backward, batch 1")
+        show("attention", core_rows(args, device, args.length, rates), ["T", "W", "m", "full ms", "windowed ms",
+                                                                        "full / windowed"])
         if args.scaling:
             print(f"\n# 2. the same sublayer as T grows, meta rate {rates[0]:g}")
             rows = [row for T in (int(x) for x in args.lengths.split(",")) for row in sublayer_rows(args, device, T, rates[:1])]
