@@ -128,7 +128,7 @@ def plot_ablation(result: dict[str, Any], path, title: str = "") -> None:
     model's bars carry its accuracy, the ablations' their change from it."""
     plt = pyplot()
     rows = result["rows"]
-    groups = [f"{r['task']}\n@{r['length']}" for r in rows]
+    groups = [f"{r['task'].replace('_', ' ').title()}\n@{r['length']}" for r in rows]  # list_recall: List Recall
     width = 0.8 / len(VARIANTS)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(rows) + 2), 4.8))
     x = np.arange(len(rows))

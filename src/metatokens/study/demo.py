@@ -12,7 +12,7 @@ import time
 from ..stats import REPRODUCED, verdict
 from .design import SESOI, TASK_LABELS
 from .figures import learning_curves_figure
-from .results import StudyResults, _ci, _pct, baseline, cell, compare, environment
+from .results import StudyResults, _ci, _pct, baseline, cell, compare, stages_and_environment
 
 
 def render_demo(res: StudyResults) -> str:
@@ -59,10 +59,6 @@ def render_demo(res: StudyResults) -> str:
             "ablations or attention analyses: the demo shows the marker's effect on a model that learns the task from "
             "nothing, and nothing more. The study does the rest, with pre-registered claims and five seeds: "
             "`metatokens reproduce --scale tiny --seeds 5` (under 90 minutes per seed on 2 CPU cores; each seed can "
-            "run as its own invocation with `--seed S`). docs/study.md explains it.", "",
-            "## Stages", "", "| stage | wall time (s) | command |", "|---|---|---|"]
-    for seed in res.seed_list:
-        for r in res.seeds[seed].values():
-            out.append(f"| {r.name} | {r.wall_s:.0f} | `{r.command}` |")
-    out += ["", "## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in environment().items()]
+            "run as its own invocation with `--seed S`). docs/study.md explains it.", ""]
+    out += stages_and_environment(res)
     return "\n".join(out) + "\n"

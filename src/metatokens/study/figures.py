@@ -134,9 +134,11 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
     lengths = res.scale.lengths()
     keys = [str(n) for n in lengths] + [f"{4 * L}+yarn"]
     xpos = {**{str(n): n / L for n in lengths}, f"{4 * L}+yarn": 4}
-    fig, ax = plt.subplots(figsize=(9, 6.4))
     lines = [(m, "prompts") for m in res.scale.models] + [(m, "no_meta") for m in res.scale.models
                                                           if res.scale.models[m].meta]
+    legend_in = 0.2 + 0.16 * math.ceil((len(lines) + 2) / 2)  # the legend's two columns: every line, the two floors
+    height = 5.0 + legend_in
+    fig, ax = plt.subplots(figsize=(9, height))
     colors = dict(zip(res.scale.models, _colors(len(res.scale.models))))
     spacing = min((b - a for a, b in zip(sorted(xpos.values()), sorted(xpos.values())[1:])), default=1.0)
     jitter = 0.5 * spacing / max(1, len(lines))  # the lines at one length stay within half the gap to the next
@@ -170,8 +172,9 @@ def accuracy_figure(res: StudyResults, task: str) -> str:
                  "majority answer and chance at each length)", fontsize=10)
     ax.set_xlabel("test prompt length (tokens)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.33), ncol=2)
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)  # below the panel, in the room kept for it
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     path = save_figure(fig, res.out / "figures" / f"accuracy-{task}.png")
     return f"![{TASK_LABELS[task]}: exact match by length for every model, {bars}]({path.relative_to(res.out)})"
 

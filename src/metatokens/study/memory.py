@@ -19,7 +19,7 @@ from ..plotting import pyplot, save_figure
 from ..stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, contrast, corrected_verdict, holm, p_value, paired, single
 from ..training.config import load_run_config
 from .design import CORRECTION, MEMORY_ARMS, SESOI, TASK_LABELS, memory_claims, memory_preregistration
-from .results import StudyResults, environment
+from .results import StudyResults, _ci, stages_and_environment
 
 METRIC = "exact_per_example"
 
@@ -76,13 +76,6 @@ def _reach(res: StudyResults, w: int) -> int:
     return n_layer * (w - 1) + 1
 
 
-def _ci(c: dict[str, Any] | None) -> str:
-    if c is None:
-        return "—"
-    lo, hi = c["ci95"]
-    return f"{100 * c['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _rate(c: dict[str, Any] | None) -> str:
     return "—" if c is None else f"{100 * c['diff']:.1f}"
 
@@ -123,7 +116,7 @@ def _accuracy_figure(res: StudyResults) -> str:
     mp = res.scale.memory
     fig, axes = plt.subplots(1, len(mp.tasks), figsize=(5.6 * len(mp.tasks), 4.6), squeeze=False)
     lines = [("meta", "Meta+RoPE, window W", "C0", "o-"), ("plain", "GPT-2 (RoPE), window W (b)", "C1", "s-"),
-             ("sinks", "Meta+RoPE, 4 sinks, no meta-tokens (c)", "C2", "^-"),
+             ("sinks", f"Meta+RoPE, {mp.sinks} sinks, no meta-tokens (c)", "C2", "^-"),
              ("full-test", "Meta+RoPE full, window at test time only (d)", "C3", "v--")]
     for ax, task in zip(axes[0], mp.tasks):
         for arm, label, color, style in lines:
@@ -204,7 +197,7 @@ def render_memory(res: StudyResults) -> str:
             "| | claim | far prompts (all seeds) | difference, points [95% CI] | each seed | p | Holm p | verdict |",
             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        rival = "GPT-2 (RoPE), no meta-tokens (b)" if r["rival"] == "plain" else "4 sinks, no meta-tokens (c)"
+        rival = "GPT-2 (RoPE), no meta-tokens (b)" if r["rival"] == "plain" else f"{mp.sinks} sinks, no meta-tokens (c)"
         each = "—" if r["c"] is None else ", ".join(f"{100 * v:+.1f}" for v in r["c"]["per_seed"])
         p = "—" if r["p"] is None else f"{r['p']:.4f}"
         ph = "—" if r["p_holm"] is None else f"{r['p_holm']:.4f}"
@@ -215,7 +208,7 @@ def render_memory(res: StudyResults) -> str:
             "Exact match % on the prompts with gap > W (mean over seeds; the same prompts in every column of a row). "
             "The last two columns are exploratory differences with their own 95% intervals: what the window costs "
             "the meta model against full attention, and the meta model against (b) on the prompts beyond text's "
-            "reach (gap > n_layer x (W - 1) + 1; — where a seed has none).", ""]
+            "reach (gap > n_layer x (W - 1) + 1; n/a where a seed has none).", ""]
     for task in mp.tasks:
         out += [f"### {TASK_LABELS[task]}", "",
                 "| W | far prompts | meta, window W | (b) plain, window W | (c) sinks, window W | (a) full attention | "
@@ -249,9 +242,5 @@ def render_memory(res: StudyResults) -> str:
                 joined = np.concatenate(vals) if vals else np.array([])
                 means.append("—" if joined.size == 0 else f"{joined.mean():.1f}")
             out.append(f"| {TASK_LABELS[task]} | {w} | " + " | ".join(means) + " |")
-    out += ["", "## Stages", "", "| stage | wall time (s) | command |", "|---|---|---|"]
-    for seed in res.seed_list:
-        for r in res.seeds[seed].values():
-            out.append(f"| {r.name} | {r.wall_s:.0f} | `{r.command}` |")
-    out += ["", "## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in environment().items()]
+    out += [""] + stages_and_environment(res)
     return "\n".join(out) + "\n"

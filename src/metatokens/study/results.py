@@ -204,6 +204,15 @@ def _ci(c: dict[str, Any] | None, scale: float = 100.0, digits: int = 1, unit: s
     return f"{d:+.{digits}f}{unit}{inner}"
 
 
+def stages_and_environment(res: StudyResults) -> list[str]:
+    """A report's closing sections: every stage of every seed with its wall time and command, then the machine."""
+    out = ["## Stages", "", "| stage | wall time (s) | command |", "|---|---|---|"]
+    for seed in res.seed_list:
+        for r in res.seeds[seed].values():
+            out.append(f"| {r.name} | {r.wall_s:.0f} | `{r.command}` |")
+    return out + ["", "## Environment", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in environment().items()]
+
+
 def _count(items) -> str:
     return {1: "one", 2: "two", 3: "three", 4: "four"}.get(len(items), str(len(items)))
 

@@ -244,7 +244,8 @@ class Stages:
                                        meta="on" if meta else "off", split="test", device=self._device(),
                                        progress=self.progress)
                 _keep(out, result, task, "prompts" if w is None else f"test-time-w{w}")
-                out.setdefault("baselines", {})[task] = result["models"][0]["results"][0]["baselines"]
+                if w is None:  # the floors of these prompts: the same whatever the window
+                    out.setdefault("baselines", {})[task] = result["models"][0]["results"][0]["baselines"]
                 held = window if w is None else w
                 out["kv"].setdefault(task, {})["prompts" if w is None else f"test-time-w{w}"] = [
                     kv_entries(e, held, sinks) for e in scored]
