@@ -285,7 +285,7 @@ def main() -> None:
         header = ["T", "W", "m", "full ms", "windowed ms", "dense mask ms", "full / windowed"]
         print(f"# 1. self-attention sublayer ({args.attn_shape} dims), forward + backward, batch 1")
         show("sublayer", sublayer_rows(args, device, args.length, rates), header)
-        print(f"\n# 1b. the attention operation alone (q, k, v given; no projections), forward + backward, batch 1")
+        print("\n# 1b. the attention operation alone (q, k, v given; no projections), forward + backward, batch 1")
         show("attention", core_rows(args, device, args.length, rates), ["T", "W", "m", "full ms", "windowed ms",
                                                                         "full / windowed"])
         if args.scaling:

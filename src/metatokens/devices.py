@@ -38,6 +38,26 @@ def resolve_device(spec: object, what: str = "--device") -> str:
     return text
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, as PyTorch reports them: oneDNN then runs bf16 matmuls on the
+    tiles, about twice as fast as fp32 at GPT-2-small size (issue 31); with AVX512-BF16 alone bf16 ran
+    at 0.6x fp32 (BENCHMARKS.md section 7)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cuda_has_bf16() -> bool:
+    """Whether the current CUDA device computes in bf16 natively (Ampere and later), not by emulation."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch: no including_emulation argument
+        return bool(torch.cuda.is_bf16_supported())
+    except (AssertionError, RuntimeError):
+        return False
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX); without it bf16 is emulated."""
     try:

@@ -78,6 +78,37 @@ def test_bf16_on_a_cpu_without_bf16_units_trains_in_fp32_with_one_line(words_cor
     assert fallback == fp32
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units: a bf16 run would be fp32")
+def test_auto_precision_is_printed_recorded_and_kept_by_a_resume_on_another_machine(words_corpus, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """train.dtype=auto on a machine that reports AMX trains in bf16, says so in one line and records
+    it in run.json; resumed on a machine without AMX (where auto alone means fp32) it goes on in bf16,
+    and the resumed run's losses equal those of the same bf16 run left uninterrupted."""
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    full = _ten_steps(words_corpus, tmp_path, "full")
+    explicit = _ten_steps(words_corpus, tmp_path, "bf16", "train.dtype=bf16")
+    assert full == explicit  # auto chose bf16
+    info = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert info["precision"]["dtype"] == "bf16" and "AMX" in info["precision"]["reason"]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("precision:")]
+    assert lines == ["precision: bf16 (train.dtype=auto: this CPU has AMX tiles (bf16 matmuls about 2x fp32's speed))",
+                     "precision: bf16 (train.dtype=bf16)"]
+
+    cfg = toy_run_config(words_corpus, tmp_path / "cache", "train.max_steps=10", "train.ckpt_interval=5")
+    cfg.train.max_steps = 5
+    run_pretrain(cfg, tmp_path / "part", progress=False)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    cfg.train.max_steps = 10
+    resumed = run_pretrain(cfg, tmp_path / "part", resume=True, progress=False)
+    assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("precision:")][-1].startswith(
+        "precision: bf16 (as the run started: train.dtype=auto: this CPU has AMX")
+    for step in range(6, 11):
+        assert resumed["losses"][step] == full[step], step
+    fresh_fp32 = _ten_steps(words_corpus, tmp_path, "fp32")  # and a new run on this machine is fp32
+    assert json.loads((tmp_path / "fp32" / "run.json").read_text())["precision"]["dtype"] == "fp32"
+    assert fresh_fp32 != full
+
+
 @pytest.mark.slow  # inductor compiles the toy model in about a minute on 2 cores
 def test_compiled_run_equals_the_eager_run(words_corpus, tmp_path):
     """train.compile=true (inductor on CPU) gives the eager run's losses over 10 steps within 1e-4."""

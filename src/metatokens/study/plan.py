@@ -50,12 +50,17 @@ class Plan:
 
     # ----------------------------------------------------------------------------- building blocks
 
+    def _dtype_flag(self) -> str:
+        """The study's precision as a fine-tuning command shows it (nothing where it is auto)."""
+        return "" if self._dtype() == "auto" else f" --set train.dtype={self._dtype()}"
+
     def _model_configs(self, sv: int, models) -> dict[str, Any]:
         sc = self.scale
         out = {}
         for m in models:
             ms = sc.models[m]
-            overrides = [*sc.pretrain_overrides, *ms.overrides, f"train.seed={1337 + sv}", f"train.device={self.device}"]
+            overrides = [*sc.pretrain_overrides, *ms.overrides, f"train.seed={1337 + sv}", f"train.device={self.device}",
+                         *([f"train.dtype={self._dtype()}"] if self._dtype() != "auto" else [])]
             out[m] = (load_run_config(ms.preset, overrides), overrides)
         return out
 
@@ -65,6 +70,7 @@ class Plan:
                    + " ".join(f"--set {o}" for o in overrides))
         settings = cfg.to_dict()
         settings["train"]["device"] = "auto"  # where a stage runs does not change what it measures
+        settings["train"]["dtype"] = "auto"  # the study's precision, Stages._dtype: fp32 on a CPU, bf16 on CUDA
         # A model option added later whose default changes nothing stays out of the key while it is at that
         # default, so that stages run before it existed stay valid (attn_window: None is full attention; attn_sinks: 0).
         for key, default in NEUTRAL_MODEL_DEFAULTS.items():
@@ -89,7 +95,7 @@ class Plan:
         command = (f"metatokens finetune {source} --task {','.join(sc.tasks)} "
                    f"--task-weights {','.join(map(str, sc.ft_weights))} --max-len {L} --difficulty {sc.difficulty} "
                    f"--meta {'on' if ms.meta else 'off'} --steps {sc.ft_steps} --batch-size {sc.ft_batch} "
-                   f"--lr {lr:g} --seed {sv} --out stages/seed{seed}/{name}/run")
+                   f"--lr {lr:g} --seed {sv}{self._dtype_flag()} --out stages/seed{seed}/{name}/run")
         return StageSpec(seed, name, settings, inputs, command,
                          lambda f, r, inp, m=m, lr=lr: self._finetune(m, sv, lr, f, r, inp))
 
@@ -116,7 +122,7 @@ class Plan:
         command = (f"metatokens finetune --init stages/seed{seed}/{source}/run --task {','.join(y.tasks)} "
                    f"--task-weights {','.join(map(str, y.weights))} --max-len {y.length} --yarn-scale {y.scale:g} "
                    f"--difficulty {sc.difficulty} --meta {'on' if ms.meta else 'off'} --steps {y.steps} "
-                   f"--batch-size {y.batch} --lr {y.lr:g} --seed {sv} --out stages/seed{seed}/yarn-{m}/run; then "
+                   f"--batch-size {y.batch} --lr {y.lr:g} --seed {sv}{self._dtype_flag()} --out stages/seed{seed}/yarn-{m}/run; then "
                    f"metatokens evaluate --checkpoint stages/seed{seed}/yarn-{m}/run --task T --lengths {lengths} "
                    f"--n {sc.eval_n} --seed {sv} --split {split}, for each task T")
         return StageSpec(seed, f"yarn-{m}", settings, [source], command,
@@ -202,7 +208,7 @@ class Plan:
                 command = (f"metatokens finetune --init stages/seed{seed}/finetune-{model}/run "
                            f"--task {','.join(mp.tasks)} --task-weights {','.join(map(str, mp.weights))} --max-len {L} "
                            f"--difficulty {sc.difficulty} --meta {'on' if meta else 'off'} --steps {mp.steps} "
-                           f"--batch-size {mp.batch} --lr {mp.lr:g} --seed {sv}"
+                           f"--batch-size {mp.batch} --lr {mp.lr:g} --seed {sv}{self._dtype_flag()}"
                            + "".join(f" --set {o}" for o in overrides) + f" --out stages/seed{seed}/{name}/run; then "
                            f"metatokens evaluate --checkpoint stages/seed{seed}/{name}/run --task T --lengths {L} "
                            f"--n {mp.eval_n} --seed {sv} --split test, for each task T"

@@ -58,7 +58,8 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept in the run folder
     seed: int = 1337  # seeds the model init, dropout and meta-token placement
     device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, mps
-    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU: faster there), fp32, bf16 (fp32 on a CPU without bf16)
+    dtype: str = "auto"  # auto: bf16 autocast where bf16 matmuls are fast (CUDA with native bf16, a CPU with AMX),
+    # fp32 elsewhere; fp32; bf16 (fp32 on a CPU without bf16 units). The choice is printed and kept in run.json.
     compile: bool = False  # torch.compile the model (applied outside the model)
     fsdp: bool = False  # shard with torch.distributed.fsdp.fully_shard instead of DDP
     peak_tflops: float | None = None  # device peak for the MFU estimate (None: known GPUs only)

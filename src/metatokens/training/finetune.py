@@ -65,7 +65,7 @@ from ..tokenizer.meta import MetaTokenizer
 from .config import RunConfig, TrainConfig, load_run_config
 from .loop import train_loop
 from .pretrain import get_tokenizer, padded_vocab
-from .setup import Dist, check_step_memory, setup_distributed
+from .setup import Dist, check_step_memory, run_precision, setup_distributed
 from .task_batches import TaskBatches, TaskSpec, plan_phases, task_names
 
 # Optimisation defaults for fine-tuning (TrainConfig's are pre-training's); all overridable.
@@ -195,11 +195,11 @@ def run_finetune(
 
 def _finetune(folder: RunFolder, spec: TaskSpec, train_cfg: TrainConfig, d: Dist, *, init, from_scratch, hf_model,
               tokenizer_path, model_overrides, resume, resume_steps, progress) -> dict[str, Any]:
-    run_dir = folder.path
+    run_dir, saved_info = folder.path, None
     if resume:
         # Everything comes from the run itself: its settings, and a model of the right shape
         # (train_loop then restores weights, optimiser, RNG and the example position).
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info = saved_info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         saved = info["finetune"]
         spec = TaskSpec(**{f.name: saved[f.name] for f in dataclasses.fields(TaskSpec) if f.name in saved})
         spec.meta = "on" if saved["meta"] else "off"
@@ -273,6 +273,7 @@ def _finetune(folder: RunFolder, spec: TaskSpec, train_cfg: TrainConfig, d: Dist
         "params": model.num_params(),
         "world_size": d.world,
         "torch": torch.__version__,
+        "precision": run_precision(train_cfg.dtype, d.device, saved_info).to_dict(),
     }
     if d.main and not resume:
         tokenizer.save(run_dir / "tokenizer.json")

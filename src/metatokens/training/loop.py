@@ -47,6 +47,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .setup import (
     Dist,
+    Precision,
     autocast_for,
     build_optimizer,
     flops_per_token,
@@ -212,7 +213,8 @@ def _train(model, batches, cfg, run_dir, *, tokenizer, evaluate, resume, d, prog
     if d.world > 1 and cfg.grad_accum % d.world:
         raise ValueError(f"train.grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({d.world})")
     accum = max(1, cfg.grad_accum // d.world)
-    autocast = autocast_for(cfg, d.device, announce=d.main)
+    recorded = (run_info or {}).get("precision")  # the caller's choice, kept in run.json
+    autocast = autocast_for(cfg, d.device, announce=d.main, precision=Precision(**recorded) if recorded else None)
     if d.main:
         truncate_metrics(run_dir / "metrics.jsonl", start)
         if resume and start:

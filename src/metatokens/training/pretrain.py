@@ -28,7 +28,7 @@ from ..runs.model_folder import load_pretrained
 from ..tokenizer.meta import MetaTokenizer
 from .config import RunConfig
 from .loop import train_loop
-from .setup import Dist, check_step_memory, setup_distributed
+from .setup import Dist, check_step_memory, run_precision, setup_distributed
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:
@@ -117,9 +117,9 @@ def run_pretrain(cfg: RunConfig, out: str | Path, *, resume: bool = False, init:
 
 
 def _pretrain(cfg: RunConfig, folder: RunFolder, d: Dist, *, resume: bool, init: str | None, progress: bool) -> dict[str, Any]:
-    run_dir, init_model = folder.path, None
+    run_dir, init_model, saved = folder.path, None, None
     if resume:
-        read_run_json(run_dir, "config", "tokenizer_sha256")  # a damaged run.json is named before any work
+        saved = read_run_json(run_dir, "config", "tokenizer_sha256")  # a damaged run.json is named before any work
         check_resume_steps(run_dir, cfg.train.max_steps, "train.max_steps", allow_equal=True)
         tokenizer = MetaTokenizer.from_file(run_dir / "tokenizer.json")
     elif init:
@@ -150,7 +150,8 @@ def _pretrain(cfg: RunConfig, folder: RunFolder, d: Dist, *, resume: bool, init:
     folder.create()
     info = {"config": cfg.to_dict(), "tokenizer_sha256": tok_hash, "init": init, "world_size": d.world,
             "data": {k: packed.meta.get(k) for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")},
-            "params": model.num_params(), "torch": torch.__version__}
+            "params": model.num_params(), "torch": torch.__version__,
+            "precision": run_precision(cfg.train.dtype, d.device, saved).to_dict()}
     if d.main and not resume:
         tokenizer.save(run_dir / "tokenizer.json")
         atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")

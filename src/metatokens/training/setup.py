@@ -86,22 +86,80 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def autocast_for(cfg: TrainConfig, device: torch.device, *, announce: bool = True):
-    """The mixed-precision context of a run: a bf16 autocast or nothing (fp32).
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic a run trains in: "bf16" (a bf16 autocast around forward and loss; weights,
+    gradients and AdamW stay fp32) or "fp32", and why. Chosen once per run, printed at its start and
+    kept in run.json, so that a resume on another machine goes on in the same precision."""
 
-    ``auto`` is bf16 on CUDA and fp32 on CPU: measured on a CPU with AVX512-BF16 but no AMX, a bf16
-    autocast made the tiny training step 0.6x as fast as fp32 (BENCHMARKS.md section 7). An
-    explicit ``bf16`` on a CPU without bf16 units falls back to fp32 with one line.
+    dtype: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"dtype": self.dtype, "reason": self.reason}
+
+    def autocast(self, device: torch.device):
+        """A context factory: a bf16 autocast on `device`, or nothing."""
+        if self.dtype == "bf16":
+            return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """What `train.dtype` (auto, fp32 or bf16) means on `device`.
+
+    ``auto`` is bf16 where bf16 matmuls are fast: a CUDA device with native bf16, and a CPU with AMX
+    tiles (detected from what PyTorch reports, not from the CPU's name); fp32 everywhere else. On a
+    CPU with AVX512-BF16 but no AMX a bf16 autocast made the tiny training step 0.6x as fast as fp32
+    (BENCHMARKS.md section 7). An explicit ``bf16`` is honoured wherever bf16 arithmetic exists, and
+    falls back to fp32 (with the reason) on a CPU without any bf16 units.
     """
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if use_bf16 and device.type == "cpu" and not devices.cpu_has_bf16():
-        if announce:
-            print("note: train.dtype=bf16 asked for, but this CPU has no bf16 units (AVX512-BF16/AMX); "
-                  "training in fp32", flush=True)
-        use_bf16 = False
-    if use_bf16:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+    if requested == "fp32":
+        return Precision("fp32", "train.dtype=fp32")
+    if requested == "bf16":
+        if device.type == "cpu" and not devices.cpu_has_bf16():
+            return Precision("fp32", "train.dtype=bf16 asked for, but this CPU has no bf16 units (AVX512-BF16/AMX)")
+        return Precision("bf16", "train.dtype=bf16")
+    if device.type == "cuda":
+        if devices.cuda_has_bf16():
+            return Precision("bf16", "train.dtype=auto: this CUDA device has native bf16")
+        return Precision("fp32", "train.dtype=auto: this CUDA device has no native bf16")
+    if device.type == "cpu":
+        if devices.cpu_has_amx():
+            return Precision("bf16", "train.dtype=auto: this CPU has AMX tiles (bf16 matmuls about 2x fp32's speed)")
+        return Precision("fp32", "train.dtype=auto: this CPU has no AMX tiles (bf16 would be slower than fp32)")
+    return Precision("fp32", f"train.dtype=auto: fp32 on {device.type}")
+
+
+def run_precision(requested: str, device: torch.device, saved: dict | None = None) -> Precision:
+    """A run's precision. A new run (`saved` None) takes `resolve_precision`. A resumed run keeps the
+    one its run.json (`saved`) recorded, whatever this machine is. A run started before the choice
+    was recorded trained under the rule of that time (auto: bf16 on CUDA, fp32 elsewhere) and goes on
+    under it."""
+    if saved is None:
+        return resolve_precision(requested, device)
+    recorded = saved.get("precision")
+    if recorded is None:
+        if requested == "auto":
+            bf16 = device.type == "cuda"
+            return Precision("bf16" if bf16 else "fp32", "train.dtype=auto in a run from before the choice was "
+                             f"recorded: {'bf16 on CUDA' if bf16 else 'fp32 off CUDA'}, as it trained")
+        return resolve_precision(requested, device)
+    if not isinstance(recorded, dict) or recorded.get("dtype") not in ("fp32", "bf16"):
+        raise TrainingError(f"run.json: the recorded precision {recorded!r} is damaged (want dtype fp32 or bf16)")
+    if recorded["dtype"] == "bf16" and device.type == "cpu" and not devices.cpu_has_bf16():
+        return Precision("fp32", "the run trained in bf16, but this CPU has no bf16 units (AVX512-BF16/AMX)")
+    return Precision(recorded["dtype"], f"as the run started: {recorded.get('reason', 'recorded in run.json')}")
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device, *, announce: bool = True,
+                 precision: Precision | None = None):
+    """The mixed-precision context of a run (`precision`, else `resolve_precision` of cfg.dtype); with
+    `announce`, one line says which and why."""
+    precision = precision or resolve_precision(cfg.dtype, device)
+    if announce:
+        print(f"precision: {precision.dtype} ({precision.reason})", flush=True)
+    return precision.autocast(device)
 
 
 def parallelize(model: GPT, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
