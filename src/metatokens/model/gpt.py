@@ -82,9 +82,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: PosInfo, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
-        if pos.cos is not None:  # (B, nh, T, hs)
-            q, k = apply_rotary(q, pos.cos, pos.sin), apply_rotary(k, pos.cos, pos.sin)
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)
+        if pos.cos is not None:  # q and k rotated in one pass over (B, 2 nh, T, hs): half the small kernels
+            qk, v = qkv.split((2 * C, C), 2)
+            q, k = apply_rotary(qk.view(B, T, 2 * nh, hs).transpose(1, 2), pos.cos, pos.sin).split(nh, 1)
+            v = v.view(B, T, nh, hs).transpose(1, 2)
+        else:
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(C, 2))  # (B, nh, T, hs)
         if pos.window is not None:  # attn_window: the last W positions and every earlier meta-token
             y = pos.window.attend(q, k, v, cache, self.dropout if self.training else 0.0, pos.logit_scale)
             return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
@@ -167,18 +172,27 @@ class MetaAttention(nn.Module):
         C, nh, B, M = self.n_embd, self.n_head, index.counts.size(0), index.width
         hs = C // nh
         qkv = self.c_attn(xm)  # (N, 3C): only meta positions are projected
+        # Rows are "packed" when each holds M meta-tokens (inject_meta's training rows, batch-1 decoding):
+        # then (N, ...) is (B, M, ...) as it is. Otherwise each row's meta-tokens go first into a zero
+        # padded (B, M) layout, one scatter for q, k and v.
+        packed = index.flat.numel() == B * M
         if pos.rotary is not None and pos.rotate_meta:
             if index.rotary_tables is None:  # the same for every block of this forward pass
                 cos, sin = pos.rotary(index.positions)
                 index.rotary_tables = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
-            q, k, v = qkv.split(C, 1)
-            q, k = (apply_rotary(t.view(-1, nh, hs), *index.rotary_tables).flatten(1) for t in (q, k))
-            qkv = torch.cat((q, k, v), 1)
-        # Pad to (B, M): each row's meta-tokens first, zeros after. One scatter for q, k and v;
-        # none when every row has M of them (training rows from inject_meta, batch-1 decoding).
-        packed = index.flat.numel() == B * M
-        padded = qkv if packed else qkv.new_zeros(B * M, 3 * C).index_copy(0, index.slot, qkv)
-        q, k, v = (t.transpose(1, 2) for t in padded.view(B, M, 3, nh, hs).unbind(2))  # (B, nh, M, hs)
+            qk, v = qkv.split((2 * C, C), 1)
+            qk = apply_rotary(qk.view(-1, 2 * nh, hs), *index.rotary_tables)  # q and k in one pass
+            new_kv = qk[:, nh:], v  # what a KV cache stores, rotated
+            if packed:  # straight into the (B, nh, M, hs) layout, no concatenation
+                q, k = (t.transpose(1, 2) for t in qk.view(B, M, 2, nh, hs).unbind(2))
+                v = v.view(B, M, nh, hs).transpose(1, 2)
+            else:
+                qkv = torch.cat((qk.flatten(1), v), 1)
+        else:
+            new_kv = None  # the cache's keys and values are qkv's, unrotated
+        if not packed or pos.rotary is None or not pos.rotate_meta:
+            padded = qkv if packed else qkv.new_zeros(B * M, 3 * C).index_copy(0, index.slot, qkv)
+            q, k, v = (t.transpose(1, 2) for t in padded.view(B, M, 3, nh, hs).unbind(2))  # (B, nh, M, hs)
         if cache is None:
             # Valid entries form a prefix of each row, so plain causality never lets a real query
             # see padding; padded queries see at least key 0 (no NaN) and are dropped below.
@@ -186,8 +200,8 @@ class MetaAttention(nn.Module):
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale
             )
         else:
-            new_k, new_v = (t.view(-1, nh, hs) for t in qkv[:, C:].split(C, 1))
-            keys, values, before = self._append(cache, new_k, new_v, index)
+            new_kv = new_kv or qkv[:, C:].split(C, 1)
+            keys, values, before = self._append(cache, *(t.reshape(-1, nh, hs) for t in new_kv), index)
             slot = torch.arange(keys.size(2), device=xm.device)
             limit = before[:, None] + torch.arange(M, device=xm.device)  # (B, M): last visible slot
             mask = slot[None, None, :] <= limit[:, :, None]  # (B, M, capacity)
