@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
+from metatokens.devices import cpu_has_amx, cpu_has_bf16  # noqa: E402
 from metatokens.model.config import model_shape  # noqa: E402
 from metatokens.model import GPT  # noqa: E402
 
@@ -95,7 +96,8 @@ def print_machine(device: torch.device, args) -> None:
         hf = ""
     print(
         f"# torch {torch.__version__}{hf}, python {platform.python_version()}; CPU {cpu_model()} "
-        f"({os.cpu_count()} logical cores), torch threads {torch.get_num_threads()}{gpu}; "
+        f"({os.cpu_count()} logical cores, AMX {'yes' if cpu_has_amx() else 'no'}, "
+        f"bf16 units {'yes' if cpu_has_bf16() else 'no'}), torch threads {torch.get_num_threads()}{gpu}; "
         f"device {device.type}, dtype {args.dtype}, compile {args.compile}, repeats {args.repeats or 'per shape'} (median), "
         f"clock {args.clock}; load average {os.getloadavg()[0]:.1f}"
     )

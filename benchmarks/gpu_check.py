@@ -2,7 +2,7 @@
 
 At most about 8 minutes on one CUDA GPU, no network. Prints one markdown table: every `cuda`
 test with its outcome, then tokens/s and MFU of gpt2-small-meta vs gpt2-small (8 x 1024, eager
-fp32, bf16, compiled + bf16), then greedy generation of ours vs transformers' generate on the same
+fp32, bf16, compiled + bf16), against nanoGPT's GPT where NANOGPT_DIR names a checkout, then greedy generation of ours vs transformers' generate on the same
 GPT-2 weights (bf16). Each part runs in its own process under a time limit; a part that fails or
 runs out of time is a row that says so, and the exit code is 1 when anything failed.
 
@@ -82,6 +82,23 @@ def train_rows(tmp: Path, limit: int, repeats: int) -> tuple[list[list[str]], bo
     return rows, True
 
 
+def nanogpt_rows(tmp: Path, limit: int, repeats: int) -> tuple[list[list[str]], bool]:
+    """Ours against nanoGPT's GPT (benchmarks/vs_nanogpt.py) where NANOGPT_DIR names a checkout; a row
+    that says so otherwise (the GPU machine has no network to fetch it)."""
+    folder = os.environ.get("NANOGPT_DIR")
+    if not folder:
+        return [["training vs nanoGPT", "skipped", "NANOGPT_DIR names no nanoGPT checkout"]], True
+    out_json = tmp / "nanogpt.json"
+    code, out, secs = run([sys.executable, "benchmarks/vs_nanogpt.py", "--nanogpt", folder, "--device", DEVICE,
+                           "--shapes", TRAIN_SHAPE, "--variants", "fp32,bf16", "--optimiser", "same",
+                           "--repeats", str(repeats), "--json", str(out_json)], limit)
+    if code != 0 or not out_json.is_file():
+        return [["training vs nanoGPT", f"**{code}**", last_line(out)]], False
+    return [[f"training {r['shape']} {r['B x T']}, {r['dtype']}, vs nanoGPT", f"{r['ours meta tok/s']} tok/s (meta)",
+             f"nanoGPT {r['nanoGPT tok/s']} tok/s; time meta/nanoGPT {r['meta / nanoGPT'].strip('*')}, "
+             f"plain/nanoGPT {r['plain / nanoGPT']}"] for r in json.loads(out_json.read_text())], True
+
+
 def generation_rows(tmp: Path, limit: int, repeats: int) -> tuple[list[list[str]], bool]:
     out_json = tmp / "gen.json"
     code, out, secs = run([sys.executable, "benchmarks/generation.py", "--device", DEVICE, "--dtype", "bf16",
@@ -122,6 +139,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for part, limit in ((lambda: test_rows(Path(tmp), 240), 240),
                             (lambda: train_rows(Path(tmp), 200, 5 if args.quick else 10), 200),
+                            (lambda: nanogpt_rows(Path(tmp), 120, 3 if args.quick else 5), 120),
                             (lambda: generation_rows(Path(tmp), 90, 3 if args.quick else 5), 90)):
             got, fine = part()
             rows += got
