@@ -5,6 +5,7 @@ copy of an older package folder (e.g. `git worktree add /tmp/old HEAD~1`, then
 --old /tmp/old/src/metatokens); the current checkout is "new".
 
     python benchmarks/ab_model.py --old /tmp/old/src/metatokens --what train --shape tiny
+    python benchmarks/ab_model.py --old /tmp/old/src/metatokens --what train --shape tiny --pos-encoding rope
     python benchmarks/ab_model.py --old /tmp/old/src/metatokens --what decode --shape tiny --new-tokens 64
 """
 
@@ -40,6 +41,7 @@ def main() -> None:
     p.add_argument("--old", required=True, help="folder of the old metatokens package")
     p.add_argument("--what", default="train", choices=["train", "decode"])
     p.add_argument("--shape", default="tiny")
+    p.add_argument("--pos-encoding", default="ape", choices=["ape", "rope", "none"], help="the models' positions (default ape)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128, help="training length, or prompt length when decoding")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -54,7 +56,7 @@ def main() -> None:
     for tag, (model_mod, config_mod) in versions.items():
         for meta in (True, False):
             torch.manual_seed(0)
-            cfg = config_mod.model_shape(args.shape, meta_attention=meta, meta_token_id=1)
+            cfg = config_mod.model_shape(args.shape, meta_attention=meta, meta_token_id=1, pos_encoding=args.pos_encoding)
             model = model_mod.GPT(cfg).to(device)
             B = args.batch if args.what == "train" else 1
             x, y = random_meta_batch(B, args.seq, cfg.vocab_size, 0.1, device=device)

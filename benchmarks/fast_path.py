@@ -145,6 +145,8 @@ def main() -> None:
     p.add_argument("--shapes", default="tiny:8x128,tiny:32x128", help="comma-separated SHAPE:BxT")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     p.add_argument("--k", type=float, default=0.1, help="meta-tokens per token (paper: 0.1)")
+    p.add_argument("--pos-encoding", default="ape", choices=["ape", "rope", "none"],
+                   help="positions of the pre-training models (default ape, the shapes' own)")
     p.add_argument("--curve", type=int, default=0, help="also train N steps per variant and report the loss gap")
     p.add_argument("--finetune", action="store_true", help="time the tiny study's fine-tuning step (see above)")
     p.add_argument("--json", help="also write the rows to this JSON file (for gpu_check.sh)")
@@ -169,7 +171,7 @@ def main() -> None:
                    for s in range(4)]
         fns, compile_s, gap = {}, {}, {}
         for meta in (True, False):
-            base = build(shape, meta, device).train()
+            base = build(shape, meta, device, pos_encoding=args.pos_encoding).train()
             for v in variants:
                 compiled, dtype = VARIANTS[v]
                 step, _ = make_step(copy.deepcopy(base), compiled, dtype, batches, device)
@@ -185,7 +187,7 @@ def main() -> None:
                     gap[v] = losses
         t = compare({f"{v} {'meta' if m else 'plain'}": f for (v, m), f in fns.items()}, device, R, args.warmup)
         tok = B * T
-        fpt = {m: flops_per_token(build(shape, m, "meta")) for m in (True, False)}
+        fpt = {m: flops_per_token(build(shape, m, "meta", pos_encoding=args.pos_encoding)) for m in (True, False)}
         for v in variants:
             meta_t, plain_t = t[f"{v} meta"], t[f"{v} plain"]
             speedup = median_ratio(t["fp32 meta"], meta_t)
