@@ -19,6 +19,8 @@ Four measurements (and 1b), each full vs windowed on the same weights and inputs
     python benchmarks/window_attention.py                      # the issue's sizes (slow on a CPU)
     python benchmarks/window_attention.py --quick              # tiny sizes: proves the script runs
     python benchmarks/window_attention.py --scaling --plot window_scaling.png
+    python benchmarks/window_attention.py --skip sublayer,model --plot-generation window_generation.png --json gen.json
+    python benchmarks/window_attention.py --replot gen.json --plot-generation window_generation.png   # redraw only
 """
 
 from __future__ import annotations
@@ -222,21 +224,51 @@ def generation_rows(args, device) -> list[list]:
     return rows
 
 
-def plot(rows: list[list], path: str) -> None:
+def _pyplot():
     import matplotlib  # optional: only --plot draws (pip install matplotlib)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # optional, as above
 
+    return plt
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Section 2's rows (as the JSON keeps them): sublayer time against T, full and windowed."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    T = [r[0] for r in rows]
-    for col, label in ((3, "full causal (SDPA)"), (4, "windowed, blocked"), (5, "windowed, dense mask")):
-        ys = [float(r[col]) if r[col] != "not run" else None for r in rows]
+    T = [int(r["T"]) for r in rows]
+    for key, label in (("full ms", "full causal (SDPA)"), ("windowed ms", "windowed, blocked"),
+                       ("dense mask ms", "windowed, dense mask")):
+        ys = [float(r[key]) if r[key] != "not run" else None for r in rows]
         if any(y is not None for y in ys):
             ax.plot(T, ys, marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="forward + backward (ms)",
-           title=f"self-attention, W = {rows[0][1]}, meta rate {rows[0][2] / rows[0][0]:.3g}")
+    rate = int(rows[0]["m"]) / int(rows[0]["T"])
+    ax.set(xscale="log", yscale="log", xlabel="sequence length T (tokens)", ylabel="forward + backward (ms)",
+           title=f"self-attention sublayer, W = {rows[0]['W']}, one meta-token per {1 / rate:.0f}")
+    ax.set_xticks(T, [str(t) for t in T])
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    print(f"wrote {path}")
+
+
+def plot_generation(rows: list[dict], path: str) -> None:
+    """Section 4's rows: the KV cache's size and the decode speed against the context, full cache
+    against the bounded one (window + meta-tokens)."""
+    plt = _pyplot()
+    L = [int(r["L"]) for r in rows]
+    fig, (mem, speed) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, keys, ylabel in ((mem, ("full cache MB", "bounded cache MB"), "KV cache (MB, all layers)"),
+                             (speed, ("full decode tok/s", "bounded decode tok/s"), "decode tokens / s")):
+        for key, label in zip(keys, ("full cache", f"bounded cache (W = {rows[0]['W']} + meta-tokens)")):
+            ax.plot(L, [float(r[key]) for r in rows], marker="o", label=label)
+        ax.set(xscale="log", xlabel="context L (tokens)", ylabel=ylabel)
+        ax.set_xticks(L, [str(x) for x in L])
+    mem.set_yscale("log")
+    speed.set_ylim(bottom=0)
+    mem.legend()
+    fig.suptitle("generation, tiny model (RoPE), one meta-token per 128 tokens, batch 1")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     print(f"wrote {path}")
@@ -255,6 +287,8 @@ def main() -> None:
     p.add_argument("--scaling", action="store_true", help="also time the sublayer over --lengths (the figure)")
     p.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="T of --scaling")
     p.add_argument("--plot", help="with --scaling: draw the figure to this PNG")
+    p.add_argument("--plot-generation", help="draw section 4's cache size and decode speed to this PNG")
+    p.add_argument("--replot", metavar="JSON", help="time nothing: draw --plot / --plot-generation from a --json file")
     p.add_argument("--no-dense", action="store_true", help="skip the dense-mask column (T^2 memory)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: sublayer, model, generation")
     p.add_argument("--json", help="also write every table's rows to this JSON file")
@@ -265,6 +299,15 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         memory_child(args)
+        return
+    if args.replot:
+        with open(args.replot, encoding="utf-8") as f:
+            saved = json.load(f)
+        for key, path, draw in (("scaling", args.plot, plot), ("generation", args.plot_generation, plot_generation)):
+            if path and key not in saved:
+                p.error(f"{args.replot} has no {key} rows to draw")
+            if path:
+                draw(saved[key], path)
         return
     if args.quick:
         args.length, args.window, args.rates, args.repeats, args.warmup = 512, 16, "0.03125,0.1", 1, 0
@@ -293,7 +336,7 @@ def main() -> None:
             rows = [row for T in (int(x) for x in args.lengths.split(",")) for row in sublayer_rows(args, device, T, rates[:1])]
             show("scaling", rows, header)
             if args.plot:
-                plot(rows, args.plot)
+                plot(out["scaling"], args.plot)
     if "model" not in skip:
         print(f"\n# 3. whole model ({args.model_shape}, RoPE, meta-attention), one step's forward + backward, batch 1")
         show("model", model_rows(args, device, rates), ["T", "W", "m", "full s", "windowed s", "full / windowed",
@@ -306,6 +349,8 @@ def main() -> None:
                                                            "full decode tok/s", "bounded decode tok/s",
                                                            "decode time full / bounded", "full cache MB",
                                                            "bounded cache MB"])
+        if args.plot_generation:
+            plot_generation(out["generation"], args.plot_generation)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
