@@ -45,8 +45,9 @@ def test_auto_picks_bf16_only_where_bf16_matmuls_are_fast(machine, amx, cpu_bf16
     got = resolve_precision("auto", device)
     assert got.dtype == want
     assert got.reason.startswith("train.dtype=auto")
-    if device == CPU:  # the reason names what decided it
-        assert ("has AMX" if amx else "no AMX") in got.reason
+    if device == CPU:  # the reason names what decided it, and where bf16 might pay, says to try it
+        assert ("has AMX" if amx else "no AMX" if cpu_bf16 else "no bf16 units") in got.reason
+        assert ("try train.dtype=bf16" in got.reason) == (not amx and cpu_bf16)
 
 
 def test_an_explicit_dtype_is_honoured_and_bf16_falls_back_only_without_bf16_units(machine):

@@ -109,9 +109,10 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     """What `train.dtype` (auto, fp32 or bf16) means on `device`.
 
     ``auto`` is bf16 where bf16 matmuls are fast: a CUDA device with native bf16, and a CPU with AMX
-    tiles (detected from what PyTorch reports, not from the CPU's name); fp32 everywhere else. On a
-    CPU with AVX512-BF16 but no AMX a bf16 autocast made the tiny training step 0.6x as fast as fp32
-    (BENCHMARKS.md section 7). An explicit ``bf16`` is honoured wherever bf16 arithmetic exists, and
+    tiles (detected from what PyTorch reports, not from the CPU's name); fp32 everywhere else. On CPUs
+    with AVX512-BF16 but no AMX a bf16 step ran at 0.6x fp32's speed on one machine and 1.1-1.8x on
+    another (BENCHMARKS.md sections 7 and 10), so there the reason suggests trying bf16 rather than
+    choosing it. An explicit ``bf16`` is honoured wherever bf16 arithmetic exists, and
     falls back to fp32 (with the reason) on a CPU without any bf16 units.
     """
     if requested == "fp32":
@@ -127,7 +128,11 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if device.type == "cpu":
         if devices.cpu_has_amx():
             return Precision("bf16", "train.dtype=auto: this CPU has AMX tiles (bf16 matmuls about 2x fp32's speed)")
-        return Precision("fp32", "train.dtype=auto: this CPU has no AMX tiles (bf16 would be slower than fp32)")
+        if devices.cpu_has_bf16():  # AVX512-BF16 without AMX: measured from 0.6x to 1.8x fp32's speed
+            return Precision("fp32", "train.dtype=auto: this CPU has no AMX tiles; it has AVX512-BF16, where a bf16 "
+                             "step ran 0.6x-1.8x as fast as fp32 on the CPUs measured (BENCHMARKS.md 10): "
+                             "try train.dtype=bf16")
+        return Precision("fp32", "train.dtype=auto: this CPU has no bf16 units")
     return Precision("fp32", f"train.dtype=auto: fp32 on {device.type}")
 
 
