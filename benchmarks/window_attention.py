@@ -267,9 +267,9 @@ def plot_generation(rows: list[dict], path: str) -> None:
         ax.set_xticks(L, [str(x) for x in L])
     mem.set_yscale("log")
     speed.set_ylim(bottom=0)
-    mem.legend()
+    fig.legend(*mem.get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False)  # below both panels
     fig.suptitle("generation, tiny model (RoPE), one meta-token per 128 tokens, batch 1")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=150)
     print(f"wrote {path}")
 
