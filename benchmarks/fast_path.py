@@ -72,7 +72,7 @@ def make_step(model, compiled: bool | str, dtype: str, batches, device, **forwar
             _, loss = run(x.to(device), y.to(device), **forward_kw)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)  # as the training loop does (until 2026-12-08: False)
         if record:
             losses.append(loss.item())
 
