@@ -56,11 +56,12 @@ def device_peak(args, device) -> float | None:
     return next((v * 1e12 for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
 
 
-def make_step(model, compiled: bool | str, dtype: str, batches, device, **forward_kw):
+def make_step(model, compiled: bool | str, dtype: str, batches, device, optimiser=None, **forward_kw):
     """A closure that runs one optimiser step on the next batch; returns (step, losses list).
-    compiled="dynamic": torch.compile(dynamic=True), symbolic shapes from the first call."""
+    compiled="dynamic": torch.compile(dynamic=True), symbolic shapes from the first call. `optimiser`:
+    default a fused AdamW over every parameter (vs_nanogpt.py passes nanoGPT's own)."""
     run = torch.compile(model, dynamic=True if compiled == "dynamic" else None) if compiled else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+    opt = optimiser or torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
     ctx = (lambda: torch.autocast(device.type, dtype=DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
     state = {"i": 0}
     losses: list[float] = []

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from bench_utils import DTYPES, add_common_args, build, compare, median, median_ratio, print_machine, random_meta_batch, setup, table
+from fast_path import make_step
+from bench_utils import add_common_args, build, compare, median, median_ratio, print_machine, random_meta_batch, setup, table
 
 
 def load_nanogpt(folder: str | None):
@@ -60,24 +61,6 @@ def nanogpt_like(module, ours):
     with contextlib.redirect_stdout(sys.stderr):
         return module.GPT(module.GPTConfig(block_size=c.block_size, vocab_size=c.vocab_size, n_layer=c.n_layer,
                                            n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=c.bias))
-
-
-def make_step(model, optimiser, dtype: str, batches, device, ours: bool):
-    ctx = (lambda: torch.autocast(device.type, dtype=DTYPES[dtype])) if dtype != "fp32" else contextlib.nullcontext
-    state = {"i": 0}
-
-    def step():
-        x, y = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        with ctx():
-            # ours: the training loop's call; nanoGPT: its train.py's (every target scored, so a
-            # meta-token's target is scored too: the same head FLOPs up to the 10% of meta targets)
-            _, loss = model(x, y, logits=False) if ours else model(x, y)
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:
@@ -117,7 +100,10 @@ def main() -> None:
                             optimiser = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), device.type)
                     else:
                         optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
-                    fns[name] = make_step(model, optimiser, v, batches, device, ours)
+                    # ours: the training loop's call (the LM head only at scored positions); nanoGPT: its
+                    # train.py's, model(x, y) (every target scored, a meta-token's too: the same head FLOPs
+                    # up to the 10% of meta targets)
+                    fns[name], _ = make_step(model, False, v, batches, device, optimiser, **({"logits": False} if ours else {}))
                     for _ in range(len(batches)):  # warm up on every batch (allocations, optimiser state)
                         fns[name]()
                 t = compare(fns, device, R, args.warmup)

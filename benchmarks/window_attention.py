@@ -50,6 +50,7 @@ from metatokens.model.cache import KVCache
 from metatokens.model.config import model_shape
 from metatokens.model.gpt import GPT, CausalSelfAttention, PosInfo
 from metatokens.model.window import WindowLayout
+from metatokens.plotting import pyplot, save_figure
 
 IMPLS = ("full", "blocked", "dense")  # full causal attention; the windowed path; the windowed dense mask
 
@@ -224,18 +225,9 @@ def generation_rows(args, device) -> list[list]:
     return rows
 
 
-def _pyplot():
-    import matplotlib  # optional: only --plot draws (pip install matplotlib)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # optional, as above
-
-    return plt
-
-
 def plot(rows: list[dict], path: str) -> None:
     """Section 2's rows (as the JSON keeps them): sublayer time against T, full and windowed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     T = [int(r["T"]) for r in rows]
     for key, label in (("full ms", "full causal (SDPA)"), ("windowed ms", "windowed, blocked"),
@@ -249,14 +241,13 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xticks(T, [str(t) for t in T])
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 def plot_generation(rows: list[dict], path: str) -> None:
     """Section 4's rows: the KV cache's size and the decode speed against the context, full cache
     against the bounded one (window + meta-tokens)."""
-    plt = _pyplot()
+    plt = pyplot()
     L = [int(r["L"]) for r in rows]
     fig, (mem, speed) = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, keys, ylabel in ((mem, ("full cache MB", "bounded cache MB"), "KV cache (MB, all layers)"),
@@ -270,8 +261,7 @@ def plot_generation(rows: list[dict], path: str) -> None:
     fig.legend(*mem.get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False)  # below both panels
     fig.suptitle("generation, tiny model (RoPE), one meta-token per 128 tokens, batch 1")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=150)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ def resolve_device(spec: object, what: str = "--device") -> str:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles, as PyTorch reports them: oneDNN then runs bf16 matmuls on the
-    tiles, about twice as fast as fp32 at GPT-2-small size (issue 31); with AVX512-BF16 alone bf16 ran
-    at 0.6x fp32 (BENCHMARKS.md section 7)."""
+    tiles, about twice as fast as fp32 at GPT-2-small size (issue 31). With AVX512-BF16 alone bf16 ran
+    at 0.6x fp32 on one CPU and up to 1.8x on another (BENCHMARKS.md sections 7 and 10)."""
     try:
         return bool(torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):

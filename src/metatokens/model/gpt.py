@@ -176,22 +176,21 @@ class MetaAttention(nn.Module):
         # then (N, ...) is (B, M, ...) as it is. Otherwise each row's meta-tokens go first into a zero
         # padded (B, M) layout, one scatter for q, k and v.
         packed = index.flat.numel() == B * M
-        if pos.rotary is not None and pos.rotate_meta:
+        rotate = pos.rotary is not None and pos.rotate_meta
+        new_kv = None  # what a KV cache stores: the rotated keys with the values, else qkv's own
+        if rotate:
             if index.rotary_tables is None:  # the same for every block of this forward pass
                 cos, sin = pos.rotary(index.positions)
                 index.rotary_tables = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
             qk, v = qkv.split((2 * C, C), 1)
             qk = apply_rotary(qk.view(-1, 2 * nh, hs), *index.rotary_tables)  # q and k in one pass
-            new_kv = qk[:, nh:], v  # what a KV cache stores, rotated
-            if packed:  # straight into the (B, nh, M, hs) layout, no concatenation
-                q, k = (t.transpose(1, 2) for t in qk.view(B, M, 2, nh, hs).unbind(2))
-                v = v.view(B, M, nh, hs).transpose(1, 2)
-            else:
-                qkv = torch.cat((qk.flatten(1), v), 1)
+            new_kv = qk[:, nh:], v
+        if rotate and packed:  # straight into the (B, nh, M, hs) layout, no concatenation
+            q, k = (t.transpose(1, 2) for t in qk.view(B, M, 2, nh, hs).unbind(2))
+            v = v.view(B, M, nh, hs).transpose(1, 2)
         else:
-            new_kv = None  # the cache's keys and values are qkv's, unrotated
-        if not packed or pos.rotary is None or not pos.rotate_meta:
-            padded = qkv if packed else qkv.new_zeros(B * M, 3 * C).index_copy(0, index.slot, qkv)
+            rows = torch.cat((qk.flatten(1), v), 1) if rotate else qkv
+            padded = rows if packed else rows.new_zeros(B * M, 3 * C).index_copy(0, index.slot, rows)
             q, k, v = (t.transpose(1, 2) for t in padded.view(B, M, 3, nh, hs).unbind(2))  # (B, nh, M, hs)
         if cache is None:
             # Valid entries form a prefix of each row, so plain causality never lets a real query
@@ -200,7 +199,8 @@ class MetaAttention(nn.Module):
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0, scale=pos.logit_scale
             )
         else:
-            new_kv = new_kv or qkv[:, C:].split(C, 1)
+            if new_kv is None:
+                new_kv = qkv[:, C:].split(C, 1)
             keys, values, before = self._append(cache, *(t.reshape(-1, nh, hs) for t in new_kv), index)
             slot = torch.arange(keys.size(2), device=xm.device)
             limit = before[:, None] + torch.arange(M, device=xm.device)  # (B, M): last visible slot

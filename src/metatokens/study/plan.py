@@ -50,9 +50,14 @@ class Plan:
 
     # ----------------------------------------------------------------------------- building blocks
 
+    def _dtype_overrides(self) -> list[str]:
+        """The study's precision as a setting (none where it is auto, the default)."""
+        dtype = self._dtype()
+        return [] if dtype == "auto" else [f"train.dtype={dtype}"]
+
     def _dtype_flag(self) -> str:
-        """The study's precision as a fine-tuning command shows it (nothing where it is auto)."""
-        return "" if self._dtype() == "auto" else f" --set train.dtype={self._dtype()}"
+        """The same, as a fine-tuning command shows it."""
+        return "".join(f" --set {o}" for o in self._dtype_overrides())
 
     def _model_configs(self, sv: int, models) -> dict[str, Any]:
         sc = self.scale
@@ -60,7 +65,7 @@ class Plan:
         for m in models:
             ms = sc.models[m]
             overrides = [*sc.pretrain_overrides, *ms.overrides, f"train.seed={1337 + sv}", f"train.device={self.device}",
-                         *([f"train.dtype={self._dtype()}"] if self._dtype() != "auto" else [])]
+                         *self._dtype_overrides()]
             out[m] = (load_run_config(ms.preset, overrides), overrides)
         return out
 
