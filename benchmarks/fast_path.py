@@ -15,6 +15,11 @@ the largest |loss - eager fp32 loss| over those steps (what "same loss curve" me
     python benchmarks/fast_path.py --shapes gpt2-small:1x256,gpt2-small:4x256 --threads 1 --clock cpu --repeats 3
     python benchmarks/fast_path.py --device cuda --shapes gpt2-small:8x1024 --variants fp32,bf16,compiled+bf16
     python benchmarks/fast_path.py --finetune --threads 1 --clock cpu --curve 20
+    python benchmarks/fast_path.py --head scored --variants fp32 --threads 1 --clock cpu --repeats 31
+
+--head scored calls the model as the training loop does (``logits=False``: the LM head only where a
+target is scored; a meta-token's target is not, so the meta model's head covers about 1 - k of the
+positions); the default runs the head over every position for both models.
 
 --finetune times the tiny study's fine-tuning step instead: real rows of the task mixture that
 `metatokens reproduce --scale tiny` fine-tunes on (its tasks, shares, L and batch, read from
@@ -148,6 +153,9 @@ def main() -> None:
     p.add_argument("--k", type=float, default=0.1, help="meta-tokens per token (paper: 0.1)")
     p.add_argument("--pos-encoding", default="ape", choices=["ape", "rope", "none"],
                    help="positions of the pre-training models (default ape, the shapes' own)")
+    p.add_argument("--head", default="full", choices=["full", "scored"],
+                   help="the LM head over every position (default; the rows of sections 5-10) or only where a target "
+                        "is scored (logits=False, as the training loop calls it; a meta-token's target is not scored)")
     p.add_argument("--curve", type=int, default=0, help="also train N steps per variant and report the loss gap")
     p.add_argument("--finetune", action="store_true", help="time the tiny study's fine-tuning step (see above)")
     p.add_argument("--json", help="also write the rows to this JSON file (for gpu_check.sh)")
@@ -163,6 +171,8 @@ def main() -> None:
     if unknown or "fp32" not in variants:
         p.error(f"--variants must include fp32 and name only {', '.join(VARIANTS)} (got {args.variants})")
     rows, notes = [], []
+    head = args.head == "full"
+    print(f"# LM head: {'every position' if head else 'scored positions only (logits=False)'}")
     peak = device_peak(args, device)
     for spec in args.shapes.split(","):
         shape, _, bt = spec.partition(":")
@@ -175,14 +185,14 @@ def main() -> None:
             base = build(shape, meta, device, pos_encoding=args.pos_encoding).train()
             for v in variants:
                 compiled, dtype = VARIANTS[v]
-                step, _ = make_step(copy.deepcopy(base), compiled, dtype, batches, device)
+                step, _ = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=head)
                 t0 = time.perf_counter()
                 for _ in range(len(batches)):  # compile (and warm up) on every batch before timing
                     step()
                 compile_s[(v, meta)] = time.perf_counter() - t0
                 fns[(v, meta)] = step
                 if args.curve and meta:
-                    curve_step, losses = make_step(copy.deepcopy(base), compiled, dtype, batches, device)
+                    curve_step, losses = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=head)
                     for _ in range(args.curve):
                         curve_step(record=True)
                     gap[v] = losses

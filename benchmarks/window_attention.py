@@ -8,6 +8,11 @@ Four measurements (and 1b), each full vs windowed on the same weights and inputs
    (where the window and the meta keys are) is built inside the timed call, as a forward does once;
 1b. the attention operation alone (q, k, v given, no projections; the sublayer's projections cost the
    same either way and cap its ratio), full causal SDPA against the windowed layout and attention;
+1c. --kernel: why the windowed path falls short of its arithmetic. One unmasked SDPA call, forward +
+   backward, over the same T queries and the same K keys per query (K = the blocked path's width at
+   m = rate x T), with the queries cut into T / C groups of C that each read their own K keys. C = 64
+   is the windowed path's chunk; C = T is one long call. The arithmetic is the same in every row;
+   the time shows what the kernel charges per call shape;
 2. --scaling: the same sublayer over --lengths, the rows of the figure (--plot PATH draws it);
 3. the whole model (--model-shape, RoPE, meta-attention), one training step's forward + backward:
    time, autograd's saved bytes and the peak resident memory of one step (each case in a fresh
@@ -19,6 +24,7 @@ Four measurements (and 1b), each full vs windowed on the same weights and inputs
     python benchmarks/window_attention.py                      # the issue's sizes (slow on a CPU)
     python benchmarks/window_attention.py --quick              # tiny sizes: proves the script runs
     python benchmarks/window_attention.py --scaling --plot window_scaling.png
+    python benchmarks/window_attention.py --kernel --skip sublayer,model,generation   # section 1c alone
     python benchmarks/window_attention.py --skip sublayer,model --plot-generation window_generation.png --json gen.json
     python benchmarks/window_attention.py --replot gen.json --plot-generation window_generation.png   # redraw only
 """
@@ -135,6 +141,32 @@ def memory_in_child(args, T: int, rate: float, impl: str) -> dict:
     return child_json([sys.executable, __file__, "--child", "--impl", impl, "--length", str(T), "--rate", str(rate),
                        "--window", str(args.window), "--model-shape", args.model_shape, "--device", args.device,
                        "--dtype", args.dtype, "--threads", str(torch.get_num_threads())])
+
+
+def kernel_case(shape: str, T: int, C: int, K: int, device):
+    """One SDPA call over T / C groups (batch) x heads, C queries and K keys each, forward + backward."""
+    cfg = model_shape(shape)
+    g = torch.Generator().manual_seed(0)
+    n = T // C
+    q = torch.randn(n, cfg.n_head, C, cfg.head_dim, generator=g).to(device).requires_grad_()
+    k, v = (torch.randn(n, cfg.n_head, K, cfg.head_dim, generator=g).to(device).requires_grad_() for _ in range(2))
+
+    def run():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).square().sum().backward()
+    return run
+
+
+def kernel_rows(args, device, T: int, rate: float) -> list[list]:
+    """Section 1c: the same arithmetic cut into calls of C queries; time relative to one call of T."""
+    chunk = WindowLayout.of(meta_positions(1, T, rate).to(device), args.window).chunk
+    K = chunk + args.window - 1 + round(rate * T)  # band plus every gathered meta key, as the blocked path reads
+    sizes = sorted({chunk, 4 * chunk, 16 * chunk, T} & set(range(1, T + 1)))
+    sizes = [C for C in sizes if T % C == 0]
+    t = time_cases(lambda C: kernel_case(args.attn_shape, T, int(C), K, device), [str(C) for C in sizes], args,
+                   device, args.repeats)
+    gflop = 4 * T * K * model_shape(args.attn_shape).n_embd * 3.5 / 1e9  # QK^T and PV, backward about 2.5x forward
+    return [[T, C, K, f"{median(t[str(C)]) * 1e3:.1f}", f"{gflop / median(t[str(C)]):.1f}",
+             f"{median_ratio(t[str(C)], t[str(T)]):.2f}x"] for C in sizes]
 
 
 def time_cases(make, impls, args, device, repeats: int) -> dict[str, list[float]]:
@@ -279,6 +311,7 @@ def main() -> None:
     p.add_argument("--plot", help="with --scaling: draw the figure to this PNG")
     p.add_argument("--plot-generation", help="draw section 4's cache size and decode speed to this PNG")
     p.add_argument("--replot", metavar="JSON", help="time nothing: draw --plot / --plot-generation from a --json file")
+    p.add_argument("--kernel", action="store_true", help="section 1c: one SDPA call's time against queries per call")
     p.add_argument("--no-dense", action="store_true", help="skip the dense-mask column (T^2 memory)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: sublayer, model, generation")
     p.add_argument("--json", help="also write every table's rows to this JSON file")
@@ -327,6 +360,10 @@ def main() -> None:
             show("scaling", rows, header)
             if args.plot:
                 plot(out["scaling"], args.plot)
+    if args.kernel:
+        print("\n# 1c. SDPA alone, forward + backward: the same T queries x K keys, cut into calls of C queries")
+        show("kernel", kernel_rows(args, device, args.length, rates[0]),
+             ["T", "C", "K", "ms", "GFLOP/s", "time / one call"])
     if "model" not in skip:
         print(f"\n# 3. whole model ({args.model_shape}, RoPE, meta-attention), one step's forward + backward, batch 1")
         show("model", model_rows(args, device, rates), ["T", "W", "m", "full s", "windowed s", "full / windowed",
