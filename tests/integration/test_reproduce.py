@@ -175,8 +175,14 @@ def test_findings_and_controls_rows_are_filled_from_the_stages(study):
     assert len(primary) == len(design.PRIMARY_CLAIMS)
     rows = [x for x in section(found, "### Exploratory").split("### Controls")[0].splitlines()
             if x.startswith("| ") and "---" not in x][1:]
-    # 4 parity, 2 copying at 2L, 2 test-time YaRN, 4 ablation, 2 entropy, 2 residual, 2 rate-distortion, 1 loss
-    assert len(rows) == 19, rows
+    # 4 parity, 2 copying at 2L, 2 test-time YaRN, 4 ablation, 2 entropy, 2 residual, 2 rate-distortion,
+    # 2 validation loss (against GPT-2 with APE, the paper's; against GPT-2 with RoPE, the control)
+    assert len(rows) == 20, rows
+    for base, name in (("gpt2", "GPT-2 (APE)"), ("gpt2-rope", "GPT-2 (RoPE, no meta)")):
+        row = row_of(found, f"Pre-training: Meta+RoPE has lower validation loss per text token than {name} (nats, "
+                            "Meta+RoPE minus GPT-2)")
+        gap = stage(out, "pretrain-meta-rope")["val_loss"] - stage(out, f"pretrain-{base}")["val_loss"]
+        assert row[2].startswith(f"{gap:+.3f}"), (row, gap)
     assert all(re.search(r"\*\*(reproduced|not reproduced|inconclusive|—)\*\*", c) for c in rows + primary)
     for line in rows:  # n/a only where two rate-distortion curves do not overlap, or a probe learned nothing
         assert "n/a" not in line or "rates do not overlap" in line or "learned nothing" in line, line
