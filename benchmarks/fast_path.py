@@ -171,8 +171,8 @@ def main() -> None:
     if unknown or "fp32" not in variants:
         p.error(f"--variants must include fp32 and name only {', '.join(VARIANTS)} (got {args.variants})")
     rows, notes = [], []
-    head = args.head == "full"
-    print(f"# LM head: {'every position' if head else 'scored positions only (logits=False)'}")
+    full_head = args.head == "full"
+    print(f"# LM head: {'every position' if full_head else 'scored positions only (logits=False)'}")
     peak = device_peak(args, device)
     for spec in args.shapes.split(","):
         shape, _, bt = spec.partition(":")
@@ -185,14 +185,14 @@ def main() -> None:
             base = build(shape, meta, device, pos_encoding=args.pos_encoding).train()
             for v in variants:
                 compiled, dtype = VARIANTS[v]
-                step, _ = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=head)
+                step, _ = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=full_head)
                 t0 = time.perf_counter()
                 for _ in range(len(batches)):  # compile (and warm up) on every batch before timing
                     step()
                 compile_s[(v, meta)] = time.perf_counter() - t0
                 fns[(v, meta)] = step
                 if args.curve and meta:
-                    curve_step, losses = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=head)
+                    curve_step, losses = make_step(copy.deepcopy(base), compiled, dtype, batches, device, logits=full_head)
                     for _ in range(args.curve):
                         curve_step(record=True)
                     gap[v] = losses

@@ -9,8 +9,8 @@ Four measurements (and 1b), each full vs windowed on the same weights and inputs
 1b. the attention operation alone (q, k, v given, no projections; the sublayer's projections cost the
    same either way and cap its ratio), full causal SDPA against the windowed layout and attention;
 1c. --kernel: why the windowed path falls short of its arithmetic. One unmasked SDPA call, forward +
-   backward, over the same T queries and the same K keys per query (K = the blocked path's width at
-   m = rate x T), with the queries cut into T / C groups of C that each read their own K keys. C = 64
+   backward, over the same T queries and the same K keys per query (K = the blocked path's width, read
+   from its layout at the first rate of --rates), with the queries cut into T / C groups of C that each read their own K keys. C = 64
    is the windowed path's chunk; C = T is one long call. The arithmetic is the same in every row;
    the time shows what the kernel charges per call shape;
 2. --scaling: the same sublayer over --lengths, the rows of the figure (--plot PATH draws it);
@@ -158,10 +158,9 @@ def kernel_case(shape: str, T: int, C: int, K: int, device):
 
 def kernel_rows(args, device, T: int, rate: float) -> list[list]:
     """Section 1c: the same arithmetic cut into calls of C queries; time relative to one call of T."""
-    chunk = WindowLayout.of(meta_positions(1, T, rate).to(device), args.window).chunk
-    K = chunk + args.window - 1 + round(rate * T)  # band plus every gathered meta key, as the blocked path reads
-    sizes = sorted({chunk, 4 * chunk, 16 * chunk, T} & set(range(1, T + 1)))
-    sizes = [C for C in sizes if T % C == 0]
+    layout = WindowLayout.of(meta_positions(1, T, rate).to(device), args.window)
+    K = T if layout.mask is None else layout.mask.size(-1)  # the keys each blocked query reads: band + gathered meta
+    sizes = sorted({C for C in (layout.chunk, 4 * layout.chunk, 16 * layout.chunk, T) if C <= T and T % C == 0})
     t = time_cases(lambda C: kernel_case(args.attn_shape, T, int(C), K, device), [str(C) for C in sizes], args,
                    device, args.repeats)
     gflop = 4 * T * K * model_shape(args.attn_shape).n_embd * 3.5 / 1e9  # QK^T and PV, backward about 2.5x forward

@@ -286,12 +286,12 @@ def _perplexity_rows(res: StudyResults) -> list[Finding]:
     if not res.has("pretrain-meta-rope"):
         return out
     meta = [res.result(s, "pretrain-meta-rope")["val_loss"] for s in res.seed_list]
+    sesoi = SESOI["loss_nats"]
     for stage, name, paper, lead in baselines:
         if not res.has(stage):
             continue
         base = [res.result(s, stage)["val_loss"] for s in res.seed_list]
         c = per_seed_interval([a - b for a, b in zip(meta, base)])
-        sesoi = SESOI["loss_nats"]
         out.append(Finding(
             f"Pre-training: Meta+RoPE has lower validation loss per text token than {name} (nats, Meta+RoPE minus "
             f"{name.split(' (')[0]})", paper, _ci(c, 1.0, 3), _analysis_verdict(c, sesoi, direction=-1),
